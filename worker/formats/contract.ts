@@ -1,0 +1,101 @@
+/**
+ * The contract every model format implements (one file per format: safetensors.ts, gguf.ts,
+ * onnx.ts). Adding a format never touches the others; `open-model.ts` dispatches by
+ * extension and magic bytes.
+ *
+ * Conventions shared by all formats:
+ * - `shape` is row-major, outermost dimension first (numpy / PyTorch order). GGUF stores
+ *   ne[0] innermost, so its reader reverses the dims.
+ * - Any tensor can be viewed as a matrix [rows, cols] with cols = last dimension and rows =
+ *   product of the others (a linear weight [N, K] is N rows of K inputs). Decoding happens
+ *   row range by row range, so statistics stream over tensors larger than memory allows.
+ * - `dtype` is the stored type: safetensors names for plain types (F32, F16, BF16, F64,
+ *   F8_E4M3, F8_E5M2, I64, I32, I16, I8, U8, BOOL), ggml names for GGUF block types (Q4_K …),
+ *   and for ONNX the safetensors-style name of the element type (or MATMULNBITS_Q<bits>).
+ */
+export type ModelFormatId = 'safetensors' | 'gguf' | 'onnx'
+
+export interface TensorEntry {
+  /** Name exactly as stored in the file. */
+  name: string
+  dtype: string
+  shape: number[]
+  /** Bytes the tensor occupies in its file(s). */
+  byteLength: number
+  /** File holding the tensor's bytes (absolute path). */
+  file: string
+  /** Absolute byte offset of the first byte in `file`. */
+  byteOffset: number
+  /** False for stored types this build cannot decode (still listed, with their name). */
+  decodable: boolean
+  /**
+   * Optional second name used to classify the tensor into a block and role, e.g. the
+   * name of the ONNX MatMul node an anonymous initializer feeds.
+   */
+  alias?: string
+}
+
+/** Architecture hyper-parameters, normalised across HF config versions and GGUF metadata. */
+export interface ModelConfig {
+  /** 'llama' | 'mistral' | 'qwen2' | … as the source names it (HF model_type, GGUF general.architecture). */
+  architecture: string
+  hiddenSize: number
+  intermediateSize: number
+  numLayers: number
+  numHeads: number
+  numKvHeads: number
+  headDim: number
+  vocabSize: number
+  rmsNormEps: number
+  ropeTheta: number
+  maxPositionEmbeddings: number | null
+  tieWordEmbeddings: boolean
+  /** q/k/v projections carry a bias (qwen2). */
+  attentionBias: boolean
+  /** Declared storage dtype (torch_dtype / dtype), if any. */
+  dtype: string | null
+}
+
+export interface OpenedModel {
+  format: ModelFormatId
+  /** Every file the model was read from (absolute paths), weights first. */
+  files: string[]
+  /** Architecture name if the source declares one, else null. */
+  architecture: string | null
+  config: ModelConfig | null
+  /** Format-level metadata (GGUF key/values, safetensors __metadata__, ONNX producer …). */
+  metadata: Record<string, unknown>
+  tensors: TensorEntry[]
+  /** Path of a tokenizer.json next to the model, if any. */
+  tokenizerPath: string | null
+  /**
+   * Decoded float32 values of rows [rowStart, rowEnd) of `name` viewed as [rows, cols].
+   * Reads only the bytes of those rows.
+   */
+  readRows(name: string, rowStart: number, rowEnd: number): Promise<Float32Array>
+  /** The stored bytes of a tensor, undecoded. */
+  readRaw(name: string): Promise<Uint8Array>
+  close(): Promise<void>
+}
+
+export interface ModelFormat {
+  id: ModelFormatId
+  /** Decides by file name and the first bytes of the file (at least 16 bytes when the file has them). */
+  match(path: string, head: Uint8Array): boolean
+  open(path: string): Promise<OpenedModel>
+}
+
+/** Matrix view of a shape: cols = last dim (1 for scalars), rows = product of the rest. */
+export function matrixShape(shape: readonly number[]): { rows: number; cols: number } {
+  if (shape.length === 0) return { rows: 1, cols: 1 }
+  const cols = shape[shape.length - 1]!
+  let rows = 1
+  for (let i = 0; i < shape.length - 1; i++) rows *= shape[i]!
+  return { rows, cols }
+}
+
+export function elementCount(shape: readonly number[]): number {
+  let n = 1
+  for (const d of shape) n *= d
+  return n
+}
