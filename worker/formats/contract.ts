@@ -33,6 +33,12 @@ export interface TensorEntry {
    * name of the ONNX MatMul node an anonymous initializer feeds.
    */
   alias?: string
+  /**
+   * Set on virtual entries a reader derives from stored ones (e.g. the dequantised weight of
+   * an ONNX MatMulNBits node): the stored tensors it comes from. Virtual entries are not
+   * counted in parameter/byte totals and are not "as stored in the file".
+   */
+  derivedFrom?: string[]
 }
 
 /** Architecture hyper-parameters, normalised across HF config versions and GGUF metadata. */
@@ -54,6 +60,8 @@ export interface ModelConfig {
   attentionBias: boolean
   /** Declared storage dtype (torch_dtype / dtype), if any. */
   dtype: string | null
+  /** RoPE scaling as declared (e.g. {rope_type: 'llama3', factor: 8, …}), or null for plain RoPE. */
+  ropeScaling: Record<string, unknown> | null
 }
 
 export interface OpenedModel {

@@ -1,0 +1,89 @@
+/**
+ * Quantscope's headless CLI over the same engine as the app: `npm run cli -- <command>`.
+ * Contract: with --json, stdout carries exactly one JSON document; every log and progress
+ * line goes to stderr. Failures exit non-zero with one clear line on stderr.
+ */
+import { parseArgs, UsageError, type ParsedArgs } from './args'
+import { inspectModel, type InspectReport } from './inspect'
+import { formatBytes, formatCount, progressLine } from './format'
+
+const USAGE = `usage: npm run cli -- <command> [options]
+
+commands:
+  inspect PATH [--stats] [--threads N] [--json]
+      PATH: a Hugging Face folder, a .safetensors file, a *.safetensors.index.json,
+      a .gguf or an .onnx file. --stats computes per-tensor statistics.
+  help
+`
+
+const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help'])
+const VALUE_FLAGS = new Set(['threads'])
+
+async function main(argv: string[]): Promise<number> {
+  const args = parseArgs(argv, BOOLEAN_FLAGS, VALUE_FLAGS)
+  if (args.command === null || args.command === 'help' || args.flags.has('help')) {
+    process.stderr.write(USAGE)
+    return args.command === null ? 2 : 0
+  }
+  switch (args.command) {
+    case 'inspect':
+      return runInspect(args)
+    default:
+      throw new UsageError(`unknown command '${args.command}'`)
+  }
+}
+
+async function runInspect(args: ParsedArgs): Promise<number> {
+  const path = args.positionals[0]
+  if (!path || args.positionals.length > 1) throw new UsageError('inspect takes exactly one PATH')
+  const threadsFlag = args.flags.get('threads')
+  const threads = threadsFlag === undefined ? undefined : Number(threadsFlag)
+  if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) throw new UsageError('--threads must be a positive integer')
+  const controller = new AbortController()
+  process.once('SIGINT', () => controller.abort())
+  const report = await inspectModel(path, {
+    stats: args.flags.has('stats'),
+    threads,
+    signal: controller.signal,
+    onProgress: (done, total) => progressLine('statistics', done, total),
+  })
+  if (args.flags.has('json')) process.stdout.write(JSON.stringify(report) + '\n')
+  else process.stdout.write(renderInspect(report))
+  return 0
+}
+
+function renderInspect(r: InspectReport): string {
+  const lines = [
+    `format        ${r.format}`,
+    `architecture  ${r.architecture ?? '(unknown)'}`,
+    `parameters    ${formatCount(r.params)}`,
+    `bytes         ${formatBytes(r.bytes)}`,
+    `files         ${r.files.join('\n              ')}`,
+    `tensors       ${r.tensors.length}`,
+    '',
+  ]
+  const nameWidth = Math.min(60, Math.max(...r.tensors.map((t) => t.name.length), 4))
+  for (const t of r.tensors) {
+    const where = t.layer === null ? (t.role ?? '') : `L${t.layer} ${t.role ?? ''}`
+    let line = `${t.name.padEnd(nameWidth)}  ${t.dtype.padEnd(8)} ${JSON.stringify(t.shape).padEnd(16)} ${where}`
+    if (t.stats) {
+      const s = t.stats
+      line += `  absmax=${s.absmax.toPrecision(4)} std=${s.std.toPrecision(4)} kurt=${s.kurtosis.toPrecision(4)}`
+      if (s.nan || s.inf) line += ` nan=${s.nan} inf=${s.inf}`
+    }
+    lines.push(line)
+  }
+  return lines.join('\n') + '\n'
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code
+  },
+  (err: unknown) => {
+    const e = err as Error
+    const message = e instanceof UsageError ? `${e.message}\n${USAGE}` : e.name === 'AbortError' ? 'cancelled' : e.message
+    process.stderr.write(`error: ${message}\n`)
+    process.exitCode = e instanceof UsageError ? 2 : 1
+  },
+)

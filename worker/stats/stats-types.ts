@@ -1,0 +1,42 @@
+/**
+ * Per-tensor statistics: the shape shared by the stats kernels, the stats service, the API
+ * contract and the views. Plain JSON-serialisable data (arrays, not typed arrays), so it
+ * crosses worker, IPC and WebSocket boundaries unchanged and can be cached on disk.
+ */
+export interface StatsOptions {
+  /** Histogram bins over [min, max] of the finite values. Default 256. */
+  bins: number
+  /** How many largest-magnitude entries to keep. Default 32. */
+  topK: number
+  /** Downsampled |w| heatmap size (cells per side, at most). Default 128. */
+  heatmapSize: number
+}
+
+export const DEFAULT_STATS_OPTIONS: Readonly<StatsOptions> = Object.freeze({ bins: 256, topK: 32, heatmapSize: 128 })
+
+export interface TensorStats {
+  tensor: string
+  /** Matrix view the per-channel arrays refer to: rows = output channels, cols = input channels. */
+  rows: number
+  cols: number
+  count: number
+  min: number
+  max: number
+  mean: number
+  std: number
+  absmax: number
+  /** Excess-free (Pearson) kurtosis: E[(x-μ)^4]/σ^4; a normal distribution gives 3. */
+  kurtosis: number
+  nan: number
+  inf: number
+  zeros: number
+  histogram: { lo: number; hi: number; counts: number[] }
+  /** absmax of each row (output channel), length rows. */
+  rowAbsmax: number[]
+  /** absmax of each column (input channel), length cols. */
+  colAbsmax: number[]
+  /** Largest |value| entries, descending, with flat index and (row, col). */
+  topK: { index: number; row: number; col: number; value: number }[]
+  /** Mean |w| over blocks of the matrix: heatmap.rows × heatmap.cols cells, row-major. */
+  heatmap: { rows: number; cols: number; values: number[] }
+}
