@@ -2,129 +2,36 @@ import { stat } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve, sep, win32 } from 'node:path'
 import { FileByteSource } from '../io/byte-source'
 import { elementCount, matrixShape, type ModelFormat, type OpenedModel, type TensorEntry } from './contract'
-import { bf16ToF32, decodePlain, f16ToF32, fp8e4m3ToF32, fp8e5m2ToF32, isPlainDType } from './dtypes'
+import { decodePlain } from './dtypes'
 import { ModelFormatError } from './errors'
+import { byteSize, decodeLE, ELEM_BYTES, ELEM_TYPES, TYPED_FIELDS, varintConverter, type ElemType } from './onnx-dtypes'
+import { dequantMatMulNBitsRows, matMulNBitsEntry, matMulNBitsSummary, type MatMulNBitsInfo, type OperandReader } from './onnx-matmulnbits'
 import {
-  decodePackedVarints,
-  varintToInt64,
-  varintToUint64,
-  WIRE_I32,
-  WIRE_LEN,
-  WIRE_VARINT,
-  WireScanner,
-  type FieldHeader,
-} from './protobuf-wire'
+  DATA_LOCATION_EXTERNAL,
+  nodeLabel,
+  parseGraphProto,
+  parseModelProto,
+  type OnnxNode,
+  type Range,
+  type TensorProtoInfo,
+} from './onnx-messages'
+import { decodePackedVarints, WireScanner } from './protobuf-wire'
 
 /**
  * ONNX reader. An .onnx file is one protobuf ModelProto (onnx/onnx.proto); tensors live in
  * GraphProto.initializer as TensorProto with their bytes in raw_data, in a typed repeated field
  * (float_data, int32_data, …) or in an external file (data_location = EXTERNAL). The graph is
- * scanned field by field through a small window (see protobuf-wire.ts): tensor payloads are
- * recorded as byte ranges, never read at open. Nodes are small and parsed fully, because they
- * tell which MatMul each anonymous weight feeds, and where MatMulNBits packs a 2..8-bit weight.
+ * scanned field by field through a small window (see protobuf-wire.ts, onnx-messages.ts):
+ * tensor payloads are recorded as byte ranges, never read at open. Nodes are small and parsed
+ * fully, because they tell which MatMul each anonymous weight feeds, and where MatMulNBits packs
+ * a 2..8-bit weight (onnx-matmulnbits.ts).
  */
-
-// Field numbers from onnx/onnx.proto.
-const MODEL = { irVersion: 1, producerName: 2, producerVersion: 3, domain: 4, modelVersion: 5, graph: 7, opsetImport: 8, metadataProps: 14 }
-const GRAPH = { node: 1, name: 2, initializer: 5, input: 11, output: 12, sparseInitializer: 15 }
-const NODE = { input: 1, output: 2, name: 3, opType: 4, attribute: 5, domain: 7 }
-const ATTR = { name: 1, f: 2, i: 3, s: 4, floats: 7, ints: 8, type: 20 }
-const TENSOR = { dims: 1, dataType: 2, segment: 3, stringData: 6, name: 8, rawData: 9, externalData: 13, dataLocation: 14 }
-const DATA_LOCATION_EXTERNAL = 1
-
-/** Typed repeated fields of TensorProto, with the element types each may carry (onnx.proto). */
-const TYPED_FIELDS: Record<number, { name: TypedField; wire: 'f32' | 'f64' | 'varint'; types: number[] }> = {
-  4: { name: 'float_data', wire: 'f32', types: [1, 14] },
-  // int32_data also carries the bit patterns of 16-bit floats and 8/4-bit types.
-  5: { name: 'int32_data', wire: 'varint', types: [2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26] },
-  7: { name: 'int64_data', wire: 'varint', types: [7] },
-  10: { name: 'double_data', wire: 'f64', types: [11, 15] },
-  11: { name: 'uint64_data', wire: 'varint', types: [12, 13] },
-}
-type TypedField = 'float_data' | 'int32_data' | 'int64_data' | 'double_data' | 'uint64_data'
-
-/** TensorProto.DataType → stored dtype name; `bits` per element; undecodable types keep the ONNX name. */
-interface ElemType {
-  dtype: string
-  bits: number
-  decodable: boolean
-}
-const ELEM_TYPES: Record<number, ElemType> = {
-  1: { dtype: 'F32', bits: 32, decodable: true },
-  2: { dtype: 'U8', bits: 8, decodable: true },
-  3: { dtype: 'I8', bits: 8, decodable: true },
-  4: { dtype: 'U16', bits: 16, decodable: true },
-  5: { dtype: 'I16', bits: 16, decodable: true },
-  6: { dtype: 'I32', bits: 32, decodable: true },
-  7: { dtype: 'I64', bits: 64, decodable: true },
-  8: { dtype: 'STRING', bits: 0, decodable: false },
-  9: { dtype: 'BOOL', bits: 8, decodable: true },
-  10: { dtype: 'F16', bits: 16, decodable: true },
-  11: { dtype: 'F64', bits: 64, decodable: true },
-  12: { dtype: 'U32', bits: 32, decodable: true },
-  13: { dtype: 'U64', bits: 64, decodable: true },
-  14: { dtype: 'COMPLEX64', bits: 64, decodable: false },
-  15: { dtype: 'COMPLEX128', bits: 128, decodable: false },
-  16: { dtype: 'BF16', bits: 16, decodable: true },
-  17: { dtype: 'F8_E4M3', bits: 8, decodable: true },
-  18: { dtype: 'FLOAT8E4M3FNUZ', bits: 8, decodable: false },
-  19: { dtype: 'F8_E5M2', bits: 8, decodable: true },
-  20: { dtype: 'FLOAT8E5M2FNUZ', bits: 8, decodable: false },
-  21: { dtype: 'UINT4', bits: 4, decodable: false },
-  22: { dtype: 'INT4', bits: 4, decodable: false },
-  23: { dtype: 'FLOAT4E2M1', bits: 4, decodable: false },
-  24: { dtype: 'FLOAT8E8M0', bits: 8, decodable: false },
-  25: { dtype: 'UINT2', bits: 2, decodable: false },
-  26: { dtype: 'INT2', bits: 2, decodable: false },
-}
-
-/** Bytes per element of each decodable dtype. */
-const ELEM_BYTES: Record<string, number> = Object.fromEntries(
-  Object.values(ELEM_TYPES)
-    .filter((e) => e.decodable)
-    .map((e) => [e.dtype, e.bits / 8]),
-)
-
-interface Range {
-  offset: number
-  length: number
-}
-
-interface TensorProtoInfo {
-  name: string
-  dims: number[]
-  dataType: number
-  raw: Range | null
-  typed: { field: number; range: Range } | null
-  stringCount: number
-  external: Map<string, string>
-  dataLocation: number
-  segmented: boolean
-}
-
-interface Attribute {
-  type: number
-  f?: number
-  i?: number
-  s?: string
-  floats: number[]
-  ints: number[]
-}
-
-interface OnnxNode {
-  name: string
-  opType: string
-  domain: string
-  inputs: string[]
-  outputs: string[]
-  attributes: Map<string, Attribute>
-}
 
 /** Where a tensor's values come from. */
 type Storage =
   | { kind: 'bytes'; file: string; offset: number; length: number }
   | { kind: 'packed'; field: number; offset: number; length: number }
-  | { kind: 'nbits'; q: MatMulNBitsInfo }
+  | { kind: 'nbits'; q: MatMulNBitsInfo<Slot> }
   | { kind: 'none'; why: string; stored: { file: string; offset: number; length: number } | null }
 
 interface Slot {
@@ -136,196 +43,12 @@ interface Slot {
   countChecked?: boolean
 }
 
-interface MatMulNBitsInfo {
-  node: string
-  K: number
-  N: number
-  bits: number
-  blockSize: number
-  blocks: number
-  blobSize: number
-  B: Slot
-  scales: Slot
-  zeroPoints: Slot | null
-  /** uint8 zero points packed like B, else float zero points (one per block). */
-  packedZeroPoints: boolean
-}
-
 const MATMUL_OPS = new Set(['MatMul', 'Gemm', 'MatMulNBits'])
 /** One-step producers between a stored weight and its MatMul. */
 const PASS_THROUGH_OPS = new Set(['Transpose', 'Cast', 'DequantizeLinear'])
 const ARCHITECTURE_KEYS = ['architecture', 'model_type', 'general.architecture']
 
-function withTensor(err: unknown, tensor: string): unknown {
-  if (err instanceof ModelFormatError && err.tensor === null) return new ModelFormatError(err.file, tensor, err.problem)
-  return err
-}
-
-// ---------- protobuf messages ----------
-
-async function parseTensorProto(scan: WireScanner, start: number, end: number, info: TensorProtoInfo): Promise<void> {
-  for (let pos = start; pos < end; ) {
-    const h = await scan.header(pos, end, 'TensorProto')
-    pos = h.next
-    const typed = TYPED_FIELDS[h.field]
-    if (typed) {
-      if (h.wireType !== WIRE_LEN) scan.fail(`${typed.name} stored unpacked (one protobuf field per element) is not supported`)
-      if (info.typed) scan.fail(`${typed.name} at byte ${h.offset}: a second typed data field or packed chunk is not supported`)
-      info.typed = { field: h.field, range: { offset: h.offset, length: h.length } }
-      continue
-    }
-    switch (h.field) {
-      case TENSOR.dims:
-        if (h.wireType === WIRE_LEN) {
-          const bytes = await scan.bytes(h.offset, h.length)
-          decodePackedVarints(bytes, Infinity, (_, lo, hi) => info.dims.push(dimValue(scan, varintToInt64(lo, hi))), (p) => scan.fail(`dims: ${p}`))
-        } else info.dims.push(dimValue(scan, scan.count(h, 'dims')))
-        break
-      case TENSOR.dataType:
-        info.dataType = scan.count(h, 'data_type')
-        break
-      case TENSOR.segment:
-        info.segmented = true
-        break
-      case TENSOR.stringData:
-        info.stringCount++
-        break
-      case TENSOR.name:
-        info.name = await scan.string(h)
-        break
-      case TENSOR.rawData:
-        scan.expectWire(h, WIRE_LEN, 'raw_data')
-        info.raw = { offset: h.offset, length: h.length }
-        break
-      case TENSOR.externalData: {
-        const { key, value } = await parseStringPair(scan, h)
-        info.external.set(key, value)
-        break
-      }
-      case TENSOR.dataLocation:
-        info.dataLocation = scan.count(h, 'data_location')
-        break
-    }
-  }
-}
-
-function dimValue(scan: WireScanner, d: number): number {
-  if (!Number.isSafeInteger(d) || d < 0) scan.fail(`invalid dimension ${d}`)
-  return d
-}
-
-async function parseStringPair(scan: WireScanner, h: FieldHeader): Promise<{ key: string; value: string }> {
-  scan.expectWire(h, WIRE_LEN, 'StringStringEntryProto')
-  let key = ''
-  let value = ''
-  for (let pos = h.offset; pos < h.next; ) {
-    const f = await scan.header(pos, h.next, 'StringStringEntryProto')
-    pos = f.next
-    if (f.field === 1) key = await scan.string(f)
-    else if (f.field === 2) value = await scan.string(f)
-  }
-  return { key, value }
-}
-
-async function parseNode(scan: WireScanner, h: FieldHeader): Promise<OnnxNode> {
-  scan.expectWire(h, WIRE_LEN, 'NodeProto')
-  const node: OnnxNode = { name: '', opType: '', domain: '', inputs: [], outputs: [], attributes: new Map() }
-  for (let pos = h.offset; pos < h.next; ) {
-    const f = await scan.header(pos, h.next, 'NodeProto')
-    pos = f.next
-    switch (f.field) {
-      case NODE.input:
-        node.inputs.push(await scan.string(f))
-        break
-      case NODE.output:
-        node.outputs.push(await scan.string(f))
-        break
-      case NODE.name:
-        node.name = await scan.string(f)
-        break
-      case NODE.opType:
-        node.opType = await scan.string(f)
-        break
-      case NODE.domain:
-        node.domain = await scan.string(f)
-        break
-      case NODE.attribute: {
-        scan.expectWire(f, WIRE_LEN, 'AttributeProto')
-        const [name, attr] = await parseAttribute(scan, f)
-        node.attributes.set(name, attr)
-        break
-      }
-    }
-  }
-  return node
-}
-
-/** Scalar and list attributes (INT, FLOAT, STRING, INTS, FLOATS); tensors and subgraphs are skipped. */
-async function parseAttribute(scan: WireScanner, h: FieldHeader): Promise<[string, Attribute]> {
-  let name = ''
-  const attr: Attribute = { type: 0, floats: [], ints: [] }
-  for (let pos = h.offset; pos < h.next; ) {
-    const f = await scan.header(pos, h.next, 'AttributeProto')
-    pos = f.next
-    switch (f.field) {
-      case ATTR.name:
-        name = await scan.string(f)
-        break
-      case ATTR.type:
-        attr.type = scan.count(f, 'attribute type')
-        break
-      case ATTR.f:
-        scan.expectWire(f, WIRE_I32, 'attribute f')
-        attr.f = readF32(await scan.bytes(f.offset, 4), 0)
-        break
-      case ATTR.i:
-        scan.expectWire(f, WIRE_VARINT, 'attribute i')
-        attr.i = f.value
-        break
-      case ATTR.s:
-        attr.s = await scan.string(f)
-        break
-      case ATTR.floats:
-        if (f.wireType === WIRE_I32) attr.floats.push(readF32(await scan.bytes(f.offset, 4), 0))
-        else {
-          scan.expectWire(f, WIRE_LEN, 'attribute floats')
-          const b = await scan.bytes(f.offset, f.length)
-          if (b.length % 4) scan.fail(`packed attribute floats '${name}' has ${b.length} bytes, not a multiple of 4`)
-          for (let i = 0; i < b.length; i += 4) attr.floats.push(readF32(b, i))
-        }
-        break
-      case ATTR.ints:
-        if (f.wireType === WIRE_VARINT) attr.ints.push(f.value)
-        else {
-          scan.expectWire(f, WIRE_LEN, 'attribute ints')
-          const b = await scan.bytes(f.offset, f.length)
-          decodePackedVarints(b, Infinity, (_, lo, hi) => attr.ints.push(varintToInt64(lo, hi)), (p) => scan.fail(`attribute ints '${name}': ${p}`))
-        }
-        break
-    }
-  }
-  return [name, attr]
-}
-
-function readF32(b: Uint8Array, at: number): number {
-  return new DataView(b.buffer, b.byteOffset + at, 4).getFloat32(0, true)
-}
-
-async function valueInfoName(scan: WireScanner, h: FieldHeader): Promise<string> {
-  scan.expectWire(h, WIRE_LEN, 'ValueInfoProto')
-  for (let pos = h.offset; pos < h.next; ) {
-    const f = await scan.header(pos, h.next, 'ValueInfoProto')
-    pos = f.next
-    if (f.field === 1) return scan.string(f)
-  }
-  return ''
-}
-
 // ---------- opening ----------
-
-function newTensorInfo(): TensorProtoInfo {
-  return { name: '', dims: [], dataType: 0, raw: null, typed: null, stringCount: 0, external: new Map(), dataLocation: 0, segmented: false }
-}
 
 /** Resolves an external_data location inside the model folder; absolute paths and '..' escapes are refused. */
 function externalPath(modelPath: string, tensor: string, location: string): string {
@@ -341,10 +64,6 @@ function externalPath(modelPath: string, tensor: string, location: string): stri
     throw new ModelFormatError(modelPath, tensor, `external_data location '${location}' escapes the model folder ${dir}`)
   }
   return abs
-}
-
-function byteSize(et: ElemType, elements: number): number {
-  return Math.ceil((elements * et.bits) / 8)
 }
 
 function parseExternalInt(modelPath: string, tensor: string, key: string, text: string | undefined): number | null {
@@ -370,96 +89,9 @@ export async function openOnnx(path: string): Promise<OpenedModel> {
 
 async function readModel(abs: string, src: FileByteSource, external: Map<string, FileByteSource>): Promise<OpenedModel> {
   const scan = new WireScanner(src)
-  const meta = { irVersion: null as number | null, producer: '', producerVersion: '', domain: '', modelVersion: null as number | null }
-  const opsets: Record<string, number> = {}
-  const props: Record<string, string> = {}
-  let graph: FieldHeader | null = null
-  for (let pos = 0; pos < src.size; ) {
-    const h = await scan.header(pos, src.size, 'ModelProto')
-    pos = h.next
-    switch (h.field) {
-      case MODEL.irVersion:
-        meta.irVersion = scan.count(h, 'ir_version')
-        break
-      case MODEL.producerName:
-        meta.producer = await scan.string(h)
-        break
-      case MODEL.producerVersion:
-        meta.producerVersion = await scan.string(h)
-        break
-      case MODEL.domain:
-        meta.domain = await scan.string(h)
-        break
-      case MODEL.modelVersion:
-        meta.modelVersion = scan.count(h, 'model_version')
-        break
-      case MODEL.graph:
-        scan.expectWire(h, WIRE_LEN, 'graph')
-        if (graph) scan.fail(`ModelProto holds a second graph field at byte ${h.offset}`)
-        graph = h
-        break
-      case MODEL.opsetImport: {
-        scan.expectWire(h, WIRE_LEN, 'opset_import')
-        let domain = ''
-        let version = 0
-        for (let p = h.offset; p < h.next; ) {
-          const f = await scan.header(p, h.next, 'OperatorSetIdProto')
-          p = f.next
-          if (f.field === 1) domain = await scan.string(f)
-          else if (f.field === 2) version = scan.count(f, 'opset version')
-        }
-        opsets[domain === '' ? 'ai.onnx' : domain] = version
-        break
-      }
-      case MODEL.metadataProps: {
-        const { key, value } = await parseStringPair(scan, h)
-        props[key] = value
-        break
-      }
-    }
-  }
-  if (meta.irVersion === null) throw new ModelFormatError(abs, null, 'ModelProto has no ir_version (not an ONNX model?)')
-  if (!graph) throw new ModelFormatError(abs, null, 'ModelProto has no graph')
-
-  const nodes: OnnxNode[] = []
-  const infos: TensorProtoInfo[] = []
-  const inputs: string[] = []
-  const outputs: string[] = []
-  let graphName = ''
-  let sparseInitializers = 0
-  for (let pos = graph.offset; pos < graph.next; ) {
-    const h = await scan.header(pos, graph.next, 'GraphProto')
-    pos = h.next
-    switch (h.field) {
-      case GRAPH.node:
-        nodes.push(await parseNode(scan, h))
-        break
-      case GRAPH.name:
-        graphName = await scan.string(h)
-        break
-      case GRAPH.initializer: {
-        scan.expectWire(h, WIRE_LEN, 'initializer')
-        const info = newTensorInfo()
-        try {
-          await parseTensorProto(scan, h.offset, h.next, info)
-        } catch (err) {
-          throw withTensor(err, info.name || `initializer #${infos.length} (at byte ${h.offset})`)
-        }
-        if (info.name === '') throw new ModelFormatError(abs, `initializer #${infos.length} (at byte ${h.offset})`, 'has no name')
-        infos.push(info)
-        break
-      }
-      case GRAPH.input:
-        inputs.push(await valueInfoName(scan, h))
-        break
-      case GRAPH.output:
-        outputs.push(await valueInfoName(scan, h))
-        break
-      case GRAPH.sparseInitializer:
-        sparseInitializers++
-        break
-    }
-  }
+  const model = await parseModelProto(scan)
+  const graph = await parseGraphProto(scan, model.graph)
+  const { nodes, initializers: infos } = graph
 
   const slots = new Map<string, Slot>()
   for (const info of infos) {
@@ -471,31 +103,31 @@ async function readModel(abs: string, src: FileByteSource, external: Map<string,
   const nbits: Record<string, unknown>[] = []
   for (const node of nodes) {
     if (node.opType !== 'MatMulNBits' || node.domain !== 'com.microsoft') continue
-    const v = matMulNBitsSlot(abs, node, slots)
+    const v = matMulNBitsEntry(abs, node, slots)
     if (!v) continue
     if (slots.has(v.entry.name)) throw new ModelFormatError(abs, v.entry.name, 'virtual tensor name collides with an initializer')
-    slots.set(v.entry.name, v)
-    const q = (v.storage as { q: MatMulNBitsInfo }).q
-    nbits.push({ node: q.node, tensor: v.entry.name, B: q.B.entry.name, scales: q.scales.entry.name, zeroPoints: q.zeroPoints?.entry.name ?? null, K: q.K, N: q.N, bits: q.bits, blockSize: q.blockSize })
+    slots.set(v.entry.name, { entry: v.entry, storage: { kind: 'nbits', q: v.q }, elements: v.elements })
+    nbits.push(matMulNBitsSummary(v.entry.name, v.q))
   }
 
+  const props = model.props
   const architecture = ARCHITECTURE_KEYS.map((k) => props[k]).find((v) => v !== undefined && v !== '') ?? null
   const metadata: Record<string, unknown> = {
-    irVersion: meta.irVersion,
-    producer: meta.producer,
-    producerVersion: meta.producerVersion,
-    domain: meta.domain,
-    modelVersion: meta.modelVersion,
-    opsets,
-    graphName,
+    irVersion: model.irVersion,
+    producer: model.producer,
+    producerVersion: model.producerVersion,
+    domain: model.domain,
+    modelVersion: model.modelVersion,
+    opsets: model.opsets,
+    graphName: graph.name,
     nodeCount: nodes.length,
-    inputs,
-    outputs,
+    inputs: graph.inputs,
+    outputs: graph.outputs,
     metadataProps: props,
     initializerConsumers: consumerOps,
     matMulNBits: nbits,
   }
-  if (sparseInitializers) metadata.sparseInitializersSkipped = sparseInitializers
+  if (graph.sparseInitializers) metadata.sparseInitializersSkipped = graph.sparseInitializers
 
   let tokenizerPath: string | null = join(dirname(abs), 'tokenizer.json')
   try {
@@ -626,68 +258,6 @@ function isMatMul(n: OnnxNode): boolean {
   return n.opType === 'MatMulNBits' ? n.domain === 'com.microsoft' : n.domain === '' || n.domain === 'ai.onnx'
 }
 
-function nodeLabel(n: OnnxNode): string {
-  return n.name || n.outputs[0] || n.opType
-}
-
-function intAttr(node: OnnxNode, name: string): number | undefined {
-  return node.attributes.get(name)?.i
-}
-
-/** The virtual dequantized [N, K] entry of one MatMulNBits node whose B and scales are initializers. */
-function matMulNBitsSlot(abs: string, node: OnnxNode, slots: Map<string, Slot>): Slot | null {
-  const [, bName = '', sName = '', zName = ''] = node.inputs
-  const B = slots.get(bName)
-  const scales = slots.get(sName)
-  if (!B || !scales) return null
-  const fail = (problem: string): never => {
-    throw new ModelFormatError(abs, bName, `MatMulNBits node '${nodeLabel(node)}': ${problem}`)
-  }
-  const K = intAttr(node, 'K')
-  const N = intAttr(node, 'N')
-  const blockSize = intAttr(node, 'block_size')
-  const bits = intAttr(node, 'bits') ?? 4
-  if (K === undefined || N === undefined || blockSize === undefined) return fail('attributes K, N and block_size are required')
-  if (!(K > 0 && N > 0)) fail(`K = ${K} and N = ${N} must be positive`)
-  if (!(Number.isInteger(bits) && bits >= 2 && bits <= 8)) fail(`bits = ${bits}; MatMulNBits supports 2..8`)
-  if (!(blockSize >= 16 && (blockSize & (blockSize - 1)) === 0)) fail(`block_size = ${blockSize} must be a power of two >= 16`)
-  const blocks = Math.ceil(K / blockSize)
-  const blobSize = (blockSize * bits) / 8
-  if (B.entry.dtype !== 'U8') fail(`B has dtype ${B.entry.dtype}, expected uint8`)
-  if (B.elements !== N * blocks * blobSize) fail(`B has shape [${B.entry.shape.join(', ')}], expected [${N}, ${blocks}, ${blobSize}]`)
-  if (!['F32', 'F16', 'BF16'].includes(scales.entry.dtype)) fail(`scales '${sName}' have dtype ${scales.entry.dtype}, expected float`)
-  if (scales.elements !== N * blocks) fail(`scales '${sName}' hold ${scales.elements} values, expected N × blocks = ${N * blocks}`)
-  let zeroPoints: Slot | null = null
-  let packedZeroPoints = false
-  if (zName !== '') {
-    zeroPoints = slots.get(zName) ?? null
-    if (!zeroPoints) return null // computed at run time: nothing to dequantize statically
-    if (zeroPoints.entry.dtype === 'U8') {
-      packedZeroPoints = true
-      const want = N * Math.ceil((blocks * bits) / 8)
-      if (zeroPoints.elements !== want) fail(`packed zero_points '${zName}' hold ${zeroPoints.elements} bytes, expected N × ceil(blocks × bits / 8) = ${want}`)
-    } else if (zeroPoints.entry.dtype === scales.entry.dtype) {
-      if (zeroPoints.elements !== N * blocks) fail(`zero_points '${zName}' hold ${zeroPoints.elements} values, expected ${N * blocks}`)
-    } else fail(`zero_points '${zName}' have dtype ${zeroPoints.entry.dtype}, expected uint8 or ${scales.entry.dtype}`)
-  }
-  const q: MatMulNBitsInfo = { node: nodeLabel(node), K, N, bits, blockSize, blocks, blobSize, B, scales, zeroPoints, packedZeroPoints }
-  return {
-    entry: {
-      name: `${bName}#dequantized`,
-      dtype: `MATMULNBITS_Q${bits}`,
-      shape: [N, K],
-      byteLength: B.entry.byteLength,
-      file: B.entry.file,
-      byteOffset: B.entry.byteOffset,
-      decodable: true,
-      alias: nodeLabel(node),
-      derivedFrom: [bName, sName, ...(zName ? [zName] : [])],
-    },
-    storage: { kind: 'nbits', q },
-    elements: N * K,
-  }
-}
-
 // ---------- reading ----------
 
 function createModel(
@@ -745,34 +315,7 @@ function createModel(
     return Uint8Array.from(await readElements(s, start, count))
   }
 
-  /** Dequantized rows [r0, r1) of a MatMulNBits weight: w[n, k] = (q − zp) × scale. */
-  async function dequantRows(q: MatMulNBitsInfo, r0: number, r1: number): Promise<Float32Array> {
-    const rows = r1 - r0
-    const rowBytes = q.blocks * q.blobSize
-    const b = await readBytes(q.B, r0 * rowBytes, rows * rowBytes)
-    const scales = await readElements(q.scales, r0 * q.blocks, rows * q.blocks)
-    const zpRowBytes = Math.ceil((q.blocks * q.bits) / 8)
-    let zpPacked: Uint8Array | null = null
-    let zpFloat: Float32Array | null = null
-    if (q.zeroPoints && q.packedZeroPoints) zpPacked = await readBytes(q.zeroPoints, r0 * zpRowBytes, rows * zpRowBytes)
-    else if (q.zeroPoints) zpFloat = await readElements(q.zeroPoints, r0 * q.blocks, rows * q.blocks)
-    const mask = (1 << q.bits) - 1
-    const out = new Float32Array(rows * q.K)
-    for (let r = 0; r < rows; r++) {
-      for (let blk = 0; blk < q.blocks; blk++) {
-        const scale = scales[r * q.blocks + blk]!
-        let zp = 1 << (q.bits - 1)
-        if (zpPacked) zp = unpackBits(zpPacked, r * zpRowBytes, blk * q.bits, q.bits, mask)
-        else if (zpFloat) zp = zpFloat[r * q.blocks + blk]!
-        const base = (r * q.blocks + blk) * q.blobSize
-        const k0 = blk * q.blockSize
-        const k1 = Math.min(q.K, k0 + q.blockSize)
-        const o = r * q.K
-        for (let k = k0; k < k1; k++) out[o + k] = (unpackBits(b, base, (k - k0) * q.bits, q.bits, mask) - zp) * scale
-      }
-    }
-    return out
-  }
+  const operands: OperandReader<Slot> = { bytes: readBytes, elements: readElements }
 
   return {
     format: 'onnx',
@@ -788,7 +331,7 @@ function createModel(
       if (!(Number.isInteger(rowStart) && Number.isInteger(rowEnd) && 0 <= rowStart && rowStart <= rowEnd && rowEnd <= rows)) {
         throw new ModelFormatError(s.entry.file, name, `row range [${rowStart}, ${rowEnd}) outside [0, ${rows})`)
       }
-      if (s.storage.kind === 'nbits') return dequantRows(s.storage.q, rowStart, rowEnd)
+      if (s.storage.kind === 'nbits') return dequantMatMulNBitsRows(s.storage.q, rowStart, rowEnd, operands)
       return readElements(s, rowStart * cols, (rowEnd - rowStart) * cols)
     },
     readRaw: (name) => readRaw(slot(name)),
@@ -830,49 +373,6 @@ function createModel(
     })
     if (n !== s.elements) throw new ModelFormatError(abs, s.entry.name, `${tf.name} holds ${n} elements but dims need ${s.elements}`)
     return out
-  }
-}
-
-/** `bits` bits starting `bitOffset` bits into bytes[base…], least significant bits first. */
-function unpackBits(bytes: Uint8Array, base: number, bitOffset: number, bits: number, mask: number): number {
-  const i = base + (bitOffset >> 3)
-  const shift = bitOffset & 7
-  let v = bytes[i]!
-  if (shift + bits > 8) v |= bytes[i + 1]! << 8
-  return (v >> shift) & mask
-}
-
-function decodeLE(dtype: string, bytes: Uint8Array, out: Float32Array): Float32Array {
-  if (isPlainDType(dtype)) return decodePlain(dtype, bytes, out)
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-  for (let i = 0; i < out.length; i++) {
-    if (dtype === 'U16') out[i] = dv.getUint16(i * 2, true)
-    else if (dtype === 'U32') out[i] = dv.getUint32(i * 4, true)
-    else out[i] = Number(dv.getBigUint64(i * 8, true))
-  }
-  return out
-}
-
-/**
- * Varint element → float. int32_data holds 16-bit floats and fp8 as their bit patterns and
- * other small types as their value (onnx.proto); negative int32 values are sign-extended.
- */
-function varintConverter(field: TypedField, dtype: string): (lo: number, hi: number) => number {
-  if (field === 'int64_data') return varintToInt64
-  if (field === 'uint64_data') return varintToUint64
-  switch (dtype) {
-    case 'F16':
-      return (lo) => f16ToF32(lo & 0xffff)
-    case 'BF16':
-      return (lo) => bf16ToF32(lo & 0xffff)
-    case 'F8_E4M3':
-      return (lo) => fp8e4m3ToF32(lo & 0xff)
-    case 'F8_E5M2':
-      return (lo) => fp8e5m2ToF32(lo & 0xff)
-    case 'BOOL':
-      return (lo) => (lo ? 1 : 0)
-    default:
-      return (lo) => lo | 0
   }
 }
 
