@@ -1,0 +1,43 @@
+/**
+ * The engine's own thread. Both shells (Electron main, browser-mode host) run the
+ * EngineService here, so opening models (header parsing, GGUF metadata) and job bookkeeping
+ * never run on the thread that serves the window or the WebSocket. Statistics go one level
+ * further down, to the StatsService's worker pool.
+ *
+ * Protocol: the parent posts ApiRequest values ({id, method, params}) or {kind: 'shutdown'};
+ * this thread posts ServerMessage values (responses and events), and {kind: 'shutdown-done'}.
+ */
+import { parentPort, workerData } from 'node:worker_threads'
+import type { DefaultModelInfo, ServerMessage } from '../worker/api/contract'
+import { EngineService } from '../worker/api/engine-service'
+import { dispatchRequest } from './api-dispatcher'
+import { RecentModelsFile } from './recent-models'
+
+export interface EngineThreadData {
+  recentFile: string | null
+  cacheDir: string | null
+  statsThreads: number | null
+  defaultModel: DefaultModelInfo
+}
+
+const port = parentPort
+if (!port) throw new Error('engine.worker must run as a worker thread')
+const data = workerData as EngineThreadData
+
+const engine = new EngineService({
+  recent: data.recentFile ? new RecentModelsFile(data.recentFile) : undefined,
+  cacheDir: data.cacheDir ?? undefined,
+  statsThreads: data.statsThreads ?? undefined,
+  defaultModel: data.defaultModel,
+})
+
+const post = (message: ServerMessage): void => port.postMessage(message)
+engine.onEvent((event) => post({ kind: 'event', event }))
+
+port.on('message', (message: unknown) => {
+  if ((message as { kind?: unknown })?.kind === 'shutdown') {
+    void engine.close().finally(() => port.postMessage({ kind: 'shutdown-done' }))
+    return
+  }
+  void dispatchRequest(engine, message).then((response) => post({ kind: 'response', ...response }))
+})

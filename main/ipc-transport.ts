@@ -1,0 +1,51 @@
+/**
+ * Desktop transport of the API contract: one `ipcMain.handle` channel per method plus one
+ * event channel. Calls are accepted only from the app's own window and top frame, checked
+ * again here (the preload checked them first), and answered with ApiOutcome values.
+ */
+import { ipcMain, type IpcMainInvokeEvent, type WebContents } from 'electron'
+import type { ApiEvent, ApiOutcome } from '../worker/api/contract'
+import { callBackend, toApiError, type ApiBackend } from './api-dispatcher'
+import { API_METHODS } from './api-validation'
+import { IPC_EVENT_CHANNEL, ipcMethodChannel } from './ipc-channels'
+
+export interface IpcTransport {
+  /** Cancels the jobs the renderer started (window closed or reloaded). */
+  cancelRunningJobs(): void
+  dispose(): void
+}
+
+export function registerIpcTransport(
+  backend: ApiBackend,
+  target: () => WebContents | null,
+  isTrustedSender: (event: IpcMainInvokeEvent) => boolean,
+): IpcTransport {
+  const jobs = new Set<string>()
+  for (const method of API_METHODS) {
+    ipcMain.handle(ipcMethodChannel(method), async (event, params: unknown): Promise<ApiOutcome<unknown>> => {
+      if (!isTrustedSender(event)) return { ok: false, error: { name: 'Forbidden', message: 'call from an untrusted frame' } }
+      const jobId = method !== 'cancelJob' ? (params as { jobId?: unknown } | null)?.jobId : undefined
+      if (typeof jobId === 'string') jobs.add(jobId)
+      try {
+        return { ok: true, result: await callBackend(backend, method, params) }
+      } catch (err) {
+        return { ok: false, error: toApiError(err) }
+      } finally {
+        if (typeof jobId === 'string') jobs.delete(jobId)
+      }
+    })
+  }
+  const unsubscribe = backend.onEvent((event: ApiEvent) => {
+    const wc = target()
+    if (wc && !wc.isDestroyed()) wc.send(IPC_EVENT_CHANNEL, event)
+  })
+  return {
+    cancelRunningJobs() {
+      for (const jobId of jobs) void backend.cancelJob({ jobId }).catch(() => {})
+    },
+    dispose() {
+      unsubscribe()
+      for (const method of API_METHODS) ipcMain.removeHandler(ipcMethodChannel(method))
+    },
+  }
+}

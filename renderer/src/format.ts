@@ -1,0 +1,40 @@
+/** Number formatting shared by the views. */
+
+export function formatCount(n: number): string {
+  const abs = Math.abs(n)
+  if (abs >= 1e12) return `${(n / 1e12).toFixed(2)} T`
+  if (abs >= 1e9) return `${(n / 1e9).toFixed(2)} B`
+  if (abs >= 1e6) return `${(n / 1e6).toFixed(2)} M`
+  if (abs >= 1e4) return `${(n / 1e3).toFixed(1)} k`
+  return n.toLocaleString('en-US')
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let v = n
+  let u = 0
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024
+    u++
+  }
+  return u === 0 ? `${v} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[u]}`
+}
+
+/** Four significant digits, exponent form for very small or large magnitudes. */
+export function formatNumber(x: number, digits = 4): string {
+  if (!Number.isFinite(x)) return String(x)
+  if (x === 0) return '0'
+  const abs = Math.abs(x)
+  if (abs >= 1e5 || abs < 1e-3) return x.toExponential(Math.max(1, digits - 2))
+  return Number(x.toPrecision(digits)).toString()
+}
+
+export function formatShape(shape: readonly number[]): string {
+  return shape.length === 0 ? 'scalar' : shape.join(' × ')
+}
+
+export function formatPercent(part: number, whole: number): string {
+  if (whole === 0) return '–'
+  const p = (100 * part) / whole
+  return `${p >= 10 ? p.toFixed(0) : p.toFixed(1)}%`
+}

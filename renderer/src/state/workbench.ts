@@ -1,0 +1,222 @@
+/**
+ * The workbench's state and actions: the open model, the selected tensor, the statistics
+ * jobs and their progress. Views read `state` and call the actions; only this file talks to
+ * the API client. Large results are marked raw: Vue need not track 16k-number arrays.
+ */
+import { markRaw, reactive } from 'vue'
+import type {
+  ApiError,
+  GridStatistic,
+  LayerGridStats,
+  ModelSummary,
+  RecentModel,
+  TensorStats,
+} from '../../../worker/api/contract'
+import { asApiError, startJob, type ApiClient, type ConnectionState, type Job } from '../api'
+
+export type Tab = 'overview' | 'grid' | 'tensor'
+
+export interface JobView {
+  label: string
+  done: number
+  total: number
+  cancel(): void
+}
+
+export interface WorkbenchState {
+  mode: 'electron' | 'browser'
+  connection: ConnectionState
+  model: ModelSummary | null
+  /** Path being opened, while it opens. */
+  opening: string | null
+  openError: ApiError | null
+  /** Start-up or drop notices (e.g. the default model is missing). */
+  notice: string | null
+  recent: RecentModel[]
+  tab: Tab
+  selected: string | null
+  tensorStats: TensorStats | null
+  tensorError: ApiError | null
+  tensorJob: JobView | null
+  grid: LayerGridStats | null
+  gridError: ApiError | null
+  gridJob: JobView | null
+  gridStatistic: GridStatistic
+  /** Start-up finished (default model opened or explained): tests wait for it. */
+  ready: boolean
+}
+
+export type Workbench = ReturnType<typeof createWorkbench>
+
+export function createWorkbench(client: ApiClient) {
+  const state = reactive<WorkbenchState>({
+    mode: client.mode,
+    connection: client.mode === 'electron' ? 'open' : 'connecting',
+    model: null,
+    opening: null,
+    openError: null,
+    notice: null,
+    recent: [],
+    tab: 'overview',
+    selected: null,
+    tensorStats: null,
+    tensorError: null,
+    tensorJob: null,
+    grid: null,
+    gridError: null,
+    gridJob: null,
+    gridStatistic: 'absmax',
+    ready: false,
+  })
+  const statsCache = new Map<string, TensorStats>()
+  let tensorJob: Job<TensorStats> | null = null
+  let gridJob: Job<LayerGridStats> | null = null
+
+  /** A progress view for a job that is about to start; `cancel` reaches it once it has. */
+  function jobView(label: string, cancel: () => void): JobView {
+    return reactive({ label, done: 0, total: 0, cancel })
+  }
+
+  async function refreshRecent(): Promise<void> {
+    try {
+      state.recent = await client.call('listRecent', {})
+    } catch {
+      /* the list is a convenience */
+    }
+  }
+
+  function cancelJobs(): void {
+    tensorJob?.cancel()
+    gridJob?.cancel()
+    tensorJob = null
+    gridJob = null
+    state.tensorJob = null
+    state.gridJob = null
+  }
+
+  async function openModel(path: string): Promise<void> {
+    const trimmed = path.trim()
+    if (!trimmed) return
+    state.opening = trimmed
+    state.openError = null
+    try {
+      const summary = await client.call('openModel', { path: trimmed })
+      const previous = state.model
+      cancelJobs()
+      statsCache.clear()
+      state.model = markRaw(summary)
+      state.notice = null
+      state.selected = null
+      state.tensorStats = null
+      state.tensorError = null
+      state.grid = null
+      state.gridError = null
+      state.tab = 'overview'
+      if (previous) void client.call('closeModel', { modelId: previous.modelId }).catch(() => {})
+      void refreshRecent()
+    } catch (err) {
+      state.openError = asApiError(err)
+    } finally {
+      state.opening = null
+    }
+  }
+
+  function selectTensor(name: string): void {
+    const model = state.model
+    if (!model) return
+    state.selected = name
+    state.tab = 'tensor'
+    if (state.tensorStats?.tensor === name && state.tensorJob === null) return
+    tensorJob?.cancel()
+    tensorJob = null
+    state.tensorJob = null
+    state.tensorError = null
+    const key = `${model.modelId}\u0000${name}`
+    const cached = statsCache.get(key)
+    if (cached) {
+      state.tensorStats = cached
+      return
+    }
+    state.tensorStats = null
+    const info = model.tensors.find((t) => t.name === name)
+    if (info && !info.decodable) {
+      state.tensorError = { name: 'Unsupported', message: `Stored type ${info.dtype} cannot be decoded by this build, so it has no statistics.` }
+      return
+    }
+    const view = jobView(`Computing statistics of ${name}`, () => job.cancel())
+    const job = startJob(client, 'tensorStats', { modelId: model.modelId, tensor: name }, (done, total) => {
+      Object.assign(view, { done, total })
+    })
+    tensorJob = job
+    state.tensorJob = view
+    job.promise.then(
+      (stats) => {
+        statsCache.set(key, markRaw(stats))
+        if (tensorJob === job) state.tensorStats = markRaw(stats)
+      },
+      (err: unknown) => {
+        const e = asApiError(err)
+        if (tensorJob === job && !e.cancelled) state.tensorError = e
+      },
+    ).finally(() => {
+      if (tensorJob === job) {
+        tensorJob = null
+        state.tensorJob = null
+      }
+    })
+  }
+
+  function computeGrid(): void {
+    const model = state.model
+    if (!model || gridJob) return
+    state.gridError = null
+    const view = jobView(`Computing statistics of ${model.blocks.length} blocks`, () => job.cancel())
+    const job = startJob(client, 'layerGridStats', { modelId: model.modelId }, (done, total) => {
+      Object.assign(view, { done, total })
+    })
+    gridJob = job
+    state.gridJob = view
+    job.promise.then(
+      (grid) => {
+        if (gridJob === job) state.grid = markRaw(grid)
+      },
+      (err: unknown) => {
+        const e = asApiError(err)
+        if (gridJob === job && !e.cancelled) state.gridError = e
+      },
+    ).finally(() => {
+      if (gridJob === job) {
+        gridJob = null
+        state.gridJob = null
+      }
+    })
+  }
+
+  function showTab(tab: Tab): void {
+    state.tab = tab
+    if (tab === 'grid' && !state.grid && !state.gridJob && !state.gridError) computeGrid()
+  }
+
+  function reportDropWithoutPath(): void {
+    state.notice = 'Browsers do not reveal the path of a dropped file. Type the model path in the box above, or pick a recent model.'
+  }
+
+  async function init(): Promise<void> {
+    client.onConnection?.((c) => (state.connection = c))
+    client.onEvent((event) => {
+      if (event.type === 'open-model-request') void openModel(event.path)
+    })
+    void refreshRecent()
+    try {
+      const start = await client.call('defaultModelPath', {})
+      if (start.message) state.notice = start.message
+      if (start.path) await openModel(start.path)
+    } catch (err) {
+      state.openError = asApiError(err)
+    } finally {
+      state.ready = true
+    }
+  }
+
+  return { state, client, init, openModel, selectTensor, computeGrid, showTab, reportDropWithoutPath, refreshRecent }
+}

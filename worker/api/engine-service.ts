@@ -1,0 +1,382 @@
+/**
+ * The engine side of the API contract (worker/api/contract.ts), in Node, shared by both
+ * transports: Electron IPC and the browser-mode WebSocket. It holds opened models by id,
+ * turns their tensors into the summary the views show, and runs statistics as cancellable
+ * jobs on the StatsService's worker threads, so the calling thread never does the heavy
+ * work itself.
+ */
+import { stat } from 'node:fs/promises'
+import { basename, dirname, relative } from 'node:path'
+import type {
+  ApiEvent,
+  ApiFunctions,
+  ApiParams,
+  ApiResult,
+  DefaultModelInfo,
+  DtypeShare,
+  LayerGridCell,
+  LinearRole,
+  ModelFileInfo,
+  ModelSummary,
+  RecentModel,
+  StatsOptions,
+  TensorInfo,
+  TensorScalarStats,
+  TensorStats,
+} from './contract'
+import { elementCount, type OpenedModel } from '../formats/contract'
+import { ModelFormatError } from '../formats/errors'
+import { openModel } from '../formats/open-model'
+import { classifyTensor, describeModel, LINEAR_ROLES, type LogicalModel } from '../model/logical-model'
+import { StatsService } from '../stats/stats-service'
+
+/** Errors of the service itself (bad ids, jobs); their `name` reaches the UI. */
+export class EngineError extends Error {
+  constructor(name: 'NotFound' | 'BadRequest' | 'Unsupported', message: string) {
+    super(message)
+    this.name = name
+  }
+}
+
+/** The part of StatsService the engine uses (a fake can stand in for tests). */
+export interface StatsBackend {
+  computeTensorStats(
+    modelPath: string,
+    tensor: string,
+    options?: Partial<StatsOptions>,
+    hooks?: { onProgress?(done: number, total: number): void; signal?: AbortSignal },
+  ): Promise<TensorStats>
+  computeAll(
+    modelPath: string,
+    tensors: string[],
+    options?: Partial<StatsOptions>,
+    hooks?: { onProgress?(done: number, total: number): void; signal?: AbortSignal },
+  ): Promise<Map<string, TensorStats>>
+  close(): Promise<void>
+}
+
+/** Where recently opened models are remembered (main/recent-models.ts in the apps). */
+export interface RecentModelsBackend {
+  list(): Promise<RecentModel[]>
+  add(entry: RecentModel): Promise<void>
+}
+
+export interface EngineServiceOptions {
+  stats?: StatsBackend
+  /** Worker threads for a StatsService the engine creates itself. */
+  statsThreads?: number
+  /** Disk cache for statistics. */
+  cacheDir?: string
+  recent?: RecentModelsBackend
+  /** The model to open at start-up (argument, embedded default, or none). */
+  defaultModel?: DefaultModelInfo | (() => Promise<DefaultModelInfo>)
+  /** Models kept open at once; the oldest is closed beyond this. */
+  maxOpenModels?: number
+}
+
+interface OpenModelEntry {
+  id: string
+  path: string
+  model: OpenedModel
+  logical: LogicalModel
+  summary: ModelSummary
+}
+
+const PROGRESS_INTERVAL_MS = 80
+
+export class EngineService implements ApiFunctions {
+  private readonly models = new Map<string, OpenModelEntry>()
+  private readonly jobs = new Map<string, AbortController>()
+  private readonly listeners = new Set<(event: ApiEvent) => void>()
+  private readonly stats: StatsBackend
+  private nextModel = 1
+
+  constructor(private readonly options: EngineServiceOptions = {}) {
+    this.stats = options.stats ?? new StatsService({ threads: options.statsThreads, cacheDir: options.cacheDir })
+  }
+
+  onEvent(listener: (event: ApiEvent) => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+
+  emit(event: ApiEvent): void {
+    for (const listener of this.listeners) {
+      try {
+        listener(event)
+      } catch {
+        /* a broken listener (closed socket) must not stop the others */
+      }
+    }
+  }
+
+  async openModel({ path }: ApiParams<'openModel'>): Promise<ApiResult<'openModel'>> {
+    const model = await openModel(path)
+    let summary: ModelSummary
+    let logical: LogicalModel
+    try {
+      logical = describeModel(model)
+      const id = `m${this.nextModel++}`
+      summary = await summarizeModel(id, path, model, logical)
+    } catch (err) {
+      await model.close().catch(() => {})
+      throw err
+    }
+    this.models.set(summary.modelId, { id: summary.modelId, path, model, logical, summary })
+    await this.closeBeyondLimit()
+    await this.options.recent
+      ?.add({ path, name: summary.name, format: summary.format, openedAt: Date.now() })
+      .catch(() => {
+        /* remembering is best effort; opening succeeded */
+      })
+    return summary
+  }
+
+  async closeModel({ modelId }: ApiParams<'closeModel'>): Promise<ApiResult<'closeModel'>> {
+    const entry = this.models.get(modelId)
+    if (!entry) return { closed: false }
+    this.models.delete(modelId)
+    await entry.model.close()
+    return { closed: true }
+  }
+
+  async listRecent(): Promise<ApiResult<'listRecent'>> {
+    return (await this.options.recent?.list()) ?? []
+  }
+
+  async defaultModelPath(): Promise<ApiResult<'defaultModelPath'>> {
+    const d = this.options.defaultModel
+    if (!d) return { path: null, source: 'none', message: 'No default model configured.' }
+    return typeof d === 'function' ? d() : d
+  }
+
+  async tensorStats({ modelId, tensor, options, jobId }: ApiParams<'tensorStats'>): Promise<ApiResult<'tensorStats'>> {
+    const entry = this.model(modelId)
+    const info = entry.summary.tensors.find((t) => t.name === tensor)
+    if (!info) throw new EngineError('NotFound', `model ${entry.summary.name} has no tensor '${tensor}'`)
+    if (!info.decodable) {
+      throw new ModelFormatError(info.file, tensor, `stored type ${info.dtype} cannot be decoded by this build, so it has no statistics`)
+    }
+    return this.runJob(jobId, (hooks) => this.stats.computeTensorStats(entry.path, tensor, options, hooks))
+  }
+
+  async layerGridStats({ modelId, jobId }: ApiParams<'layerGridStats'>): Promise<ApiResult<'layerGridStats'>> {
+    const entry = this.model(modelId)
+    const decodable = new Map(entry.summary.tensors.map((t) => [t.name, t]))
+    const wanted: { block: number; role: LinearRole; tensor: string }[] = []
+    const skipped: { tensor: string; reason: string }[] = []
+    for (const block of entry.logical.blocks) {
+      for (const role of LINEAR_ROLES) {
+        const tensor = block.linears[role]
+        if (!tensor) continue
+        const info = decodable.get(tensor)
+        if (info && !info.decodable) skipped.push({ tensor, reason: `stored type ${info.dtype} cannot be decoded` })
+        else wanted.push({ block: block.index, role, tensor })
+      }
+    }
+    const all = await this.runJob(jobId, (hooks) =>
+      this.stats.computeAll(
+        entry.path,
+        wanted.map((w) => w.tensor),
+        undefined,
+        hooks,
+      ),
+    )
+    const cells: LayerGridCell[] = []
+    for (const w of wanted) {
+      const s = all.get(w.tensor)
+      if (s) cells.push({ ...w, stats: scalarStats(s) })
+      else skipped.push({ tensor: w.tensor, reason: 'no statistics returned' })
+    }
+    return {
+      modelId,
+      roles: entry.summary.linearRoles,
+      blocks: entry.logical.blocks.map((b) => b.index),
+      cells,
+      skipped,
+    }
+  }
+
+  async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
+    const controller = this.jobs.get(jobId)
+    if (!controller) return { cancelled: false }
+    controller.abort()
+    return { cancelled: true }
+  }
+
+  /** Cancels running jobs, closes every model and the stats workers. */
+  async close(): Promise<void> {
+    for (const controller of this.jobs.values()) controller.abort()
+    this.jobs.clear()
+    for (const entry of this.models.values()) await entry.model.close().catch(() => {})
+    this.models.clear()
+    await this.stats.close()
+  }
+
+  private model(modelId: string): OpenModelEntry {
+    const entry = this.models.get(modelId)
+    if (!entry) throw new EngineError('NotFound', `no open model with id '${modelId}' (it was closed; open it again)`)
+    return entry
+  }
+
+  private async closeBeyondLimit(): Promise<void> {
+    const limit = this.options.maxOpenModels ?? 4
+    while (this.models.size > limit) {
+      const oldest = this.models.keys().next().value as string
+      await this.closeModel({ modelId: oldest })
+    }
+  }
+
+  /** Runs one job: progress events (throttled), cancel by jobId, a finished event. */
+  private async runJob<T>(
+    jobId: string,
+    work: (hooks: { onProgress(done: number, total: number): void; signal: AbortSignal }) => Promise<T>,
+  ): Promise<T> {
+    if (this.jobs.has(jobId)) throw new EngineError('BadRequest', `job '${jobId}' is already running`)
+    const controller = new AbortController()
+    this.jobs.set(jobId, controller)
+    let last = 0
+    const onProgress = (done: number, total: number): void => {
+      const now = Date.now()
+      if (done < total && now - last < PROGRESS_INTERVAL_MS) return
+      last = now
+      this.emit({ type: 'job-progress', jobId, done, total })
+    }
+    try {
+      const result = await work({ onProgress, signal: controller.signal })
+      if (controller.signal.aborted) throw cancelledError()
+      this.emit({ type: 'job-finished', jobId, outcome: 'done' })
+      return result
+    } catch (err) {
+      const cancelled = controller.signal.aborted
+      this.emit({ type: 'job-finished', jobId, outcome: cancelled ? 'cancelled' : 'failed' })
+      throw cancelled ? cancelledError() : err
+    } finally {
+      this.jobs.delete(jobId)
+    }
+  }
+}
+
+function cancelledError(): Error {
+  const err = new Error('cancelled')
+  err.name = 'AbortError'
+  return err
+}
+
+export function scalarStats(s: TensorStats): TensorScalarStats {
+  const { rows, cols, count, min, max, mean, std, absmax, kurtosis, nan, inf, zeros } = s
+  return { rows, cols, count, min, max, mean, std, absmax, kurtosis, nan, inf, zeros }
+}
+
+/** Builds the view-facing summary of an opened model (no tensor data is read). */
+export async function summarizeModel(
+  modelId: string,
+  path: string,
+  model: OpenedModel,
+  logical: LogicalModel,
+): Promise<ModelSummary> {
+  const isFolder = (await stat(path).catch(() => null))?.isDirectory() ?? false
+  const root = isFolder ? path : dirname(path)
+  const place = placeTensors(logical)
+
+  const tensors: TensorInfo[] = []
+  const byDtype = new Map<string, DtypeShare>()
+  const perFile = new Map<string, number>()
+  let params = 0
+  let bytes = 0
+  for (const t of model.tensors) {
+    const n = elementCount(t.shape)
+    const where = place.get(t.name)
+    const cls = where ? null : classifyTensor(t.alias ?? t.name)
+    tensors.push({
+      name: t.name,
+      dtype: t.dtype,
+      shape: t.shape,
+      params: n,
+      bytes: t.byteLength,
+      file: relative(root, t.file) || basename(t.file),
+      layer: where?.layer ?? cls?.layer ?? null,
+      role: where?.role ?? cls?.role ?? null,
+      group: where?.group ?? 'unassigned',
+      decodable: t.decodable,
+    })
+    // Derived (virtual) entries re-describe stored bytes: they do not add to the totals.
+    if (t.derivedFrom) continue
+    params += n
+    bytes += t.byteLength
+    const share = byDtype.get(t.dtype) ?? { dtype: t.dtype, tensors: 0, params: 0, bytes: 0 }
+    share.tensors++
+    share.params += n
+    share.bytes += t.byteLength
+    byDtype.set(t.dtype, share)
+    perFile.set(t.file, (perFile.get(t.file) ?? 0) + 1)
+  }
+
+  const files: ModelFileInfo[] = []
+  for (const file of model.files) {
+    const size = (await stat(file).catch(() => null))?.size ?? 0
+    files.push({ path: file, name: relative(root, file) || basename(file), bytes: size, tensors: perFile.get(file) ?? 0 })
+  }
+
+  const present = new Set<LinearRole>()
+  for (const b of logical.blocks) for (const r of Object.keys(b.linears)) present.add(r as LinearRole)
+
+  return {
+    modelId,
+    path,
+    name: basename(path),
+    format: model.format,
+    architecture: model.architecture ?? logical.architecture,
+    config: model.config,
+    params,
+    bytes,
+    bytesByDtype: [...byDtype.values()].sort((a, b) => b.bytes - a.bytes),
+    files,
+    tensors,
+    linearRoles: LINEAR_ROLES.filter((r) => present.has(r)),
+    blocks: logical.blocks.map((b) => ({ index: b.index, linears: { ...b.linears }, norms: { ...b.norms }, others: [...b.others] })),
+    embeddings: logical.embeddings,
+    lmHead: logical.lmHead,
+    tiedEmbeddings: logical.tiedEmbeddings,
+    finalNorm: logical.finalNorm,
+    unassigned: logical.unassigned,
+    tokenizerPath: model.tokenizerPath,
+    metadata: displayMetadata(model.metadata),
+  }
+}
+
+function placeTensors(logical: LogicalModel): Map<string, { layer: number | null; role: string | null; group: TensorInfo['group'] }> {
+  const place = new Map<string, { layer: number | null; role: string | null; group: TensorInfo['group'] }>()
+  for (const b of logical.blocks) {
+    for (const [role, name] of Object.entries(b.linears)) place.set(name, { layer: b.index, role, group: 'block' })
+    for (const [role, name] of Object.entries(b.norms)) place.set(name, { layer: b.index, role, group: 'block' })
+    for (const name of b.others) place.set(name, { layer: b.index, role: null, group: 'block' })
+  }
+  if (logical.embeddings) place.set(logical.embeddings, { layer: null, role: 'embed', group: 'embeddings' })
+  if (logical.lmHead) place.set(logical.lmHead, { layer: null, role: 'lm_head', group: 'lm_head' })
+  if (logical.finalNorm) place.set(logical.finalNorm, { layer: null, role: 'final_norm', group: 'final_norm' })
+  return place
+}
+
+/** Format metadata for display: at most 40 entries, long values and arrays shortened. */
+function displayMetadata(metadata: Record<string, unknown>): { key: string; value: string }[] {
+  const out: { key: string; value: string }[] = []
+  for (const [key, value] of Object.entries(metadata)) {
+    if (out.length >= 40) break
+    let text: string
+    if (Array.isArray(value) || ArrayBuffer.isView(value)) text = `[${(value as ArrayLike<unknown>).length} items]`
+    else if (typeof value === 'bigint') text = value.toString()
+    else if (typeof value === 'object' && value !== null) text = safeJson(value)
+    else text = String(value)
+    out.push({ key, value: text.length > 160 ? `${text.slice(0, 157)}…` : text })
+  }
+  return out
+}
+
+function safeJson(value: unknown): string {
+  try {
+    return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))
+  } catch {
+    return String(value)
+  }
+}
