@@ -68,8 +68,10 @@ describe('EngineService on a real model', () => {
     expect(s.absmax).toBe(ref.absmax)
     expect(s.min).toBe(ref.min)
     expect(s.max).toBe(ref.max)
-    expect(s.mean).toBeCloseTo(ref.mean, 9)
-    expect(Math.abs(s.std - ref.std) / ref.std).toBeLessThan(1e-9)
+    // The WASM kernel sums float32 lanes before folding into float64: mean agrees to a tiny
+    // fraction of the spread, std to 1e-6 relative (the kernel contract, see stats-kernels.test).
+    expect(Math.abs(s.mean - ref.mean)).toBeLessThan(1e-6 * ref.std)
+    expect(Math.abs(s.std - ref.std) / ref.std).toBeLessThan(1e-6)
     expect(s.histogram.counts).toEqual(ref.histogram)
     expect(events).toContainEqual({ type: 'job-finished', jobId: 'job-1', outcome: 'done' })
   })
