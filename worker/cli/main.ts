@@ -5,6 +5,8 @@
  */
 import { parseArgs, UsageError, type ParsedArgs } from './args'
 import { inspectModel, type InspectReport } from './inspect'
+import { runEval } from './eval'
+import { runGenerate } from './generate'
 import { formatBytes, formatCount, progressLine } from './format'
 
 const USAGE = `usage: npm run cli -- <command> [options]
@@ -13,11 +15,24 @@ commands:
   inspect PATH [--stats] [--threads N] [--json]
       PATH: a Hugging Face folder, a .safetensors file, a *.safetensors.index.json,
       a .gguf or an .onnx file. --stats computes per-tensor statistics.
+  eval MODEL --text FILE [--ctx 256] [--max-windows N] [--backend wasm|native]
+       [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]] [--tokenizer FILE] [--json]
+      Perplexity on the text (windows of ctx tokens, remainder dropped); --kld adds the KL
+      divergence against the base model (default: MODEL itself).
+  generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
+       [--compare MODEL2] [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
+      Continues the prompt (greedy unless --temperature > 0); --compare runs a second model
+      on the same prompt and settings, side by side.
   help
 `
 
-const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help'])
-const VALUE_FLAGS = new Set(['threads'])
+const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help', 'kld'])
+const VALUE_FLAGS = new Set([
+  'threads',
+  // eval / generate
+  'text', 'ctx', 'max-windows', 'backend', 'base', 'kld-cache', 'tokenizer',
+  'prompt', 'max-tokens', 'temperature', 'top-p', 'seed', 'compare',
+])
 
 async function main(argv: string[]): Promise<number> {
   const args = parseArgs(argv, BOOLEAN_FLAGS, VALUE_FLAGS)
@@ -28,6 +43,10 @@ async function main(argv: string[]): Promise<number> {
   switch (args.command) {
     case 'inspect':
       return runInspect(args)
+    case 'eval':
+      return runEval(args)
+    case 'generate':
+      return runGenerate(args)
     default:
       throw new UsageError(`unknown command '${args.command}'`)
   }

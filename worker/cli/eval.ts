@@ -1,0 +1,105 @@
+import { resolve } from 'node:path'
+import { intFlag, UsageError, type ParsedArgs } from './args'
+import { progressLine } from './format'
+import { evalPerplexity } from '../inference/inference-service'
+import type { KldCacheMode } from '../inference/kld'
+import type { BackendKind } from '../inference/ort-backend'
+import { DEFAULT_CTX, type PerplexityResult } from '../inference/perplexity'
+
+/**
+ * `eval MODEL --text FILE [--ctx 256] [--max-windows N] [--backend wasm|native] [--threads N]
+ *  [--kld [--base PATH] [--kld-cache auto|on|off]] [--tokenizer FILE] [--json]`
+ * Perplexity by the project protocol; with --kld also the KL divergence against the base
+ * model (default: MODEL itself, which checks the pipeline: KL 0, top-1 agreement 1).
+ */
+export async function runEval(args: ParsedArgs): Promise<number> {
+  const model = args.positionals[0]
+  if (!model || args.positionals.length > 1) throw new UsageError('eval takes exactly one MODEL')
+  const text = args.flags.get('text')
+  if (typeof text !== 'string') throw new UsageError('eval needs --text FILE')
+  const ctx = intFlag(args, 'ctx', DEFAULT_CTX, 2)
+  const maxWindows = args.flags.has('max-windows') ? intFlag(args, 'max-windows', 1, 1) : undefined
+  const backend = backendFlag(args)
+  const threads = args.flags.has('threads') ? intFlag(args, 'threads', 1, 1) : undefined
+  const kldOn = args.flags.has('kld')
+  if (!kldOn && (args.flags.has('base') || args.flags.has('kld-cache'))) throw new UsageError('--base and --kld-cache go with --kld')
+  const cache = args.flags.get('kld-cache') ?? 'auto'
+  if (cache !== 'auto' && cache !== 'on' && cache !== 'off') throw new UsageError(`--kld-cache must be auto, on or off, got '${String(cache)}'`)
+  const base = args.flags.get('base')
+  const tokenizer = args.flags.get('tokenizer')
+
+  const controller = new AbortController()
+  process.once('SIGINT', () => controller.abort())
+  const result = await evalPerplexity(
+    model,
+    { file: resolve(text) },
+    {
+      ctx,
+      maxWindows,
+      backend,
+      threads,
+      tokenizer: typeof tokenizer === 'string' ? resolve(tokenizer) : undefined,
+      kld: kldOn ? { base: typeof base === 'string' ? { model: resolve(base) } : undefined, cache: cache as KldCacheMode } : null,
+    },
+    {
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (p.stage === 'token') return
+        progressLine(p.stage === 'evaluating' ? `windows${p.ppl ? ` (ppl ${p.ppl.toFixed(3)})` : ''}` : p.stage, p.done, p.total)
+      },
+    },
+  )
+  if (args.flags.has('json')) process.stdout.write(JSON.stringify(evalReport(result)) + '\n')
+  else process.stdout.write(renderEval(result))
+  return 0
+}
+
+export function backendFlag(args: ParsedArgs): BackendKind {
+  const b = args.flags.get('backend') ?? 'wasm'
+  if (b !== 'wasm' && b !== 'native') throw new UsageError(`--backend must be wasm or native, got '${String(b)}'`)
+  return b
+}
+
+/** The --json document: the contract's fields first, then details. */
+export function evalReport(r: PerplexityResult): Record<string, unknown> {
+  const out: Record<string, unknown> = { ppl: r.ppl, tokens: r.tokens, windows: r.windows, ctx: r.ctx, seconds: r.seconds }
+  if (r.kld) {
+    const k = r.kld
+    out.kld = { mean: k.mean, median: k.median, p99: k.p99, top1: k.top1, deltaPpl: k.deltaPpl, basePpl: k.basePpl, baseSource: k.baseSource }
+  }
+  Object.assign(out, {
+    nll: r.nll,
+    predicted: r.predicted,
+    textTokens: r.textTokens,
+    backend: r.backend,
+    threads: r.threads,
+    evalSeconds: r.evalSeconds,
+    tokensPerSecond: r.tokensPerSecond,
+  })
+  return out
+}
+
+function renderEval(r: PerplexityResult): string {
+  const lines = [
+    `perplexity    ${r.ppl.toFixed(4)}  (mean NLL ${r.nll.toFixed(5)} nats)`,
+    `windows       ${r.windows} × ${r.ctx} tokens (${r.predicted} predicted; text has ${r.textTokens} tokens)`,
+    `backend       ${r.backend}, ${r.threads} threads`,
+    `time          ${r.seconds.toFixed(2)} s (${r.tokensPerSecond.toFixed(0)} tokens/s evaluating)`,
+  ]
+  if (r.kld) {
+    const k = r.kld
+    lines.push(
+      `KL divergence mean ${k.mean.toExponential(4)}, median ${k.median.toExponential(4)}, p99 ${k.p99.toExponential(4)} nats`,
+      `top-1 agree   ${(100 * k.top1).toFixed(2)} %`,
+      `base ppl      ${k.basePpl.toFixed(4)} (Δppl ${signed(k.deltaPpl, 4)}; base log-probs: ${k.baseSource})`,
+    )
+  }
+  return lines.join('\n') + '\n'
+}
+
+/** '+0.1234' / '-0.1234', and '0.0000' rather than '-0.0000'. */
+function signed(v: number, digits: number): string {
+  const text = Math.abs(v).toFixed(digits)
+  if (Number(text) === 0) return text
+  return `${v < 0 ? '-' : '+'}${text}`
+}

@@ -1,0 +1,103 @@
+import { readFile } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import type { OpenedModel } from '../formats/contract'
+import { InferenceInputError } from './errors'
+import { sampleToken, seededRandom, type SamplingOptions } from './sampler'
+import type { DecoderSession } from './session'
+
+/**
+ * Text generation with the KV cache: one prefill of the prompt, then one token per step.
+ * Greedy by default; temperature/top-p sampling from a seeded generator, so two variants
+ * given the same prompt and seed can be compared side by side.
+ */
+export interface GenerateOptions {
+  maxTokens?: number
+  /** 0 (default) = greedy. */
+  temperature?: number
+  topP?: number
+  seed?: number
+  /** Generation stops after any of these (end-of-sequence ids). */
+  stopTokens?: number[]
+}
+
+export interface GenerationResult {
+  promptTokens: number
+  /** Generated ids (the stop token included, when one ended the generation). */
+  ids: number[]
+  stopReason: 'stop-token' | 'max-tokens'
+  prefillSeconds: number
+  decodeSeconds: number
+  /** Generated tokens per second of decoding (prefill excluded). */
+  tokensPerSecond: number
+}
+
+export interface GenerateHooks {
+  onToken?(id: number, index: number): void
+  signal?: AbortSignal
+}
+
+export const DEFAULT_MAX_TOKENS = 64
+
+/** Positions a generation session needs: prompt + new tokens. */
+export function generationPositions(promptTokens: number, maxTokens: number): number {
+  return promptTokens + maxTokens
+}
+
+export async function generateTokens(session: DecoderSession, prompt: readonly number[], options: GenerateOptions = {}, hooks: GenerateHooks = {}): Promise<GenerationResult> {
+  if (prompt.length === 0) throw new InferenceInputError('the prompt is empty (no tokens)')
+  const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS
+  if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new InferenceInputError(`maxTokens must be an integer ≥ 1, got ${maxTokens}`)
+  const sampling: SamplingOptions = { temperature: options.temperature ?? 0, topP: options.topP ?? 1 }
+  if (!(sampling.temperature >= 0)) throw new InferenceInputError(`temperature must be ≥ 0, got ${sampling.temperature}`)
+  if (!(sampling.topP > 0 && sampling.topP <= 1)) throw new InferenceInputError(`top-p must be in (0, 1], got ${sampling.topP}`)
+  const random = seededRandom(options.seed ?? 0)
+  const stops = new Set(options.stopTokens ?? [])
+  const V = session.vocab
+  const lastRow = (data: Float32Array): Float32Array => data.subarray(data.length - V)
+
+  const t0 = performance.now()
+  let step = await session.forward({ tokens: prompt }, ['logits'])
+  const prefillSeconds = (performance.now() - t0) / 1000
+  const ids: number[] = []
+  let stopReason: GenerationResult['stopReason'] = 'max-tokens'
+  const t1 = performance.now()
+  for (let i = 0; i < maxTokens; i++) {
+    hooks.signal?.throwIfAborted()
+    const id = sampleToken(lastRow(step.outputs.logits!.data as Float32Array), sampling, random)
+    ids.push(id)
+    hooks.onToken?.(id, i)
+    if (stops.has(id)) {
+      stopReason = 'stop-token'
+      break
+    }
+    if (i === maxTokens - 1) break
+    step = await session.forward({ tokens: [id], past: step.present }, ['logits'])
+  }
+  const decodeSeconds = (performance.now() - t1) / 1000
+  return { promptTokens: prompt.length, ids, stopReason, prefillSeconds, decodeSeconds, tokensPerSecond: ids.length / Math.max(decodeSeconds, 1e-9) }
+}
+
+/**
+ * End-of-sequence ids the model declares: `eos_token_id` of config.json / generation_config.json
+ * (HF folders) or `tokenizer.ggml.eos_token_id` (GGUF).
+ */
+export async function declaredStopTokens(model: OpenedModel): Promise<number[]> {
+  const out = new Set<number>()
+  const add = (v: unknown): void => {
+    if (typeof v === 'number' && Number.isInteger(v)) out.add(v)
+    else if (Array.isArray(v)) v.forEach(add)
+  }
+  add(model.metadata['tokenizer.ggml.eos_token_id'])
+  const configFile = model.files.find((f) => f.endsWith('config.json'))
+  const dir = configFile ? dirname(configFile) : null
+  if (dir) {
+    for (const name of ['config.json', 'generation_config.json']) {
+      try {
+        add((JSON.parse(await readFile(join(dir, name), 'utf8')) as Record<string, unknown>).eos_token_id)
+      } catch {
+        /* absent or unreadable: no stop tokens from it */
+      }
+    }
+  }
+  return [...out]
+}

@@ -1,0 +1,167 @@
+import type { OpenedModel } from '../formats/contract'
+import { InferenceInputError } from './errors'
+import { openKldBase, summarizeKld, type KldOptions, type KldSummary } from './kld'
+import type { BackendKind } from './ort-backend'
+import { DecoderSession, windowsPerRun } from './session'
+import type { WeightOverrides } from './weights'
+
+/**
+ * Perplexity by the project's protocol (the reference-model issue): the whole text tokenized
+ * without special tokens, split into consecutive non-overlapping windows of `ctx` tokens (the
+ * remainder dropped), each window evaluated from an empty cache, the NLL averaged over every
+ * predicted token (ctx − 1 per window), ppl = exp(mean). The NLL is computed inside the graph
+ * (logsumexp − target logit), so the [ctx, vocab] logits never leave the runtime.
+ */
+export const DEFAULT_CTX = 256
+
+export interface EvalProgress {
+  stage: 'loading' | 'loading-base' | 'evaluating'
+  done: number
+  total: number
+  /** Running perplexity over the windows done so far (stage 'evaluating'). */
+  ppl?: number
+}
+
+export interface EvalHooks {
+  onProgress?(p: EvalProgress): void
+  signal?: AbortSignal
+}
+
+export interface PerplexityOptions {
+  ctx?: number
+  maxWindows?: number
+  backend?: BackendKind
+  threads?: number
+  overrides?: WeightOverrides
+  /** Also measure KL divergence against the base model on the same windows. */
+  kld?: KldOptions | null
+  /** Windows evaluated per runtime call (default: windowsPerRun(ctx, vocab)); numbers do not depend on it. */
+  windowsPerRun?: number
+}
+
+export interface PerplexityResult {
+  ppl: number
+  /** Tokens evaluated: windows × ctx. */
+  tokens: number
+  windows: number
+  ctx: number
+  /** Wall time of the whole evaluation (loading included). */
+  seconds: number
+  /** Mean NLL per predicted token (nats). */
+  nll: number
+  /** Mean NLL of each window's ctx − 1 predictions, in window order. */
+  windowNll: number[]
+  /** Predicted tokens: windows × (ctx − 1). */
+  predicted: number
+  /** Tokens of the whole text. */
+  textTokens: number
+  backend: BackendKind
+  threads: number
+  /** Seconds spent running windows (loading excluded), and tokens/s over that time. */
+  evalSeconds: number
+  tokensPerSecond: number
+  kld?: KldSummary
+}
+
+/** The windows of the protocol; explains itself when the text is shorter than one window. */
+export function planWindows(ids: readonly number[], ctx: number, maxWindows?: number): number[][] {
+  if (!Number.isInteger(ctx) || ctx < 2) throw new InferenceInputError(`ctx must be an integer ≥ 2, got ${ctx}`)
+  const available = Math.floor(ids.length / ctx)
+  if (available === 0) {
+    throw new InferenceInputError(
+      `the text has ${ids.length} tokens, fewer than one window of ctx = ${ctx} tokens; use a longer text or a smaller ctx (--ctx)`,
+    )
+  }
+  const n = maxWindows === undefined ? available : Math.min(available, maxWindows)
+  if (n < 1) throw new InferenceInputError(`maxWindows must be ≥ 1, got ${maxWindows}`)
+  return Array.from({ length: n }, (_, w) => ids.slice(w * ctx, (w + 1) * ctx))
+}
+
+export async function evaluatePerplexity(model: OpenedModel, ids: readonly number[], options: PerplexityOptions = {}, hooks: EvalHooks = {}): Promise<PerplexityResult> {
+  const t0 = performance.now()
+  const ctx = options.ctx ?? DEFAULT_CTX
+  const windows = planWindows(ids, ctx, options.maxWindows)
+  const { signal, onProgress } = hooks
+  const kldOn = options.kld !== undefined && options.kld !== null
+  const session = await DecoderSession.create(model, {
+    backend: options.backend,
+    threads: options.threads,
+    overrides: options.overrides,
+    signal,
+    onLoadProgress: (done, total) => onProgress?.({ stage: 'loading', done, total }),
+    graph: { nll: true, kl: kldOn, argmax: kldOn, maxPositions: ctx },
+  })
+  let base: Awaited<ReturnType<typeof openKldBase>> | null = null
+  try {
+    if (kldOn) {
+      base = await openKldBase(options.kld!.base ?? model, windows, ctx, {
+        ...options.kld!,
+        backend: options.backend,
+        threads: options.threads,
+        signal,
+        onLoadProgress: (done, total) => onProgress?.({ stage: 'loading-base', done, total }),
+      })
+      if (base.vocab !== session.vocab) {
+        throw new InferenceInputError(`the base model's vocabulary (${base.vocab}) differs from the evaluated model's (${session.vocab}); KL divergence needs the same tokens`)
+      }
+    }
+    const predicted = windows.length * (ctx - 1)
+    const kl = kldOn ? new Float64Array(predicted) : null
+    let nllSum = 0
+    const windowNll: number[] = []
+    let baseNllSum = 0
+    let agree = 0
+    const tEval = performance.now()
+    const perRun = options.windowsPerRun ?? windowsPerRun(ctx, session.vocab, kldOn ? 5 : 2)
+    for (let w0 = 0; w0 < windows.length; w0 += perRun) {
+      signal?.throwIfAborted()
+      const batch = windows.slice(w0, w0 + perRun)
+      const targets = batch.map((tokens) => tokens.slice(1).concat([0]))
+      const ref = base ? await base.windows(w0, batch) : null
+      const outputs = await session.forwardWindows(batch, { targets, refLogprobs: ref?.logprobs }, kldOn ? ['nll', 'kl', 'argmax'] : ['nll'])
+      const nll = outputs.nll!.data as Float32Array
+      const klw = outputs.kl?.data as Float32Array | undefined
+      const top = outputs.argmax?.data as BigInt64Array | undefined
+      for (let b = 0; b < batch.length; b++) {
+        const w = w0 + b
+        let windowSum = 0
+        for (let t = 0; t < ctx - 1; t++) windowSum += nll[b * ctx + t]!
+        nllSum += windowSum
+        windowNll.push(windowSum / (ctx - 1))
+        if (ref && kl && klw && top) {
+          const baseWindow = ref.windows[b]!
+          for (let t = 0; t < ctx - 1; t++) {
+            kl[w * (ctx - 1) + t] = klw[b * ctx + t]!
+            if (Number(top[b * ctx + t]) === baseWindow.argmax[t]) agree++
+            baseNllSum += baseWindow.nll[t]!
+          }
+        }
+      }
+      const done = w0 + batch.length
+      onProgress?.({ stage: 'evaluating', done, total: windows.length, ppl: Math.exp(nllSum / (done * (ctx - 1))) })
+    }
+    const evalSeconds = (performance.now() - tEval) / 1000
+    const meanNll = nllSum / predicted
+    const ppl = Math.exp(meanNll)
+    const result: PerplexityResult = {
+      ppl,
+      tokens: windows.length * ctx,
+      windows: windows.length,
+      ctx,
+      seconds: (performance.now() - t0) / 1000,
+      nll: meanNll,
+      windowNll,
+      predicted,
+      textTokens: ids.length,
+      backend: session.backend,
+      threads: session.threads,
+      evalSeconds,
+      tokensPerSecond: (windows.length * ctx) / evalSeconds,
+    }
+    if (kl && base) result.kld = summarizeKld(kl, agree, baseNllSum, ppl, base.mode)
+    return result
+  } finally {
+    await base?.close()
+    await session.release()
+  }
+}
