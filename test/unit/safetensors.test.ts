@@ -1,5 +1,5 @@
-import { describe, it, expect, beforeAll } from 'vitest'
-import { mkdtemp, readFile, writeFile, truncate, readdir, mkdir } from 'node:fs/promises'
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { mkdtemp, open, rm, readFile, writeFile, truncate, readdir, mkdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { openModel } from '../../worker/formats/open-model'
@@ -10,6 +10,9 @@ import { encode, gaussian, writeTinyLlama } from '../helpers/tiny-llama'
 let dir: string
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'qs-st-'))
+})
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true })
 })
 
 /** Hand-assembles a safetensors file from a header object and a data section. */
@@ -179,6 +182,27 @@ describe('safetensors reader', () => {
     const p = join(dir, 'fail.safetensors')
     await expect(writeSafetensorsFile(p, [{ name: 'a', dtype: 'F32', shape: [2] }], () => new Uint8Array(4))).rejects.toThrow(/fill returned 4 bytes, expected 8/)
     expect((await readdir(dir)).filter((f) => f.startsWith('fail.safetensors'))).toEqual([])
+  })
+
+  it('reads tensors beyond 4 GiB in a (sparse) file over 4 GiB', async () => {
+    const pad = 4_400_000_000 // > 2^32 bytes of zeros that the filesystem never stores
+    const header = { pad: { dtype: 'U8', shape: [pad], data_offsets: [0, pad] }, tail: { dtype: 'F32', shape: [2, 2], data_offsets: [pad, pad + 16] } }
+    const p = await rawFile('sparse.safetensors', header, new Uint8Array(0))
+    const dataStart = (await readFile(p)).length
+    const fh = await open(p, 'r+')
+    try {
+      await fh.truncate(dataStart + pad + 16)
+      await fh.write(new Uint8Array(Float32Array.of(1.5, -2, 3.25, 1e30).buffer), 0, 16, dataStart + pad)
+    } finally {
+      await fh.close()
+    }
+    const m = await openModel(p)
+    try {
+      expect(m.tensors.find((t) => t.name === 'tail')!.byteOffset).toBe(dataStart + pad)
+      expect(Array.from(await m.readRows('tail', 1, 2))).toEqual([3.25, Math.fround(1e30)])
+    } finally {
+      await m.close()
+    }
   })
 
   it('large tensors decode row ranges without reading the rest', async () => {
