@@ -1,6 +1,6 @@
-import { describe, it, expect, beforeAll } from 'vitest'
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { execFile } from 'node:child_process'
-import { mkdtemp, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { promisify } from 'node:util'
@@ -26,6 +26,9 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'qs-cli-'))
   modelDir = join(dir, 'tiny')
   ref = await writeTinyLlama(modelDir, { dtype: 'BF16', layers: 2, tied: true })
+})
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true })
 })
 
 describe('cli inspect', () => {
