@@ -7,11 +7,13 @@
  * Protocol: the parent posts ApiRequest values ({id, method, params}) or {kind: 'shutdown'};
  * this thread posts ServerMessage values (responses and events), and {kind: 'shutdown-done'}.
  */
+import { dirname, join } from 'node:path'
 import { parentPort, workerData } from 'node:worker_threads'
 import type { DefaultModelInfo, ServerMessage } from '../worker/api/contract'
 import { EngineService } from '../worker/api/engine-service'
 import { dispatchRequest } from './api-dispatcher'
 import { RecentModelsFile } from './recent-models'
+import { EvalRunsFile, RUNS_FILE_NAME } from './runs-store'
 
 export interface EngineThreadData {
   recentFile: string | null
@@ -26,6 +28,8 @@ const data = workerData as EngineThreadData
 
 const engine = new EngineService({
   recent: data.recentFile ? new RecentModelsFile(data.recentFile) : undefined,
+  // Evaluation runs live beside the recent-models list, in the app's state folder.
+  runs: data.recentFile ? new EvalRunsFile(join(dirname(data.recentFile), RUNS_FILE_NAME)) : undefined,
   cacheDir: data.cacheDir ?? undefined,
   statsThreads: data.statsThreads ?? undefined,
   defaultModel: data.defaultModel,

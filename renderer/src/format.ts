@@ -38,3 +38,20 @@ export function formatPercent(part: number, whole: number): string {
   const p = (100 * part) / whole
   return `${p >= 10 ? p.toFixed(0) : p.toFixed(1)}%`
 }
+
+/** '0.8 s', '42 s', '3 min 05 s', '1 h 02 min'. */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return '–'
+  if (seconds < 10) return `${seconds.toFixed(1)} s`
+  if (seconds < 60) return `${Math.round(seconds)} s`
+  const s = Math.round(seconds)
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, '0')} s`
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min`
+}
+
+/** '+0.123' / '-0.123', and '0.000' rather than '-0.000'. */
+export function formatSigned(v: number, digits: number): string {
+  const text = Math.abs(v).toFixed(digits)
+  if (Number(text) === 0) return text
+  return `${v < 0 ? '−' : '+'}${text}`
+}

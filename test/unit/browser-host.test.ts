@@ -40,6 +40,21 @@ class FakeBackend implements ApiBackend {
   async layerGridStats(): Promise<ApiResult<'layerGridStats'>> {
     throw new Error('not used')
   }
+  async evaluate(): Promise<ApiResult<'evaluate'>> {
+    throw new Error('not used')
+  }
+  async generate(): Promise<ApiResult<'generate'>> {
+    throw new Error('not used')
+  }
+  async listBackends(): Promise<ApiResult<'listBackends'>> {
+    return []
+  }
+  async listRuns(): Promise<ApiResult<'listRuns'>> {
+    return []
+  }
+  async listVariants(): Promise<ApiResult<'listVariants'>> {
+    return []
+  }
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
     this.cancelled.push(jobId)
     const stop = this.running.get(jobId)

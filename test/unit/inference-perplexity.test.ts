@@ -41,7 +41,7 @@ describe('perplexity protocol', () => {
 
   it('explains a text shorter than one window', () => {
     expect(() => planWindows([1, 2, 3], 256)).toThrow(
-      'the text has 3 tokens, fewer than one window of ctx = 256 tokens; use a longer text or a smaller ctx (--ctx)',
+      'the text has 3 tokens, fewer than one window of ctx = 256 tokens; use a longer text or a smaller context length',
     )
   })
 

@@ -45,7 +45,7 @@ describe('inference service (worker thread)', () => {
   it('a text shorter than one window explains itself across the thread boundary', async () => {
     await expect(evalPerplexity(tiny.dir, { text: 'short' }, { ctx: 64 })).rejects.toMatchObject({
       name: 'InferenceInputError',
-      message: 'the text has 5 tokens, fewer than one window of ctx = 64 tokens; use a longer text or a smaller ctx (--ctx)',
+      message: 'the text has 5 tokens, fewer than one window of ctx = 64 tokens; use a longer text or a smaller context length',
     })
   })
 

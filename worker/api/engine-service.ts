@@ -3,7 +3,7 @@
  * transports: Electron IPC and the browser-mode WebSocket. It holds opened models by id,
  * turns their tensors into the summary the views show, and runs statistics as cancellable
  * jobs on the StatsService's worker threads, so the calling thread never does the heavy
- * work itself.
+ * work itself. Evaluation and generation live in evaluate-service.ts (inference workers).
  */
 import { stat } from 'node:fs/promises'
 import { basename, dirname, relative } from 'node:path'
@@ -14,6 +14,7 @@ import type {
   ApiResult,
   DefaultModelInfo,
   DtypeShare,
+  JobProgressDetail,
   LayerGridCell,
   LinearRole,
   ModelFileInfo,
@@ -29,6 +30,7 @@ import { ModelFormatError } from '../formats/errors'
 import { openModel } from '../formats/open-model'
 import { classifyTensor, describeModel, LINEAR_ROLES, type LogicalModel } from '../model/logical-model'
 import { StatsService } from '../stats/stats-service'
+import { EvaluateService, type EvalRunsBackend, type InferenceApi, type VariantCatalog } from './evaluate-service'
 
 /** Errors of the service itself (bad ids, jobs); their `name` reaches the UI. */
 export class EngineError extends Error {
@@ -72,6 +74,16 @@ export interface EngineServiceOptions {
   defaultModel?: DefaultModelInfo | (() => Promise<DefaultModelInfo>)
   /** Models kept open at once; the oldest is closed beyond this. */
   maxOpenModels?: number
+  /** Where evaluation runs are kept per model (main/runs-store.ts); default: in memory. */
+  runs?: EvalRunsBackend
+  /** Variants beyond 'base' that evaluation and generation offer. */
+  variants?: VariantCatalog
+  /** The held-out text file (default resources/eval/heldout.txt). */
+  heldoutText?: string
+  /** Runtime threads per inference job (default: every core). */
+  inferenceThreads?: number
+  /** Stand-in for the inference service (tests). */
+  inference?: InferenceApi
 }
 
 interface OpenModelEntry {
@@ -89,10 +101,15 @@ export class EngineService implements ApiFunctions {
   private readonly jobs = new Map<string, AbortController>()
   private readonly listeners = new Set<(event: ApiEvent) => void>()
   private readonly stats: StatsBackend
+  private readonly evaluation: EvaluateService
   private nextModel = 1
 
   constructor(private readonly options: EngineServiceOptions = {}) {
     this.stats = options.stats ?? new StatsService({ threads: options.statsThreads, cacheDir: options.cacheDir })
+    this.evaluation = new EvaluateService(
+      { runs: options.runs, variants: options.variants, heldoutText: options.heldoutText, threads: options.inferenceThreads, inference: options.inference },
+      (jobId, work) => this.runJob(jobId, work),
+    )
   }
 
   onEvent(listener: (event: ApiEvent) => void): () => void {
@@ -197,6 +214,23 @@ export class EngineService implements ApiFunctions {
     }
   }
 
+  // Evaluation and generation: evaluate-service.ts, on inference worker threads.
+  async evaluate(params: ApiParams<'evaluate'>): Promise<ApiResult<'evaluate'>> {
+    return this.evaluation.evaluate(this.model(params.modelId), params)
+  }
+  async generate(params: ApiParams<'generate'>): Promise<ApiResult<'generate'>> {
+    return this.evaluation.generate(this.model(params.modelId), params)
+  }
+  async listBackends(): Promise<ApiResult<'listBackends'>> {
+    return this.evaluation.listBackends()
+  }
+  async listRuns({ modelId }: ApiParams<'listRuns'>): Promise<ApiResult<'listRuns'>> {
+    return this.evaluation.listRuns(this.model(modelId))
+  }
+  async listVariants({ modelId }: ApiParams<'listVariants'>): Promise<ApiResult<'listVariants'>> {
+    return this.evaluation.listVariants(this.model(modelId))
+  }
+
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
     const controller = this.jobs.get(jobId)
     if (!controller) return { cancelled: false }
@@ -230,17 +264,20 @@ export class EngineService implements ApiFunctions {
   /** Runs one job: progress events (throttled), cancel by jobId, a finished event. */
   private async runJob<T>(
     jobId: string,
-    work: (hooks: { onProgress(done: number, total: number): void; signal: AbortSignal }) => Promise<T>,
+    work: (hooks: { onProgress(done: number, total: number, detail?: JobProgressDetail): void; signal: AbortSignal }) => Promise<T>,
   ): Promise<T> {
     if (this.jobs.has(jobId)) throw new EngineError('BadRequest', `job '${jobId}' is already running`)
     const controller = new AbortController()
     this.jobs.set(jobId, controller)
     let last = 0
-    const onProgress = (done: number, total: number): void => {
+    let lastStage: string | undefined
+    const onProgress = (done: number, total: number, detail?: JobProgressDetail): void => {
       const now = Date.now()
-      if (done < total && now - last < PROGRESS_INTERVAL_MS) return
+      // Throttled, except a stage's last step and the first step of a new stage.
+      if (done < total && detail?.stage === lastStage && now - last < PROGRESS_INTERVAL_MS) return
       last = now
-      this.emit({ type: 'job-progress', jobId, done, total })
+      lastStage = detail?.stage
+      this.emit(detail ? { type: 'job-progress', jobId, done, total, detail } : { type: 'job-progress', jobId, done, total })
     }
     try {
       const result = await work({ onProgress, signal: controller.signal })

@@ -69,7 +69,7 @@ export function planWindows(ids: readonly number[], ctx: number, maxWindows?: nu
   const available = Math.floor(ids.length / ctx)
   if (available === 0) {
     throw new InferenceInputError(
-      `the text has ${ids.length} tokens, fewer than one window of ctx = ${ctx} tokens; use a longer text or a smaller ctx (--ctx)`,
+      `the text has ${ids.length} tokens, fewer than one window of ctx = ${ctx} tokens; use a longer text or a smaller context length`,
     )
   }
   const n = maxWindows === undefined ? available : Math.min(available, maxWindows)

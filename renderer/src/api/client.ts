@@ -2,7 +2,7 @@
  * The renderer's view of the API: one `call` per contract method and an event stream, over
  * whichever transport this page runs on (Electron preload or browser-mode WebSocket).
  */
-import type { ApiError, ApiEvent, ApiMethod, ApiParams, ApiResult, JobMethod } from '../../../worker/api/contract'
+import type { ApiError, ApiEvent, ApiMethod, ApiParams, ApiResult, JobMethod, JobProgressDetail } from '../../../worker/api/contract'
 
 export interface ApiClient {
   readonly mode: 'electron' | 'browser'
@@ -43,16 +43,16 @@ export interface Job<T> {
 
 let jobCounter = 0
 
-/** Starts a job method with a fresh jobId; `onProgress` gets its progress events. */
+/** Starts a job method with a fresh jobId; `onProgress` gets its progress events (inference jobs add a detail). */
 export function startJob<M extends JobMethod>(
   client: ApiClient,
   method: M,
   params: Omit<ApiParams<M>, 'jobId'>,
-  onProgress: (done: number, total: number) => void,
+  onProgress: (done: number, total: number, detail?: JobProgressDetail) => void,
 ): Job<ApiResult<M>> {
   const jobId = `${method}-${Date.now().toString(36)}-${++jobCounter}`
   const off = client.onEvent((event) => {
-    if (event.type === 'job-progress' && event.jobId === jobId) onProgress(event.done, event.total)
+    if (event.type === 'job-progress' && event.jobId === jobId) onProgress(event.done, event.total, event.detail)
   })
   const promise = client.call(method, { ...params, jobId } as ApiParams<M>).finally(off)
   return {

@@ -1,7 +1,8 @@
 /**
  * The workbench's state and actions: the open model, the selected tensor, the statistics
- * jobs and their progress. Views read `state` and call the actions; only this file talks to
- * the API client. Large results are marked raw: Vue need not track 16k-number arrays.
+ * jobs and their progress. Views read `state` and call the actions; only this file (and its
+ * Evaluate-tab part, evaluation.ts) talks to the API client. Large results are marked raw:
+ * Vue need not track 16k-number arrays.
  */
 import { markRaw, reactive } from 'vue'
 import type {
@@ -13,8 +14,9 @@ import type {
   TensorStats,
 } from '../../../worker/api/contract'
 import { asApiError, startJob, type ApiClient, type ConnectionState, type Job } from '../api'
+import { createEvaluation } from './evaluation'
 
-export type Tab = 'overview' | 'grid' | 'tensor'
+export type Tab = 'overview' | 'grid' | 'tensor' | 'evaluate'
 
 export interface JobView {
   label: string
@@ -68,6 +70,7 @@ export function createWorkbench(client: ApiClient) {
     gridStatistic: 'absmax',
     ready: false,
   })
+  const evaluation = createEvaluation(client)
   const statsCache = new Map<string, TensorStats>()
   let tensorJob: Job<TensorStats> | null = null
   let gridJob: Job<LayerGridStats> | null = null
@@ -112,6 +115,7 @@ export function createWorkbench(client: ApiClient) {
       state.grid = null
       state.gridError = null
       state.tab = 'overview'
+      evaluation.setModel(summary)
       if (previous) void client.call('closeModel', { modelId: previous.modelId }).catch(() => {})
       void refreshRecent()
     } catch (err) {
@@ -195,6 +199,7 @@ export function createWorkbench(client: ApiClient) {
   function showTab(tab: Tab): void {
     state.tab = tab
     if (tab === 'grid' && !state.grid && !state.gridJob && !state.gridError) computeGrid()
+    if (tab === 'evaluate') void evaluation.load()
   }
 
   function reportDropWithoutPath(): void {
@@ -218,5 +223,5 @@ export function createWorkbench(client: ApiClient) {
     }
   }
 
-  return { state, client, init, openModel, selectTensor, computeGrid, showTab, reportDropWithoutPath, refreshRecent }
+  return { state, client, evaluation, init, openModel, selectTensor, computeGrid, showTab, reportDropWithoutPath, refreshRecent }
 }

@@ -1,0 +1,303 @@
+/**
+ * The Evaluate tab's state and actions (part of the workbench): the settings of the next
+ * perplexity run and generation, the backends and variants on offer, the runs kept for the
+ * open model, and the two jobs with their progress. Settings live here rather than in the
+ * views, so they survive switching tabs.
+ */
+import { markRaw, reactive } from 'vue'
+import type {
+  ApiError,
+  EvalRun,
+  EvalTextRef,
+  GenerateComparison,
+  InferenceBackendId,
+  InferenceBackendInfo,
+  JobProgressDetail,
+  ModelSummary,
+  SamplingSettings,
+  VariantInfo,
+  VariantRef,
+} from '../../../worker/api/contract'
+import { asApiError, startJob, type ApiClient, type Job } from '../api'
+
+/** A variant as the pickers hold it: a listed id, or another model file by path. */
+export interface VariantChoice {
+  kind: 'listed' | 'model'
+  id: string
+  path: string
+}
+
+export interface EvalSettings {
+  text: 'heldout' | 'file'
+  filePath: string
+  ctx: number
+  /** null: every window of the text. */
+  maxWindows: number | null
+  kld: boolean
+  variant: VariantChoice
+}
+
+export interface GenerateSettings {
+  prompt: string
+  maxTokens: number
+  greedy: boolean
+  temperature: number
+  topP: number
+  seed: number
+  variants: [VariantChoice, VariantChoice]
+}
+
+/** An inference job as the progress bar shows it. */
+export interface RateJobView {
+  label: string
+  stage: JobProgressDetail['stage'] | 'starting'
+  done: number
+  total: number
+  tokensPerSecond: number | null
+  ppl: number | null
+  /** Generation: the variant being generated (index). */
+  variant: number | null
+  cancel(): void
+}
+
+export interface EvaluationState {
+  modelId: string | null
+  backend: InferenceBackendId
+  backends: InferenceBackendInfo[]
+  variants: VariantInfo[]
+  runs: EvalRun[]
+  /** The run that just finished (highlighted in the table). */
+  lastRunId: string | null
+  loadError: ApiError | null
+  settings: EvalSettings
+  evalJob: RateJobView | null
+  evalError: ApiError | null
+  gen: GenerateSettings
+  genJob: RateJobView | null
+  genError: ApiError | null
+  generation: GenerateComparison | null
+  /** Text generated so far per variant, while the job runs. */
+  streaming: string[]
+}
+
+export const DEFAULT_CTX = 256
+export const DEFAULT_MAX_WINDOWS = 40
+
+export type Evaluation = ReturnType<typeof createEvaluation>
+
+const listed = (id: string): VariantChoice => ({ kind: 'listed', id, path: '' })
+
+export function variantRef(choice: VariantChoice): VariantRef {
+  return choice.kind === 'model' ? { kind: 'model', path: choice.path.trim() } : { kind: 'listed', id: choice.id }
+}
+
+export function isBaseRun(run: EvalRun): boolean {
+  return run.variant.kind === 'listed' && run.variant.id === 'base'
+}
+
+/** Same text, ctx and windows: the runs' perplexities are comparable. */
+export function sameProtocol(a: EvalRun, b: EvalRun): boolean {
+  const text = (t: EvalTextRef): string => (t.kind === 'heldout' ? 'heldout' : `file:${t.path}`)
+  return text(a.text) === text(b.text) && a.ctx === b.ctx && a.windows === b.windows
+}
+
+/**
+ * ppl(run) − ppl(base) on the same windows: measured in the run itself when it had KLD on,
+ * otherwise against the newest base run of the same protocol; null when there is none.
+ */
+export function deltaPpl(run: EvalRun, runs: readonly EvalRun[]): number | null {
+  if (run.kld) return run.kld.deltaPpl
+  if (isBaseRun(run)) return null
+  const base = runs.find((r) => isBaseRun(r) && sameProtocol(r, run))
+  return base ? run.ppl - base.ppl : null
+}
+
+export function createEvaluation(client: ApiClient) {
+  const state = reactive<EvaluationState>({
+    modelId: null,
+    backend: 'wasm',
+    backends: [],
+    variants: [],
+    runs: [],
+    lastRunId: null,
+    loadError: null,
+    settings: { text: 'heldout', filePath: '', ctx: DEFAULT_CTX, maxWindows: DEFAULT_MAX_WINDOWS, kld: false, variant: listed('base') },
+    evalJob: null,
+    evalError: null,
+    gen: {
+      prompt: 'The built-in function',
+      maxTokens: 32,
+      greedy: true,
+      temperature: 0.8,
+      topP: 0.95,
+      seed: 0,
+      variants: [listed('base'), listed('base')],
+    },
+    genJob: null,
+    genError: null,
+    generation: null,
+    streaming: [],
+  })
+  let evalJob: Job<EvalRun> | null = null
+  let genJob: Job<GenerateComparison> | null = null
+  let loaded: string | null = null
+
+  function rateView(label: string, cancel: () => void): RateJobView {
+    return reactive({ label, stage: 'starting', done: 0, total: 0, tokensPerSecond: null, ppl: null, variant: null, cancel })
+  }
+
+  function applyProgress(view: RateJobView, done: number, total: number, detail?: JobProgressDetail): void {
+    const stage = detail?.stage ?? view.stage
+    // Rates and ppl belong to their stage: drop them when the stage changes.
+    if (stage !== view.stage) Object.assign(view, { tokensPerSecond: null, ppl: null })
+    Object.assign(view, { stage, done, total })
+    if (detail?.tokensPerSecond !== undefined) view.tokensPerSecond = detail.tokensPerSecond
+    if (detail?.ppl !== undefined) view.ppl = detail.ppl
+    if (detail?.variant !== undefined) view.variant = detail.variant
+  }
+
+  function cancelAll(): void {
+    evalJob?.cancel()
+    genJob?.cancel()
+    evalJob = null
+    genJob = null
+    state.evalJob = null
+    state.genJob = null
+  }
+
+  /** A new model was opened: forget the old one's runs and jobs (loaded lazily by `load`). */
+  function setModel(model: ModelSummary | null): void {
+    cancelAll()
+    state.modelId = model?.modelId ?? null
+    state.runs = []
+    state.variants = []
+    state.lastRunId = null
+    state.loadError = null
+    state.evalError = null
+    state.genError = null
+    state.generation = null
+    state.streaming = []
+    state.settings.variant = listed('base')
+    state.gen.variants = [listed('base'), listed('base')]
+    loaded = null
+  }
+
+  /** Fetches backends, variants and the model's kept runs (once per model). */
+  async function load(): Promise<void> {
+    const modelId = state.modelId
+    if (!modelId || loaded === modelId) return
+    loaded = modelId
+    try {
+      const [backends, variants, runs] = await Promise.all([
+        client.call('listBackends', {}),
+        client.call('listVariants', { modelId }),
+        client.call('listRuns', { modelId }),
+      ])
+      if (state.modelId !== modelId) return
+      state.backends = backends
+      if (!backends.find((b) => b.id === state.backend)?.available) state.backend = 'wasm'
+      state.variants = variants
+      state.runs = runs.map((r) => markRaw(r))
+      // Compare the base with the second listed variant by default, when there is one.
+      if (variants.length > 1) state.gen.variants = [listed(variants[0]!.id), listed(variants[1]!.id)]
+    } catch (err) {
+      if (state.modelId === modelId) {
+        state.loadError = asApiError(err)
+        loaded = null
+      }
+    }
+  }
+
+  function variantLabel(choice: VariantChoice): string {
+    if (choice.kind === 'model') return choice.path.split(/[\\/]/).filter(Boolean).pop() ?? 'model'
+    return state.variants.find((v) => v.id === choice.id)?.label ?? choice.id
+  }
+
+  function runEvaluation(): void {
+    const modelId = state.modelId
+    if (!modelId || evalJob) return
+    const s = state.settings
+    state.evalError = null
+    const text: EvalTextRef = s.text === 'heldout' ? { kind: 'heldout' } : { kind: 'file', path: s.filePath.trim() }
+    const textLabel = text.kind === 'heldout' ? 'the held-out text' : (text.path.split(/[\\/]/).pop() ?? text.path)
+    const view = rateView(`Perplexity of ${variantLabel(s.variant)} on ${textLabel}${s.kld ? ' with KLD' : ''}`, () => job.cancel())
+    const job = startJob(
+      client,
+      'evaluate',
+      {
+        modelId,
+        text,
+        ctx: s.ctx,
+        ...(s.maxWindows !== null ? { maxWindows: s.maxWindows } : {}),
+        backend: state.backend,
+        kld: s.kld,
+        variant: variantRef(s.variant),
+      },
+      (done, total, detail) => applyProgress(view, done, total, detail),
+    )
+    evalJob = job
+    state.evalJob = view
+    job.promise
+      .then(
+        (run) => {
+          if (state.modelId !== modelId) return
+          state.runs = [markRaw(run), ...state.runs.filter((r) => r.id !== run.id)]
+          state.lastRunId = run.id
+        },
+        (err: unknown) => {
+          const e = asApiError(err)
+          if (evalJob === job && !e.cancelled) state.evalError = e
+        },
+      )
+      .finally(() => {
+        if (evalJob === job) {
+          evalJob = null
+          state.evalJob = null
+        }
+      })
+  }
+
+  function runGeneration(): void {
+    const modelId = state.modelId
+    if (!modelId || genJob) return
+    const g = state.gen
+    state.genError = null
+    state.generation = null
+    state.streaming = g.variants.map(() => '')
+    const sampling: SamplingSettings = g.greedy ? { kind: 'greedy' } : { kind: 'sample', temperature: g.temperature, topP: g.topP, seed: g.seed }
+    const view = rateView(`Generating ${g.maxTokens} tokens with ${g.variants.map(variantLabel).join(' and ')}`, () => job.cancel())
+    const job = startJob(
+      client,
+      'generate',
+      { modelId, prompt: g.prompt, maxTokens: g.maxTokens, sampling, variants: g.variants.map(variantRef), backend: state.backend },
+      (done, total, detail) => {
+        applyProgress(view, done, total, detail)
+        if (detail?.stage === 'generating' && detail.variant !== undefined && detail.text !== undefined) state.streaming[detail.variant] = detail.text
+      },
+    )
+    genJob = job
+    state.genJob = view
+    job.promise
+      .then(
+        (result) => {
+          if (genJob !== job) return
+          state.generation = markRaw(result)
+          state.streaming = []
+        },
+        (err: unknown) => {
+          const e = asApiError(err)
+          if (genJob !== job || e.cancelled) return
+          state.genError = e
+          state.streaming = []
+        },
+      )
+      .finally(() => {
+        if (genJob === job) {
+          genJob = null
+          state.genJob = null
+        }
+      })
+  }
+
+  return { state, setModel, load, runEvaluation, runGeneration, variantLabel }
+}

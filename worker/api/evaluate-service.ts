@@ -1,0 +1,312 @@
+/**
+ * The evaluation half of the engine API (worker/api/contract.ts): perplexity runs, side-by-side
+ * generation, the backends and variants on offer, and the runs kept per model. Every
+ * inference call goes to worker/inference/inference-service, which runs it on its own worker
+ * thread; this side only translates parameters, maps progress to job events and keeps runs,
+ * so the engine thread stays free while a model evaluates.
+ */
+import { randomUUID } from 'node:crypto'
+import { stat } from 'node:fs/promises'
+import { basename, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type {
+  ApiResult,
+  EvalRun,
+  EvalTextRef,
+  EvaluateParams,
+  GenerateParams,
+  GeneratedOutput,
+  InferenceBackendInfo,
+  JobProgressDetail,
+  ModelSummary,
+  VariantInfo,
+  VariantRef,
+} from './contract'
+import { availableBackends, evalPerplexity, generate } from '../inference/inference-service'
+import type { InferenceProgress, VariantSpec } from '../inference/inference-protocol'
+
+/** The part of the inference service used here (a fake can stand in for tests). */
+export interface InferenceApi {
+  evalPerplexity: typeof evalPerplexity
+  generate: typeof generate
+  availableBackends: typeof availableBackends
+}
+
+const realInference: InferenceApi = { evalPerplexity, generate, availableBackends }
+
+/** Where runs are kept, per model path (main/runs-store.ts in the apps). */
+export interface EvalRunsBackend {
+  /** Runs of the model at this path, newest first. */
+  list(modelPath: string): Promise<EvalRun[]>
+  add(run: EvalRun): Promise<void>
+}
+
+/** Runs kept for the life of the process only (when no state folder is configured). */
+export class MemoryEvalRuns implements EvalRunsBackend {
+  private readonly runs = new Map<string, EvalRun[]>()
+  async list(modelPath: string): Promise<EvalRun[]> {
+    return [...(this.runs.get(resolve(modelPath)) ?? [])]
+  }
+  async add(run: EvalRun): Promise<void> {
+    const key = resolve(run.modelPath)
+    this.runs.set(key, [run, ...(this.runs.get(key) ?? [])])
+  }
+}
+
+/** A variant the engine offers, with the inference spec that builds it. */
+export interface VariantEntry extends VariantInfo {
+  /** Undefined: the model as stored. */
+  spec?: VariantSpec
+}
+
+/** The model a call is about: where it lives and what it holds. */
+export interface ModelHandle {
+  path: string
+  summary: ModelSummary
+}
+
+/** Variants beyond 'base' for a model (quantized variants join here as the quantizers arrive). */
+export type VariantCatalog = (model: ModelHandle) => VariantEntry[] | Promise<VariantEntry[]>
+
+export interface EvaluateServiceOptions {
+  inference?: InferenceApi
+  runs?: EvalRunsBackend
+  variants?: VariantCatalog
+  /** The shipped held-out text; default resources/eval/heldout.txt of this checkout or build. */
+  heldoutText?: string
+  /** Runtime threads per inference job (default: every core). */
+  threads?: number
+}
+
+export type JobProgress = (done: number, total: number, detail?: JobProgressDetail) => void
+
+/** Runs one job under a jobId: progress events, cancel, a finished event (EngineService.runJob). */
+export type JobRunner = <T>(jobId: string, work: (hooks: { onProgress: JobProgress; signal: AbortSignal }) => Promise<T>) => Promise<T>
+
+export class EvaluateError extends Error {
+  constructor(name: 'NotFound' | 'BadRequest', message: string) {
+    super(message)
+    this.name = name
+  }
+}
+
+// Two levels up from worker/api/ in the sources and from out/main/ in a build: the app root.
+const DEFAULT_HELDOUT = fileURLToPath(new URL('../../resources/eval/heldout.txt', import.meta.url))
+
+export const BASE_VARIANT_ID = 'base'
+
+export class EvaluateService {
+  private readonly inference: InferenceApi
+  private readonly runs: EvalRunsBackend
+  private backends: Promise<InferenceBackendInfo[]> | null = null
+
+  constructor(
+    private readonly options: EvaluateServiceOptions,
+    private readonly runJob: JobRunner,
+  ) {
+    this.inference = options.inference ?? realInference
+    this.runs = options.runs ?? new MemoryEvalRuns()
+  }
+
+  get heldoutText(): string {
+    return this.options.heldoutText ?? DEFAULT_HELDOUT
+  }
+
+  async listVariants(model: ModelHandle): Promise<VariantInfo[]> {
+    return (await this.variantEntries(model)).map(({ id, label, description }) => ({ id, label, description }))
+  }
+
+  /** Which backends load here; checked once, in an inference worker, then remembered. */
+  listBackends(): Promise<InferenceBackendInfo[]> {
+    this.backends ??= this.inference.availableBackends().then(
+      (b) => [
+        { id: 'wasm', label: 'WASM (onnxruntime-web)', available: true },
+        { id: 'native', label: 'native CPU (onnxruntime-node)', available: b.native.available, ...(b.native.reason ? { reason: b.native.reason } : {}) },
+      ],
+      (err: unknown) => {
+        // The check itself failing must not hide the always-present WASM backend.
+        this.backends = null
+        return [
+          { id: 'wasm', label: 'WASM (onnxruntime-web)', available: true },
+          { id: 'native', label: 'native CPU (onnxruntime-node)', available: false, reason: `the check failed: ${(err as Error).message}` },
+        ]
+      },
+    )
+    return this.backends
+  }
+
+  listRuns(model: ModelHandle): Promise<EvalRun[]> {
+    return this.runs.list(resolve(model.path))
+  }
+
+  async evaluate(model: ModelHandle, params: EvaluateParams): Promise<EvalRun> {
+    const textFile = await this.textFile(params.text)
+    const variantRef = params.variant ?? { kind: 'listed', id: BASE_VARIANT_ID }
+    const variant = await this.resolveVariant(model, variantRef)
+    const ctx = params.ctx
+    const result = await this.runJob(params.jobId, ({ onProgress, signal }) => {
+      let evalStart: number | null = null
+      let firstBatch: { at: number; done: number } | null = null
+      return this.inference.evalPerplexity(
+        model.path,
+        { file: textFile },
+        {
+          ctx,
+          maxWindows: params.maxWindows,
+          backend: params.backend,
+          threads: this.options.threads,
+          variant: variant.spec,
+          kld: params.kld ? {} : null,
+        },
+        {
+          signal,
+          onProgress: (p: InferenceProgress) => {
+            if (p.stage === 'token') return
+            const now = performance.now()
+            if (p.stage !== 'evaluating') {
+              onProgress(p.done, p.total, { stage: p.stage })
+              // Evaluation starts when the last model finished loading.
+              if (p.done >= p.total) evalStart = now
+              return
+            }
+            const done = p.done * ctx
+            // The rate from the first batch on: the time before it also holds building the
+            // runtime session and its warm-up, which would make the ETA far too long.
+            let rate: number | undefined
+            if (firstBatch && now > firstBatch.at) rate = ((done - firstBatch.done) * 1000) / (now - firstBatch.at)
+            else if (evalStart !== null && now > evalStart) rate = (done * 1000) / (now - evalStart)
+            firstBatch ??= { at: now, done }
+            onProgress(done, p.total * ctx, {
+              stage: 'evaluating',
+              ...(p.ppl !== undefined ? { ppl: p.ppl } : {}),
+              ...(rate !== undefined && rate > 0 ? { tokensPerSecond: rate } : {}),
+            })
+          },
+        },
+      )
+    })
+    const run: EvalRun = {
+      id: randomUUID(),
+      modelPath: resolve(model.path),
+      createdAt: Date.now(),
+      variant: variantRef,
+      variantLabel: variant.label,
+      text: params.text,
+      textLabel: params.text.kind === 'heldout' ? 'held-out text' : basename(params.text.path),
+      ctx: result.ctx,
+      maxWindows: params.maxWindows ?? null,
+      windows: result.windows,
+      tokens: result.tokens,
+      textTokens: result.textTokens,
+      backend: result.backend,
+      threads: result.threads,
+      ppl: result.ppl,
+      nll: result.nll,
+      kld: result.kld
+        ? {
+            mean: result.kld.mean,
+            median: result.kld.median,
+            p99: result.kld.p99,
+            top1: result.kld.top1,
+            basePpl: result.kld.basePpl,
+            deltaPpl: result.kld.deltaPpl,
+            baseSource: result.kld.baseSource,
+          }
+        : null,
+      seconds: result.seconds,
+      tokensPerSecond: result.tokensPerSecond,
+    }
+    // Keeping the run is best effort: the numbers are returned either way.
+    await this.runs.add(run).catch(() => {})
+    return run
+  }
+
+  async generate(model: ModelHandle, params: GenerateParams): Promise<ApiResult<'generate'>> {
+    const variants = await Promise.all(params.variants.map((ref) => this.resolveVariant(model, ref)))
+    const specs: VariantSpec[] = variants.map((v) => ({ ...v.spec, label: v.label }))
+    const sampling = params.sampling
+    const started = performance.now()
+    const n = variants.length
+    const result = await this.runJob(params.jobId, ({ onProgress, signal }) => {
+      const firstToken: number[] = []
+      return this.inference.generate(
+        model.path,
+        params.prompt,
+        {
+          variants: specs,
+          maxTokens: params.maxTokens,
+          temperature: sampling.kind === 'greedy' ? 0 : sampling.temperature,
+          topP: sampling.kind === 'greedy' ? 1 : sampling.topP,
+          seed: sampling.kind === 'greedy' ? 0 : sampling.seed,
+          backend: params.backend,
+          threads: this.options.threads,
+        },
+        {
+          signal,
+          onProgress: (p: InferenceProgress) => {
+            if (p.stage !== 'token') {
+              onProgress(p.done, p.total, { stage: 'loading' })
+              return
+            }
+            const now = performance.now()
+            if (p.index === 0) firstToken[p.variant] = now
+            // Decoding speed: tokens after the first over the time since it (prefill excluded).
+            const seconds = (now - (firstToken[p.variant] ?? now)) / 1000
+            // Progress towards the limit: a variant that stopped early counts as finished.
+            onProgress(p.variant * params.maxTokens + p.index + 1, n * params.maxTokens, {
+              stage: 'generating',
+              variant: p.variant,
+              text: p.text,
+              ...(p.index > 0 && seconds > 0 ? { tokensPerSecond: p.index / seconds } : {}),
+            })
+          },
+        },
+      )
+    })
+    const outputs: GeneratedOutput[] = result.variants.map((v, i) => ({
+      variant: params.variants[i]!,
+      label: variants[i]!.label,
+      text: v.text,
+      tokens: v.ids.length,
+      stopReason: v.stopReason,
+      prefillSeconds: v.prefillSeconds,
+      decodeSeconds: v.decodeSeconds,
+      tokensPerSecond: v.tokensPerSecond,
+    }))
+    return {
+      prompt: params.prompt,
+      promptTokens: result.promptIds.length,
+      maxTokens: params.maxTokens,
+      sampling,
+      backend: result.backend,
+      outputs,
+      seconds: (performance.now() - started) / 1000,
+    }
+  }
+
+  private async variantEntries(model: ModelHandle): Promise<VariantEntry[]> {
+    const dtypes = model.summary.bytesByDtype.map((d) => d.dtype)
+    const base: VariantEntry = {
+      id: BASE_VARIANT_ID,
+      label: 'base',
+      description: `the model as stored${dtypes.length ? ` (${dtypes.slice(0, 2).join(', ')})` : ''}`,
+    }
+    const extra = (await this.options.variants?.(model)) ?? []
+    return [base, ...extra.filter((v) => v.id !== BASE_VARIANT_ID)]
+  }
+
+  private async resolveVariant(model: ModelHandle, ref: VariantRef): Promise<{ label: string; spec?: VariantSpec }> {
+    if (ref.kind === 'model') return { label: basename(ref.path), spec: { model: resolve(ref.path) } }
+    const entry = (await this.variantEntries(model)).find((v) => v.id === ref.id)
+    if (!entry) throw new EvaluateError('NotFound', `model ${model.summary.name} has no variant '${ref.id}'`)
+    return { label: entry.label, spec: entry.spec }
+  }
+
+  private async textFile(text: EvalTextRef): Promise<string> {
+    if (text.kind === 'file') return resolve(text.path)
+    const file = this.heldoutText
+    const info = await stat(file).catch(() => null)
+    if (!info?.isFile()) throw new EvaluateError('NotFound', `the shipped held-out text is missing: ${file}`)
+    return file
+  }
+}
