@@ -131,7 +131,9 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
         if (ref && kl && klw && top) {
           const baseWindow = ref.windows[b]!
           for (let t = 0; t < ctx - 1; t++) {
-            kl[w * (ctx - 1) + t] = klw[b * ctx + t]!
+            // KL ≥ 0; a negative value here is rounding noise (float32 sum over the vocabulary,
+            // 16-bit cached base log-probs, ~1e-6), not information: clamp it.
+            kl[w * (ctx - 1) + t] = Math.max(0, klw[b * ctx + t]!)
             if (Number(top[b * ctx + t]) === baseWindow.argmax[t]) agree++
             baseNllSum += baseWindow.nll[t]!
           }
