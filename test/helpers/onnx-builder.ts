@@ -159,13 +159,4 @@ export function i64Bytes(values: readonly (number | bigint)[]): Uint8Array {
 }
 
 /** Deterministic PRNG (mulberry32): the same fixtures on every machine. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+export { seededRandom } from '../../worker/inference/sampler'

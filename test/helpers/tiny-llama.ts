@@ -3,17 +3,9 @@ import { join } from 'node:path'
 import { writeSafetensorsFile, type SafetensorsTensorSpec } from '../../worker/formats/safetensors-writer'
 import { f32ToBF16, f32ToF16 } from '../../worker/formats/dtypes'
 
-/** Deterministic PRNG (mulberry32) so fixtures are identical on every machine. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** Deterministic PRNG (mulberry32) so fixtures are identical on every machine: the engine's own. */
+export { seededRandom as rng } from '../../worker/inference/sampler'
+import { seededRandom as rng } from '../../worker/inference/sampler'
 
 /** Standard normal samples via Box–Muller. */
 export function gaussian(n: number, seed: number, scale = 1): Float64Array {

@@ -1,4 +1,4 @@
-import { ModelFormatError } from '../formats/errors'
+import { deserializeError as deserializeShared, type SerializedError } from '../jobs/serialized-error'
 import type { CaptureResult } from './activation-capture'
 import type { CaptureSite } from './capture-points'
 import { InferenceInputError } from './errors'
@@ -121,30 +121,10 @@ export type InferenceMessage =
   | { type: 'result'; jobId: number; result: AnyJobResult }
   | { type: 'error'; jobId: number; error: SerializedError }
 
-export interface SerializedError {
-  name: string
-  message: string
-  stack?: string
-  file?: string
-  tensor?: string | null
-  problem?: string
-}
-
-export function serializeError(err: unknown): SerializedError {
-  if (err instanceof ModelFormatError) {
-    return { name: err.name, message: err.message, stack: err.stack, file: err.file, tensor: err.tensor, problem: err.problem }
-  }
-  if (err instanceof Error || err instanceof DOMException) return { name: err.name, message: err.message, stack: err.stack }
-  return { name: 'Error', message: String(err) }
-}
+export type { SerializedError } from '../jobs/serialized-error'
+export { serializeError } from '../jobs/serialized-error'
 
 /** The same error type on this side, so callers can test `name` / instanceof as in-process. */
 export function deserializeError(e: SerializedError): Error {
-  if (e.name === 'ModelFormatError' && e.file !== undefined && e.problem !== undefined) return new ModelFormatError(e.file, e.tensor ?? null, e.problem)
-  if (e.name === 'AbortError') return new DOMException(e.message, 'AbortError')
-  if (e.name === 'InferenceInputError') return new InferenceInputError(e.message)
-  const err = e.name === 'RangeError' ? new RangeError(e.message) : e.name === 'TypeError' ? new TypeError(e.message) : new Error(e.message)
-  if (err.name !== e.name) err.name = e.name
-  if (e.stack) err.stack = `${e.stack}\n    (in inference worker)`
-  return err
+  return deserializeShared(e, 'inference worker', { InferenceInputError: (message) => new InferenceInputError(message) })
 }

@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises'
-import { ModelFormatError } from '../formats/errors'
+import { deserializeError as deserializeShared, type SerializedError } from '../jobs/serialized-error'
 import type { PackedTensorStats, StatsKernelKind } from './stats-accumulator'
 import type { StatsOptions } from './stats-types'
 
@@ -41,33 +41,11 @@ export type StatsWorkerMessage =
   | { type: 'described'; jobId: number; model: ModelSummary }
   | { type: 'error'; jobId: number; error: SerializedError }
 
-export interface SerializedError {
-  name: string
-  message: string
-  stack?: string
-  /** ModelFormatError fields, so the main side can rebuild the same error. */
-  file?: string
-  tensor?: string | null
-  problem?: string
-}
-
-export function serializeError(err: unknown): SerializedError {
-  if (err instanceof ModelFormatError) {
-    return { name: err.name, message: err.message, stack: err.stack, file: err.file, tensor: err.tensor, problem: err.problem }
-  }
-  if (err instanceof Error || err instanceof DOMException) return { name: err.name, message: err.message, stack: err.stack }
-  return { name: 'Error', message: String(err) }
-}
+export type { SerializedError } from '../jobs/serialized-error'
+export { serializeError } from '../jobs/serialized-error'
 
 export function deserializeError(e: SerializedError): Error {
-  if (e.name === 'ModelFormatError' && e.file !== undefined && e.problem !== undefined) {
-    return new ModelFormatError(e.file, e.tensor ?? null, e.problem)
-  }
-  if (e.name === 'AbortError') return new DOMException(e.message, 'AbortError')
-  const err = e.name === 'RangeError' ? new RangeError(e.message) : e.name === 'TypeError' ? new TypeError(e.message) : new Error(e.message)
-  if (err.name !== e.name) err.name = e.name
-  if (e.stack) err.stack = `${e.stack}\n    (in stats worker)`
-  return err
+  return deserializeShared(e, 'stats worker')
 }
 
 /**
