@@ -40,6 +40,9 @@ interface StatsExports {
     rowMax: number,
   ): void
   addRows(ptr: number, rows: number, rowStart: number): void
+  initRaw16(kind: number, counts: number, colMax16: number, distinct: number): void
+  heatmapMeans(out: number): void
+  addRaw16(src: number, rows: number, rowStart: number): void
   finishRows(): void
   rebinFine(lo: number, scale: number, bins: number, out: number): void
   histogramRows(ptr: number, n: number, lo: number, scale: number, bins: number, out: number): void
@@ -121,13 +124,18 @@ interface Layout {
   heapIdx: number
   hist: number
   rowMax: number
+  /** Raw F16/BF16 path only (else 0): u32 count per 16-bit pattern, u16 column absmax bits. */
+  counts: number
+  colMax16: number
+  distinct: number
+  heatmap: number
   data: number
   /** Two buffers of stored bytes: one is read into while the other is decoded. */
   raw: [number, number]
   end: number
 }
 
-function planLayout(base: number, cols: number, cells: number, k: number, bins: number, blockRows: number, rawBytes: number): Layout {
+function planLayout(base: number, cols: number, cells: number, k: number, bins: number, blockRows: number, rawBytes: number, raw16: boolean): Layout {
   let at = Math.ceil(base / 16) * 16
   const take = (bytes: number) => {
     const p = at
@@ -148,7 +156,12 @@ function planLayout(base: number, cols: number, cells: number, k: number, bins: 
     heapIdx: take(k * 8),
     hist: take(bins * 8),
     rowMax: take(blockRows * 4),
-    data: take(blockRows * cols * 4),
+    counts: raw16 ? take(65536 * 4) : 0,
+    colMax16: raw16 ? take(cols * 2) : 0,
+    distinct: raw16 ? take(65536 * 8) : 0,
+    heatmap: take(cells * 8),
+    // The raw 16-bit path never decodes into the data region.
+    data: take(raw16 ? 0 : blockRows * cols * 4),
     raw: [take(rawBytes), take(rawBytes)],
     end: at,
   }
@@ -166,6 +179,8 @@ export class WasmStatsAccumulator implements StatsAccumulator {
   private histRows = 0
   private histStarted = false
   private scalarsCache: Float64Array | null = null
+  /** How pass 1 gets its values; fixed by the first call ('raw16': addRawRows of F16/BF16). */
+  private mode: 'f32' | 'raw16' | null = null
 
   /**
    * `rawDType`: reserve two buffers for stored bytes of this type (see rawBuffer), so a
@@ -187,7 +202,7 @@ export class WasmStatsAccumulator implements StatsAccumulator {
     const cells = this.heat.rows * this.heat.cols
     const rawBytes = rawDType ? this.capRows * cols * RAW_DTYPES[rawDType].bytes : 0
     // The kernel's own data (none today) would live in the first page; start above it.
-    this.layout = planLayout(PAGE, cols, cells, options.topK, options.bins, this.blockRows, rawBytes)
+    this.layout = planLayout(PAGE, cols, cells, options.topK, options.bins, this.blockRows, rawBytes, this.raw16)
     const have = wasm.memory.buffer.byteLength
     if (this.layout.end > have) wasm.memory.grow(Math.ceil((this.layout.end - have) / PAGE))
     const L = this.layout
@@ -200,10 +215,23 @@ export class WasmStatsAccumulator implements StatsAccumulator {
     return this.wasm
   }
 
-  /** Accumulates the block of `n` rows now in the data region. */
-  private block(rowStart: number, n: number): void {
+  /** True when raw chunks hold 16-bit floats, which the kernel counts by bit pattern. */
+  private get raw16(): boolean {
+    return this.rawDType === 'F16' || this.rawDType === 'BF16'
+  }
+
+  private setMode(mode: 'f32' | 'raw16'): void {
+    if (this.mode === mode) return
+    if (this.mode !== null) throw new Error('stats accumulator: pass 1 must use either addRows or addRawRows, not both')
+    this.mode = mode
+    if (mode === 'raw16') this.exports.initRaw16(RAW_DTYPES[this.rawDType!].kind, this.layout.counts, this.layout.colMax16, this.layout.distinct)
+  }
+
+  /** Accumulates the block of `n` rows now in the data region (or at `raw16Ptr`). */
+  private block(rowStart: number, n: number, raw16Ptr = 0): void {
     const wasm = this.exports
-    wasm.addRows(this.layout.data, n, rowStart)
+    if (raw16Ptr) wasm.addRaw16(raw16Ptr, n, rowStart)
+    else wasm.addRows(this.layout.data, n, rowStart)
     this.rowAbsmax.set(new Float32Array(wasm.memory.buffer, this.layout.rowMax, n), rowStart)
     this.nextRow = rowStart + n
     if (this.nextRow === this.rows) wasm.finishRows()
@@ -212,6 +240,8 @@ export class WasmStatsAccumulator implements StatsAccumulator {
   addRows(values: Float32Array, rowStart: number): void {
     const wasm = this.exports
     const n = checkRowChunk(values, rowStart, this.nextRow, this.rows, this.cols)
+    if (this.raw16) throw new Error('stats accumulator with 16-bit raw buffers takes addRawRows only')
+    this.setMode('f32')
     const { cols, blockRows } = this
     for (let done = 0; done < n; done += blockRows) {
       const take = Math.min(blockRows, n - done)
@@ -245,6 +275,16 @@ export class WasmStatsAccumulator implements StatsAccumulator {
   addRawRows(slot: 0 | 1, rowStart: number, nRows: number): void {
     if (rowStart !== this.nextRow) throw new RangeError(`stats rows must arrive in order: expected row ${this.nextRow}, got ${rowStart}`)
     if (nRows < 1 || nRows > this.capRows || rowStart + nRows > this.rows) throw new RangeError(`raw chunk of ${nRows} rows at ${rowStart} does not fit`)
+    if (this.raw16) {
+      // Counted by bit pattern straight from the stored bytes: no decode, no second pass.
+      this.setMode('raw16')
+      const rowBytes = this.cols * 2
+      for (let r = 0; r < nRows; r += this.blockRows) {
+        this.block(rowStart + r, Math.min(this.blockRows, nRows - r), this.layout.raw[slot] + r * rowBytes)
+      }
+      return
+    }
+    this.setMode('f32')
     // Block by block, so decode, moments and the row pass all find the block in L2.
     for (let r = 0; r < nRows; r += this.blockRows) {
       const take = Math.min(this.blockRows, nRows - r)
@@ -255,6 +295,7 @@ export class WasmStatsAccumulator implements StatsAccumulator {
 
   /** Pass 2 over `nRows` rows whose stored bytes are in raw buffer `slot`. */
   addRawHistogramRows(slot: 0 | 1, nRows: number): void {
+    if (!this.needsHistogramPass()) throw new Error('histogram pass: this tensor needs none')
     for (let r = 0; r < nRows; r += this.blockRows) {
       const take = Math.min(this.blockRows, nRows - r)
       this.decodeBlock(slot, r, take)
@@ -324,6 +365,7 @@ export class WasmStatsAccumulator implements StatsAccumulator {
     const top = new Array<{ value: number; index: number }>(heapSize)
     for (let i = 0; i < heapSize; i++) top[i] = { value: heapVal[i]!, index: heapIdx[i]! }
     const cells = this.heat.rows * this.heat.cols
+    wasm.heatmapMeans(L.heatmap)
     return finalizeStats(tensor, {
       rows: this.rows,
       cols: this.cols,
@@ -341,6 +383,7 @@ export class WasmStatsAccumulator implements StatsAccumulator {
       heatmap: this.heat,
       cellSum: new Float64Array(mem, L.cellSum, cells),
       cellBad: new Float64Array(mem, L.cellBad, cells),
+      heatmapMeans: new Float64Array(mem, L.heatmap, cells).slice(),
     })
   }
 

@@ -143,6 +143,11 @@ export interface RawStats {
   heatmap: HeatmapGeometry
   cellSum: ArrayLike<number>
   cellBad: ArrayLike<number>
+  /**
+   * The cell means already computed from cellSum/cellBad by the rule below (the WASM kernel
+   * does this loop itself: in a fresh worker the JS loop runs unoptimised for many tensors).
+   */
+  heatmapMeans?: Float64Array
 }
 
 /**
@@ -193,17 +198,7 @@ export function finalizeStats(tensor: string, raw: RawStats): PackedTensorStats 
     topK[i] = { index, row: Math.floor(index / cols), col: index % cols, value }
   }
   const { rows: hr, cols: hc } = raw.heatmap
-  const values = new Float64Array(hr * hc)
-  const cellCols = new Float64Array(hc)
-  for (let c = 0; c < hc; c++) cellCols[c] = partSize(c, hc, cols)
-  const { cellSum, cellBad } = raw
-  for (let b = 0; b < hr; b++) {
-    const bandRows = partSize(b, hr, rows)
-    for (let c = 0, k = b * hc; c < hc; c++, k++) {
-      const n = bandRows * cellCols[c]! - cellBad[k]!
-      values[k] = n > 0 ? cellSum[k]! / n : 0
-    }
-  }
+  const values = raw.heatmapMeans ?? heatmapMeans(raw, hr, hc)
   return {
     head: {
       tensor,
@@ -226,6 +221,21 @@ export function finalizeStats(tensor: string, raw: RawStats): PackedTensorStats 
     colAbsmax: raw.colAbsmax,
     heatmap: { rows: hr, cols: hc, values },
   }
+}
+
+function heatmapMeans(raw: RawStats, hr: number, hc: number): Float64Array {
+  const { rows, cols, cellSum, cellBad } = raw
+  const values = new Float64Array(hr * hc)
+  const cellCols = new Float64Array(hc)
+  for (let c = 0; c < hc; c++) cellCols[c] = partSize(c, hc, cols)
+  for (let b = 0; b < hr; b++) {
+    const bandRows = partSize(b, hr, rows)
+    for (let c = 0, k = b * hc; c < hc; c++, k++) {
+      const n = bandRows * cellCols[c]! - cellBad[k]!
+      values[k] = n > 0 ? cellSum[k]! / n : 0
+    }
+  }
+  return values
 }
 
 /** Typed array → number[]: a plain loop is several times faster than Array.from here. */

@@ -11,6 +11,12 @@
 // no second read of the tensor is needed. Moments: a two-pass per 4096-value block (central
 // moments of the block around its own mean, float32 sums over groups of 32 widened to float64;
 // see chunkMoments) merged across blocks with Pébay's formulas in float64.
+//
+// Stored F16/BF16 bytes take a faster path (addRaw16): each value is counted in a 65536-entry
+// table keyed by its 16-bit pattern, from which min/max/NaN/Inf/zeros, the moments (in
+// float64, exactly per pattern) and the histogram all follow at the end. The row pass then
+// only keeps row/column absmax (compared as integers on the 15 magnitude bits, which order
+// like the values for finite floats), the heatmap column sums and the top-k threshold test.
 
 const BLOCK: i32 = 4096
 /** Rows summed in float32 per column before they are folded into the float64 band sums. */
@@ -29,6 +35,10 @@ let finePtr: usize = 0 // u32[1 << 19]
 let heapValPtr: usize = 0 // f32[k]
 let heapIdxPtr: usize = 0 // f64[k]
 let rowMaxPtr: usize = 0 // f32[rows of the current chunk]
+let countPtr: usize = 0 // u32[65536]: values per 16-bit pattern (raw 16-bit path)
+let colMax16Ptr: usize = 0 // u16[cols]: column absmax as magnitude bits (raw 16-bit path)
+let distinctPtr: usize = 0 // (f32 value, u32 count)[≤ 65536]: distinct finite values (raw 16-bit path)
+let distinctCount: i32 = -1 // -1: not listed yet
 
 let nCols: i32 = 0
 let nRows: f64 = 0
@@ -41,6 +51,10 @@ let band: i32 = -1
 let accRows: i32 = 0
 let fineDirty = false
 let finePtrCleared: usize = 0
+/** 0: values arrive as f32 (addRows); 1: F16 / 2: BF16 patterns (addRaw16). */
+let raw16Kind: i32 = 0
+/** threshold as 16-bit magnitude bits (raw 16-bit path): -1 takes every value, 0x7fff none. */
+let thrBits: i32 = -1
 
 let gMin: f32 = Infinity
 let gMax: f32 = -Infinity
@@ -96,8 +110,9 @@ export function init(
   // rebinFine leaves the fine bins zeroed behind it; only a tensor that took the second
   // histogram pass leaves them dirty (2 MB to clear).
   if (fineDirty || fine != finePtrCleared) memory.fill(fine, 0, <usize>1 << (34 - FINE_SHIFT))
-  fineDirty = true
+  fineDirty = false
   finePtrCleared = fine
+  raw16Kind = 0
   heapSize = 0
   threshold = k > 0 ? -1 : Infinity
   band = -1
@@ -455,6 +470,7 @@ function flushBand(): void {
  * Writes each row's absmax to the rowMax region.
  */
 export function addRows(p: usize, chunkRows: i32, rowStart: f64): void {
+  fineDirty = true
   const cols = nCols
   const n = chunkRows * cols
   const dirty = chunkMoments(p, n)
@@ -528,6 +544,7 @@ export function addRows(p: usize, chunkRows: i32, rowStart: f64): void {
 export function finishRows(): void {
   flushBand()
   band = -1
+  if (raw16Kind != 0) finishColumns16()
 }
 
 // ---- histogram ---------------------------------------------------------------------------
@@ -545,6 +562,10 @@ export function finishRows(): void {
  */
 export function rebinFine(lo: f64, scale: f64, bins: i32, out: usize): void {
   const last = bins - 1
+  if (raw16Kind != 0) {
+    rebinCounts(lo, scale, last, out)
+    return
+  }
   const negBase: u32 = 1 << (31 - FINE_SHIFT)
   // ±0 compare equal, so either zero may be the extreme while the other one was seen too.
   if (gMax >= 0) rebinRange(0, gMax > 0 ? (reinterpret<u32>(gMax) >> FINE_SHIFT) + 1 : 1, lo, scale, last, out)
@@ -629,10 +650,291 @@ export function decodeRaw(kind: i32, src: usize, dst: usize, n: i32): void {
   }
 }
 
+// ---- stored 16-bit floats: pattern counts + row pass ---------------------------------------
+
+/** Switches this tensor to the raw 16-bit path (kind 1 = F16, 2 = BF16); call after init. */
+export function initRaw16(kind: i32, counts: usize, colMax16: usize, distinct: usize): void {
+  raw16Kind = kind
+  countPtr = counts
+  colMax16Ptr = colMax16
+  distinctPtr = distinct
+  distinctCount = -1
+  memory.fill(counts, 0, <usize>65536 << 2)
+  memory.fill(colMax16, 0, <usize>nCols << 1)
+  thrBits = thresholdBits(kind)
+}
+
+/** Magnitude bits of the first non-finite pattern: Inf; above it NaN. */
+@inline function infBitsOf(kind: i32): i32 {
+  return kind == 1 ? 0x7c00 : 0x7f80
+}
+
+/** A 16-bit pattern's value. */
+@inline function value16(kind: i32, h: u32): f32 {
+  return kind == 1 ? halfToFloat(h) : reinterpret<f32>(h << 16)
+}
+
+/**
+ * `threshold` as magnitude bits. Every kept top-k value is a value of this tensor, so the
+ * threshold is exactly representable and `a > thrBits` ⇔ |x| > threshold.
+ */
+function thresholdBits(kind: i32): i32 {
+  const t = threshold
+  if (t < 0) return -1
+  if (t == Infinity) return 0x7fff
+  const bits = reinterpret<u32>(t)
+  if (kind == 2) return <i32>(bits >> 16)
+  if (t < reinterpret<f32>(113 << 23)) return <i32>(t * 16777216.0) // subnormal half: m · 2^-24
+  return <i32>(bits >> 13) - (112 << 10)
+}
+
+/** Non-negative finite halves (magnitude bits in u32 lanes) → f32, exact. */
+@inline function absHalfToFloat4(a: v128): v128 {
+  const shifted = i32x4.shl(a, 13)
+  const o = i32x4.add(shifted, i32x4.splat((127 - 15) << 23))
+  const sub = f32x4.sub(i32x4.add(o, i32x4.splat(1 << 23)), f32x4.splat(reinterpret<f32>(113 << 23)))
+  return v128.bitselect(sub, o, i32x4.eq(v128.and(shifted, i32x4.splat(0x0f800000)), i32x4.splat(0)))
+}
+
+@inline function bumpCount(h: u32): void {
+  const p = countPtr + (<usize>h << 2)
+  store<u32>(p, load<u32>(p) + 1)
+}
+
+@inline function maxLane16(v: v128): i32 {
+  let m = i16x8.max_u(v, v128.shuffle<u16>(v, v, 4, 5, 6, 7, 0, 1, 2, 3))
+  m = i16x8.max_u(m, v128.shuffle<u16>(m, m, 2, 3, 0, 1, 2, 3, 0, 1))
+  return max<i32>(i16x8.extract_lane_u(m, 0), i16x8.extract_lane_u(m, 1))
+}
+
+/** One value of a row tail: counted, then as in the vector loop; returns its magnitude bits (0 if not finite). */
+@inline function raw16Element(kind: i32, h: u32, c: i32, idx: f64): i32 {
+  bumpCount(h)
+  const a = <i32>(h & 0x7fff)
+  if (a >= infBitsOf(kind)) {
+    const cp = cellBadPtr + (<usize>(band * hCols + load<i32>(colCellPtr + (<usize>c << 2))) << 3)
+    store<f64>(cp, load<f64>(cp) + 1)
+    return 0
+  }
+  const mp = colMax16Ptr + (<usize>c << 1)
+  if (a > <i32>load<u16>(mp)) store<u16>(mp, <u16>a)
+  const ap = colAccPtr + (<usize>c << 2)
+  store<f32>(ap, load<f32>(ap) + value16(kind, <u32>a))
+  if (a > thrBits) {
+    topOffer(value16(kind, h), idx)
+    thrBits = thresholdBits(kind)
+  }
+  return a
+}
+
+/**
+ * One row of stored patterns at rp; returns its largest finite magnitude bits. Each group of
+ * 8 values is loaded once: its patterns are counted, NaN/Inf lanes are zeroed (magnitude 0 adds
+ * nothing to absmax or the heatmap sums and is re-checked before a top-k offer), and the rare
+ * row holding NaN/Inf gets its heatmap cells' non-finite counts in a scalar pass at the end.
+ */
+@inline function raw16Row(kind: i32, rp: usize, cols: i32, flatBase: f64): i32 {
+  const c8 = cols & ~7
+  const mask = i16x8.splat(0x7fff)
+  const bad = infBitsOf(kind)
+  const badV = i16x8.splat(<i16>bad)
+  let thr = i16x8.splat(<i16>thrBits)
+  let m = i16x8.splat(0)
+  let nonFinite = i16x8.splat(0)
+  for (let c = 0; c < c8; c += 8) {
+    const hv = v128.load(rp + (<usize>c << 1))
+    const w0 = <u64>i64x2.extract_lane(hv, 0)
+    const w1 = <u64>i64x2.extract_lane(hv, 1)
+    bumpCount(<u32>w0 & 0xffff)
+    bumpCount(<u32>(w0 >> 16) & 0xffff)
+    bumpCount(<u32>(w0 >> 32) & 0xffff)
+    bumpCount(<u32>(w0 >> 48))
+    bumpCount(<u32>w1 & 0xffff)
+    bumpCount(<u32>(w1 >> 16) & 0xffff)
+    bumpCount(<u32>(w1 >> 32) & 0xffff)
+    bumpCount(<u32>(w1 >> 48))
+    const a0 = v128.and(hv, mask)
+    const finite = i16x8.lt_u(a0, badV)
+    nonFinite = v128.or(nonFinite, v128.not(finite))
+    const a = v128.and(a0, finite)
+    m = i16x8.max_u(m, a)
+    const mp = colMax16Ptr + (<usize>c << 1)
+    v128.store(mp, i16x8.max_u(v128.load(mp), a))
+    let lo: v128
+    let hi: v128
+    if (kind == 1) {
+      lo = absHalfToFloat4(i32x4.extend_low_i16x8_u(a))
+      hi = absHalfToFloat4(i32x4.extend_high_i16x8_u(a))
+    } else {
+      lo = i32x4.shl(i32x4.extend_low_i16x8_u(a), 16)
+      hi = i32x4.shl(i32x4.extend_high_i16x8_u(a), 16)
+    }
+    const ap = colAccPtr + (<usize>c << 2)
+    v128.store(ap, f32x4.add(v128.load(ap), lo))
+    v128.store(ap, f32x4.add(v128.load(ap, 16), hi), 16)
+    if (v128.any_true(i16x8.gt_s(a, thr))) {
+      for (let j = 0; j < 8; j++) {
+        const h = <u32>load<u16>(rp + (<usize>(c + j) << 1))
+        const aj = <i32>(h & 0x7fff)
+        if (aj > thrBits && aj < bad) {
+          topOffer(value16(kind, h), flatBase + <f64>(c + j))
+          thrBits = thresholdBits(kind)
+        }
+      }
+      thr = i16x8.splat(<i16>thrBits)
+    }
+  }
+  if (v128.any_true(nonFinite)) {
+    for (let c = 0; c < c8; c++) {
+      if (<i32>(load<u16>(rp + (<usize>c << 1)) & 0x7fff) >= bad) {
+        const cp = cellBadPtr + (<usize>(band * hCols + load<i32>(colCellPtr + (<usize>c << 2))) << 3)
+        store<f64>(cp, load<f64>(cp) + 1)
+      }
+    }
+  }
+  let rowMax = maxLane16(m)
+  for (let c = c8; c < cols; c++) rowMax = max<i32>(rowMax, raw16Element(kind, <u32>load<u16>(rp + (<usize>c << 1)), c, flatBase + <f64>c))
+  return rowMax
+}
+
+@inline function raw16Rows(kind: i32, src: usize, chunkRows: i32, rowStart: f64): void {
+  const cols = nCols
+  for (let r = 0; r < chunkRows; r++) {
+    const R = rowStart + <f64>r
+    const b = <i32>Math.floor((R * <f64>hRows) / nRows)
+    if (b != band) {
+      flushBand()
+      band = b
+    }
+    const rowMax = raw16Row(kind, src + (<usize>(r * cols) << 1), cols, R * <f64>cols)
+    store<f32>(rowMaxPtr + (<usize>r << 2), value16(kind, <u32>rowMax))
+    if (++accRows == FOLD_ROWS) foldColumns()
+  }
+}
+
+/**
+ * Pass 1 over `chunkRows` rows of stored F16/BF16 patterns at src (after initRaw16), starting
+ * at tensor row `rowStart`. Writes each row's absmax to the rowMax region. Never needs pass 2.
+ */
+export function addRaw16(src: usize, chunkRows: i32, rowStart: f64): void {
+  if (raw16Kind == 1) raw16Rows(1, src, chunkRows, rowStart)
+  else raw16Rows(2, src, chunkRows, rowStart)
+}
+
+/** Column absmax from the magnitude bits, into the f32 colMax region. */
+function finishColumns16(): void {
+  for (let c = 0; c < nCols; c++) {
+    store<f32>(colMaxPtr + (<usize>c << 2), value16(raw16Kind, <u32>load<u16>(colMax16Ptr + (<usize>c << 1))))
+  }
+}
+
+/**
+ * Everything the pattern counts determine: extremes, NaN/Inf/zero counts and the moments,
+ * two-pass in float64 over the distinct finite values (each count · value is exact). The
+ * distinct values and their counts are listed at distinctPtr for the second pass and the
+ * histogram, so neither scans the 65536 patterns again.
+ */
+function scalarsFromCounts(): void {
+  const kind = raw16Kind
+  const bad = infBitsOf(kind)
+  let n: f64 = 0
+  let sum: f64 = 0
+  let nan: f64 = 0
+  let inf: f64 = 0
+  let lo: f32 = Infinity
+  let hi: f32 = -Infinity
+  let m: i32 = 0
+  for (let k: u32 = 0; k < 65536; k += 4) {
+    if (!v128.any_true(v128.load(countPtr + (<usize>k << 2)))) continue
+    for (let h = k; h < k + 4; h++) {
+      const cnt = load<u32>(countPtr + (<usize>h << 2))
+      if (cnt == 0) continue
+      const a = <i32>(h & 0x7fff)
+      if (a >= bad) {
+        if (a == bad) inf += <f64>cnt
+        else nan += <f64>cnt
+        continue
+      }
+      const x = value16(kind, h)
+      if (x < lo) lo = x
+      if (x > hi) hi = x
+      n += <f64>cnt
+      sum += <f64>cnt * <f64>x
+      const dp = distinctPtr + (<usize>m << 3)
+      store<f32>(dp, x)
+      store<u32>(dp, cnt, 4)
+      m++
+    }
+  }
+  distinctCount = m
+  gMin = lo
+  gMax = hi
+  gNan = nan
+  gInf = inf
+  gZeros = <f64>load<u32>(countPtr) + <f64>load<u32>(countPtr + (0x8000 << 2))
+  gLowBits = 0
+  mN = n
+  mMean = 0
+  mM2 = 0
+  mM3 = 0
+  mM4 = 0
+  if (n == 0) return
+  const mean = sum / n
+  let m2: f64 = 0
+  let m3: f64 = 0
+  let m4: f64 = 0
+  for (let i = 0; i < m; i++) {
+    const dp = distinctPtr + (<usize>i << 3)
+    const cnt = <f64>load<u32>(dp, 4)
+    const d = <f64>load<f32>(dp) - mean
+    const d2 = d * d
+    const cd2 = cnt * d2
+    m2 += cd2
+    m3 += cd2 * d
+    m4 += cd2 * d2
+  }
+  mMean = mean
+  mM2 = m2
+  mM3 = m3
+  mM4 = m4
+}
+
+/** Histogram of the finite values from the distinct-value list (same binning as rebinKey). */
+function rebinCounts(lo: f64, scale: f64, last: i32, out: usize): void {
+  if (distinctCount < 0) scalarsFromCounts()
+  for (let i = 0; i < distinctCount; i++) {
+    const dp = distinctPtr + (<usize>i << 3)
+    const op = out + (<usize>binOf(<f64>load<f32>(dp), lo, scale, last) << 3)
+    store<f64>(op, load<f64>(op) + <f64>load<u32>(dp, 4))
+  }
+}
+
+/** Elements in part k of n items split into m parts by floor(i·m/n) (as partSize in stats-accumulator.ts). */
+@inline function partSize(k: i32, m: i32, n: f64): f64 {
+  return Math.ceil((<f64>(k + 1) * n) / <f64>m) - Math.ceil((<f64>k * n) / <f64>m)
+}
+
+/**
+ * Heatmap cell means into f64[hr·hc] at out, with exactly the float64 operations of
+ * finalizeStats (which would otherwise run this loop in JS, slowly until the JIT warms up).
+ */
+export function heatmapMeans(out: usize): void {
+  const cols = <f64>nCols
+  for (let b = 0; b < hRows; b++) {
+    const bandRows = partSize(b, hRows, nRows)
+    for (let c = 0; c < hCols; c++) {
+      const k = <usize>(b * hCols + c) << 3
+      const n = bandRows * partSize(c, hCols, cols) - load<f64>(cellBadPtr + k)
+      store<f64>(out + k, n > 0 ? load<f64>(cellSumPtr + k) / n : 0)
+    }
+  }
+}
+
 // ---- results -----------------------------------------------------------------------------
 
 /** Writes the scalar results as f64[12] at out. */
 export function readScalars(out: usize): void {
+  if (raw16Kind != 0) scalarsFromCounts()
   store<f64>(out, <f64>gMin)
   store<f64>(out, <f64>gMax, 8)
   store<f64>(out, gNan, 16)
