@@ -8,7 +8,8 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import { chromium, type BrowserContext, type Page } from 'playwright-core'
+import type { BrowserContext, Page } from 'playwright-core'
+import { launchChromiumPage } from '../helpers/chromium-page'
 import WebSocket from 'ws'
 import type { ServerMessage, TensorStats } from '../../worker/api/contract'
 import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
@@ -17,7 +18,6 @@ import { encode, gaussian, llamaSpecs, writeTinyLlama } from '../helpers/tiny-ll
 import { writeSafetensorsFile } from '../../worker/formats/safetensors-writer'
 
 const ARTIFACTS = resolve(import.meta.dirname, '..', '..', 'test-artifacts')
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
 const TENSOR = 'model.layers.1.mlp.down_proj.weight'
 /** Input channel of TENSOR scaled up, as LLM down projections often have one. */
 const OUTLIER_CHANNEL = 37
@@ -138,17 +138,7 @@ describe('browser mode end to end', () => {
     const startup = join(dir, 'startup-model')
     await writeTinyLlama(startup, { hidden: 16, layers: 1, intermediate: 32, vocab: 32 })
     host = await startHostProcess([startup, '--state-dir', join(dir, 'state'), '--cache-dir', join(dir, 'cache')])
-    browser = await chromium.launchPersistentContext(join(dir, 'chromium'), {
-      executablePath: '/usr/bin/chromium',
-      headless: true,
-      args: CHROMIUM_ARGS,
-      viewport: { width: 1440, height: 1100 },
-    })
-    page = browser.pages()[0] ?? (await browser.newPage())
-    page.on('pageerror', (e) => pageProblems.push(`pageerror: ${e.message}`))
-    page.on('console', (m) => {
-      if (m.type() === 'error') pageProblems.push(`console: ${m.text()}`)
-    })
+    ;({ browser, page } = await launchChromiumPage(join(dir, 'chromium'), pageProblems))
   })
 
   afterAll(async () => {

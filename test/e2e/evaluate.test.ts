@@ -12,14 +12,14 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { promisify } from 'node:util'
-import { chromium, type BrowserContext, type Page } from 'playwright-core'
+import type { BrowserContext, Page } from 'playwright-core'
+import { launchChromiumPage } from '../helpers/chromium-page'
 import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
 
 const ROOT = resolve(import.meta.dirname, '..', '..')
 const ARTIFACTS = join(ROOT, 'test-artifacts')
 const MODEL = join(ROOT, 'resources', 'models', 'default')
 const HELDOUT = join(ROOT, 'resources', 'eval', 'heldout.txt')
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
 
 const run = promisify(execFile)
 
@@ -44,17 +44,7 @@ describe('Evaluate tab end to end', () => {
     dir = await mkdtemp(join(tmpdir(), 'qs-e2e-eval-'))
     await mkdir(ARTIFACTS, { recursive: true })
     host = await startHostProcess([MODEL, '--state-dir', join(dir, 'state'), '--cache-dir', join(dir, 'cache')])
-    browser = await chromium.launchPersistentContext(join(dir, 'chromium'), {
-      executablePath: '/usr/bin/chromium',
-      headless: true,
-      args: CHROMIUM_ARGS,
-      viewport: { width: 1440, height: 1100 },
-    })
-    page = browser.pages()[0] ?? (await browser.newPage())
-    page.on('pageerror', (e) => pageProblems.push(`pageerror: ${e.message}`))
-    page.on('console', (m) => {
-      if (m.type() === 'error') pageProblems.push(`console: ${m.text()}`)
-    })
+    ;({ browser, page } = await launchChromiumPage(join(dir, 'chromium'), pageProblems))
   })
 
   afterAll(async () => {
