@@ -1,5 +1,5 @@
 import { expect } from 'vitest'
-import { f16ToF32 } from '../../worker/formats/dtypes'
+import { f16ToF32, f32ToBF16 as bf16Bits, f32ToF16 as f16Bits } from '../../worker/formats/dtypes'
 import type { StatsOptions, TensorStats } from '../../worker/stats/stats-types'
 
 /**
@@ -206,38 +206,8 @@ const f32 = new Float32Array(1)
 const u32 = new Uint32Array(f32.buffer)
 let f16Table: Float32Array | null = null
 
-/** IEEE binary16 bits of x, round to nearest even (same algorithm as dtypes.f32ToF16). */
-export function f16Bits(x: number): number {
-  f32[0] = x
-  const b = u32[0]!
-  const sign = (b >>> 16) & 0x8000
-  const exp = (b >>> 23) & 0xff
-  let mant = b & 0x7fffff
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0)
-  let e = exp - 127 + 15
-  if (e >= 31) return sign | 0x7c00
-  if (e <= 0) {
-    if (e < -10) return sign
-    mant |= 0x800000
-    const shift = 14 - e
-    const half = 1 << (shift - 1)
-    let r = mant >>> shift
-    const rem = mant & ((1 << shift) - 1)
-    if (rem > half || (rem === half && r & 1)) r++
-    return sign | r
-  }
-  let r = mant >>> 13
-  const rem = mant & 0x1fff
-  if (rem > 0x1000 || (rem === 0x1000 && r & 1)) {
-    r++
-    if (r === 0x400) {
-      r = 0
-      e++
-      if (e >= 31) return sign | 0x7c00
-    }
-  }
-  return sign | (e << 10) | r
-}
+/** IEEE binary16 / bfloat16 bits of x, round to nearest even: the engine's encoders (exhaustively tested in dtypes.test). */
+export { f32ToF16 as f16Bits, f32ToBF16 as bf16Bits } from '../../worker/formats/dtypes'
 
 export function f16Value(bits: number): number {
   if (!f16Table) {
@@ -245,14 +215,6 @@ export function f16Value(bits: number): number {
     for (let i = 0; i < 65536; i++) f16Table[i] = f16ToF32(i)
   }
   return f16Table[bits]!
-}
-
-/** bfloat16 bits of x, round to nearest even; NaN stays NaN. */
-export function bf16Bits(x: number): number {
-  f32[0] = x
-  const b = u32[0]!
-  if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x40) & 0xffff
-  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff
 }
 
 export function bf16Value(bits: number): number {
