@@ -9,9 +9,9 @@
  * while it runs, and may call `cancelJob`; the response then fails with `cancelled: true`.
  */
 import type { ModelConfig, ModelFormatId } from '../formats/contract'
-import type { StatsOptions, TensorStats } from '../stats/stats-types'
+import type { OrientedTensorStats, StatsOptions, StatsOrientation, TensorStats } from '../stats/stats-types'
 
-export type { ModelConfig, ModelFormatId, StatsOptions, TensorStats }
+export type { ModelConfig, ModelFormatId, OrientedTensorStats, StatsOptions, StatsOrientation, TensorStats }
 
 /** Linear roles of a transformer block, in the order the layer grid shows them. */
 export type LinearRole = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down'
@@ -260,7 +260,8 @@ export interface ApiMethods {
   defaultModelPath: { params: Record<string, never>; result: DefaultModelInfo }
   tensorStats: {
     params: { modelId: string; tensor: string; options?: Partial<StatsOptions>; jobId: string }
-    result: TensorStats
+    /** In HF orientation ([out, in], HF row order) whatever the format stored; `orientation` says what changed. */
+    result: OrientedTensorStats
   }
   layerGridStats: { params: { modelId: string; jobId: string }; result: LayerGridStats }
   cancelJob: { params: { jobId: string }; result: { cancelled: boolean } }

@@ -40,3 +40,27 @@ export interface TensorStats {
   /** Mean |w| over blocks of the matrix: heatmap.rows × heatmap.cols cells, row-major. */
   heatmap: { rows: number; cols: number; values: number[] }
 }
+
+/**
+ * How the matrix the statistics describe relates to the tensor as stored. Every linear weight
+ * is shown in Hugging Face's [out, in] orientation with HF's row order, whatever the format
+ * stored (worker/stats/orientation.ts makes it so).
+ */
+export interface StatsOrientation {
+  /** ONNX MatMul initializers are stored [in, out]; their statistics were transposed. */
+  transposed: boolean
+  /** GGUF llama q/k rows were stored in llama.cpp's RoPE order and are shown in HF order. */
+  rowsUnpermuted: boolean
+  /**
+   * The heatmap keeps llama.cpp's row order: its row bands straddle attention heads, so it
+   * cannot be reordered without the full matrix. Per-row absmax and top-k are in HF order.
+   */
+  heatmapRowsPermuted: boolean
+  /** One line for the UI, or null when the tensor is shown as stored. */
+  note: string | null
+}
+
+/** TensorStats as the API returns them: in HF orientation, saying what was changed. */
+export interface OrientedTensorStats extends TensorStats {
+  orientation: StatsOrientation
+}
