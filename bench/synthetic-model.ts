@@ -2,7 +2,7 @@ import { mkdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { f32ToF16 } from '../worker/formats/dtypes'
-import { writeSafetensorsFile, type SafetensorsTensorSpec } from '../worker/formats/safetensors-writer'
+import { writeSafetensorsFile, type SafetensorsTensorSpec } from '../worker/formats/safetensors/writer'
 
 /**
  * A deterministic llama-shaped fp16 model for benchmarks (Qwen2-0.5B geometry: hidden 896,

@@ -6,6 +6,7 @@
 import { readdir, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { DefaultModelInfo } from '../worker/api/contract'
+import { formatByFileName } from '../worker/formats/registry'
 
 export const EMBEDDED_MODEL_DIR = join('resources', 'models', 'default')
 
@@ -18,7 +19,7 @@ export async function resolveDefaultModel(appRoot: string, argumentPath: string 
   }
   const embedded = join(appRoot, EMBEDDED_MODEL_DIR)
   const names = await readdir(embedded).catch(() => [] as string[])
-  if (names.some((n) => n.endsWith('.safetensors') || n.endsWith('.safetensors.index.json') || n.endsWith('.gguf') || n.endsWith('.onnx'))) {
+  if (names.some((n) => formatByFileName(n) !== null)) {
     return { path: embedded, source: 'embedded', message: null }
   }
   return {

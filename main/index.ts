@@ -9,6 +9,7 @@ import { ipcMain } from 'electron'
 import { join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import type { ApiEvent } from '../worker/api/contract'
+import { modelFileExtensions } from '../worker/formats/registry'
 import { resolveDefaultModel } from './default-model'
 import { startEngineThread } from './engine-thread'
 import { IPC_CHOOSE_MODEL_PATH } from './ipc-channels'
@@ -43,7 +44,8 @@ async function chooseModelPath(kind: 'file' | 'folder'): Promise<string | null> 
           title: 'Open Model File',
           properties: ['openFile'],
           filters: [
-            { name: 'Models', extensions: ['safetensors', 'json', 'gguf', 'onnx'] },
+            // Dialog filters take the last extension only ('.safetensors.index.json' → 'json').
+            { name: 'Models', extensions: [...new Set(modelFileExtensions().map((e) => e.split('.').pop()!))] },
             { name: 'All files', extensions: ['*'] },
           ],
         }

@@ -1,6 +1,6 @@
 import { matrixShape, type OpenedModel } from '../../worker/formats/contract'
 import { openModel } from '../../worker/formats/open-model'
-import { wasmStatsAvailable } from '../../worker/kernels/stats-wasm'
+import { wasmStatsAvailable } from '../../worker/stats/wasm-accumulator'
 import type { StatsKernelKind } from '../../worker/stats/stats-accumulator'
 import { StatsService } from '../../worker/stats/stats-service'
 import { FileHandleCache, STATS_CHUNK_FLOATS, computeTensorStats } from '../../worker/stats/tensor-stats'

@@ -15,7 +15,7 @@ import type { ServerMessage, TensorStats } from '../../worker/api/contract'
 import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
 import { float64Stats } from '../helpers/stats-float64'
 import { encode, gaussian, llamaSpecs, writeTinyLlama } from '../helpers/tiny-llama'
-import { writeSafetensorsFile } from '../../worker/formats/safetensors-writer'
+import { writeSafetensorsFile } from '../../worker/formats/safetensors/writer'
 
 const ARTIFACTS = resolve(import.meta.dirname, '..', '..', 'test-artifacts')
 const TENSOR = 'model.layers.1.mlp.down_proj.weight'

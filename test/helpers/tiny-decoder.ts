@@ -1,6 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { writeSafetensorsFile, type SafetensorsTensorSpec } from '../../worker/formats/safetensors-writer'
+import { writeSafetensorsFile, type SafetensorsTensorSpec } from '../../worker/formats/safetensors/writer'
 import { encode, gaussian, llamaSpecs, writeTinyLlama, type TinyLlamaOptions } from './tiny-llama'
 import type { RefConfig } from './reference-forward'
 

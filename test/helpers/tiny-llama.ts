@@ -1,6 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { writeSafetensorsFile, type SafetensorsTensorSpec } from '../../worker/formats/safetensors-writer'
+import { writeSafetensorsFile, type SafetensorsTensorSpec } from '../../worker/formats/safetensors/writer'
 import { f32ToBF16, f32ToF16 } from '../../worker/formats/dtypes'
 
 /** Deterministic PRNG (mulberry32) so fixtures are identical on every machine: the engine's own. */

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest'
-import { parseHfConfig } from '../../worker/formats/hf-config'
+import { parseHfConfig } from '../../worker/formats/hf/config'
 
 const base = {
   hidden_size: 896, intermediate_size: 4864, num_hidden_layers: 24, num_attention_heads: 14,

@@ -2,8 +2,9 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import * as ort from 'onnxruntime-node'
-import { onnxFormat } from '../../worker/formats/onnx'
-import { ModelFormatError } from '../../worker/formats/errors'
+import { onnxFormat } from '../../worker/formats/onnx/reader'
+import { formatByFileName } from '../../worker/formats/registry'
+import { ModelFormatError } from '../../worker/common/errors'
 import { FileByteSource } from '../../worker/io/byte-source'
 import { bf16ToF32, f16ToF32, f32ToBF16, f32ToF16 } from '../../worker/formats/dtypes'
 import type { OpenedModel } from '../../worker/formats/contract'
@@ -196,8 +197,8 @@ describe('onnx: model metadata', () => {
       inputs: ['x'],
       outputs: ['y'],
     })
-    expect(onnxFormat.match(path, new Uint8Array(16))).toBe(true)
-    expect(onnxFormat.match(path + '.data', new Uint8Array(16))).toBe(false)
+    expect(formatByFileName(path)).toBe(onnxFormat)
+    expect(formatByFileName(path + '.data')).toBeNull()
     await withModel(path, async (m) => {
       expect(m.architecture).toBe('llama')
       expect(m.config).toBeNull()

@@ -3,8 +3,8 @@ import { mkdtemp, open, rm, readFile, writeFile, truncate, readdir, mkdir } from
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { openModel } from '../../worker/formats/open-model'
-import { readSafetensorsHeader } from '../../worker/formats/safetensors'
-import { writeSafetensorsFile } from '../../worker/formats/safetensors-writer'
+import { readSafetensorsHeader } from '../../worker/formats/safetensors/reader'
+import { writeSafetensorsFile } from '../../worker/formats/safetensors/writer'
 import { encode, gaussian, writeTinyLlama } from '../helpers/tiny-llama'
 
 let dir: string

@@ -26,7 +26,7 @@ import type {
   TensorStats,
 } from './contract'
 import { elementCount, type OpenedModel } from '../formats/contract'
-import { ModelFormatError } from '../formats/errors'
+import { ModelFormatError } from '../common/errors'
 import { openModel } from '../formats/open-model'
 import { classifyTensor, describeModel, LINEAR_ROLES, type LogicalModel } from '../model/logical-model'
 import { StatsService } from '../stats/stats-service'

@@ -1,4 +1,4 @@
-import { elementCount, type OpenedModel } from '../formats/contract'
+import { elementCount, type ModelFormatId, type OpenedModel } from '../formats/contract'
 import { openModel } from '../formats/open-model'
 import { classifyTensor } from '../model/logical-model'
 import { StatsService } from '../stats/stats-service'
@@ -6,7 +6,7 @@ import type { TensorStats } from '../stats/stats-types'
 
 /** The `inspect --json` contract (issue 3): field names are relied on by scripts. */
 export interface InspectReport {
-  format: 'safetensors' | 'gguf' | 'onnx'
+  format: ModelFormatId
   architecture: string | null
   params: number
   bytes: number

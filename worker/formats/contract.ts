@@ -1,7 +1,7 @@
 /**
- * The contract every model format implements (one file per format: safetensors.ts, gguf.ts,
- * onnx.ts). Adding a format never touches the others; `open-model.ts` dispatches by
- * extension and magic bytes.
+ * The contract every model format implements (one folder per format: safetensors/, gguf/,
+ * onnx/, each with its reader). Adding a format is one entry in `registry.ts`; nothing else
+ * knows the list. `open-model.ts` dispatches through the registry.
  *
  * Conventions shared by all formats:
  * - `shape` is row-major, outermost dimension first (numpy / PyTorch order). GGUF stores
@@ -86,10 +86,18 @@ export interface OpenedModel {
   close(): Promise<void>
 }
 
+/** One entry of the format registry (formats/registry.ts); each format folder exports one. */
 export interface ModelFormat {
   id: ModelFormatId
-  /** Decides by file name and the first bytes of the file (at least 16 bytes when the file has them). */
-  match(path: string, head: Uint8Array): boolean
+  /** Name shown to users. */
+  label: string
+  /**
+   * File name endings this format owns, lower case (['.gguf']). A file ending in one of them is
+   * opened by this format whatever its bytes, so a corrupt file gets this format's own error.
+   */
+  extensions: readonly string[]
+  /** Recognises the format from the first bytes (at least 16 when the file has them), for other names. */
+  match(head: Uint8Array): boolean
   open(path: string): Promise<OpenedModel>
 }
 

@@ -1,5 +1,5 @@
 import type { ModelConfig, OpenedModel, TensorEntry } from '../formats/contract'
-import { ModelFormatError } from '../formats/errors'
+import { ModelFormatError } from '../common/errors'
 import { classifyTensor, describeModel } from '../model/logical-model'
 
 /**

@@ -1,5 +1,5 @@
 import { matrixShape, type OpenedModel } from '../formats/contract'
-import { ModelFormatError } from '../formats/errors'
+import { ModelFormatError } from '../common/errors'
 import type { DecoderSpec } from './decoder-spec'
 import { unpermuteGgufRows } from './gguf-layout'
 

@@ -1,5 +1,5 @@
 import { open, stat, type FileHandle } from 'node:fs/promises'
-import { ModelFormatError } from '../formats/errors'
+import { ModelFormatError } from '../common/errors'
 
 /**
  * A file read by byte range on demand. Models can be many GB, so nothing reads a whole

@@ -1,4 +1,4 @@
-import { ModelFormatError } from '../formats/errors'
+import { ModelFormatError } from '../common/errors'
 
 /**
  * Errors crossing a worker-thread boundary. structuredClone drops an Error's class and own

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { Tokenizer } from '@huggingface/tokenizers'
-import { ModelFormatError } from '../formats/errors'
+import { ModelFormatError } from '../common/errors'
 
 /**
  * A model's tokenizer, loaded from its `tokenizer.json` (+ `tokenizer_config.json`) through

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { Worker } from 'node:worker_threads'
-import { ModelFormatError } from '../formats/errors'
+import { ModelFormatError } from '../common/errors'
 import { spawnEngineWorker } from '../jobs/spawn-worker'
 import { resolveStatsOptions, unpackTensorStats, type StatsKernelKind } from './stats-accumulator'
 import {

@@ -1,7 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises'
 import { matrixShape, type OpenedModel, type TensorEntry } from '../formats/contract'
-import { ModelFormatError } from '../formats/errors'
-import { RAW_DTYPES, WasmStatsAccumulator, isRawDType, wasmStatsAvailable, type RawDType } from '../kernels/stats-wasm'
+import { ModelFormatError } from '../common/errors'
+import { RAW_DTYPES, WasmStatsAccumulator, isRawDType, wasmStatsAvailable, type RawDType } from './wasm-accumulator'
 import {
   finalizeStats,
   heatmapGeometry,

@@ -1,13 +1,13 @@
 import { resolve } from 'node:path'
-import { FileByteSource } from '../io/byte-source'
-import { matrixShape, type ModelConfig, type ModelFormat, type OpenedModel, type TensorEntry } from './contract'
-import { ModelFormatError } from './errors'
+import { FileByteSource } from '../../io/byte-source'
+import { matrixShape, type ModelConfig, type ModelFormat, type OpenedModel, type TensorEntry } from '../contract'
+import { ModelFormatError } from '../../common/errors'
 import { GGML_REMOVED_TYPE_NAMES, ggmlTypeById } from './ggml-types'
-import { ggufConfig } from './gguf-config'
-import { dequantize } from './gguf-dequant'
-import { GGUF_MAGIC, readGgufHeader, type GgufHeader } from './gguf-header'
+import { ggufConfig } from './config'
+import { dequantize } from './dequant'
+import { GGUF_MAGIC, readGgufHeader, type GgufHeader } from './header'
 
-export type { GgufArraySummary, GgufValue } from './gguf-header'
+export type { GgufArraySummary, GgufValue } from './header'
 
 /**
  * GGUF v2/v3 reader (llama.cpp's format, spec: ggml/docs/gguf.md). The header is parsed in
@@ -134,7 +134,9 @@ async function openGguf(path: string): Promise<OpenedModel> {
 
 export const ggufFormat: ModelFormat = {
   id: 'gguf',
-  match(_path: string, head: Uint8Array): boolean {
+  label: 'GGUF',
+  extensions: ['.gguf'],
+  match(head: Uint8Array): boolean {
     return head.length >= 4 && GGUF_MAGIC.every((b, i) => head[i] === b)
   },
   open: openGguf,

@@ -1,11 +1,11 @@
 import { stat } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve, sep, win32 } from 'node:path'
-import { FileByteSource } from '../io/byte-source'
-import { elementCount, matrixShape, type ModelFormat, type OpenedModel, type TensorEntry } from './contract'
-import { decodePlain } from './dtypes'
-import { ModelFormatError } from './errors'
-import { byteSize, decodeLE, ELEM_BYTES, ELEM_TYPES, TYPED_FIELDS, varintConverter, type ElemType } from './onnx-dtypes'
-import { dequantMatMulNBitsRows, matMulNBitsEntry, matMulNBitsSummary, type MatMulNBitsInfo, type OperandReader } from './onnx-matmulnbits'
+import { FileByteSource } from '../../io/byte-source'
+import { elementCount, matrixShape, type ModelFormat, type OpenedModel, type TensorEntry } from '../contract'
+import { decodePlain } from '../dtypes'
+import { ModelFormatError } from '../../common/errors'
+import { byteSize, decodeLE, ELEM_BYTES, ELEM_TYPES, TYPED_FIELDS, varintConverter, type ElemType } from './dtypes'
+import { dequantMatMulNBitsRows, matMulNBitsEntry, matMulNBitsSummary, type MatMulNBitsInfo, type OperandReader } from './matmulnbits'
 import {
   DATA_LOCATION_EXTERNAL,
   nodeLabel,
@@ -14,7 +14,7 @@ import {
   type OnnxNode,
   type Range,
   type TensorProtoInfo,
-} from './onnx-messages'
+} from './messages'
 import { decodePackedVarints, WireScanner } from './protobuf-wire'
 
 /**
@@ -378,7 +378,9 @@ function createModel(
 
 export const onnxFormat: ModelFormat = {
   id: 'onnx',
+  label: 'ONNX',
+  extensions: ['.onnx'],
   // Protobuf has no magic bytes; the extension is the only reliable signal.
-  match: (path) => /\.onnx$/i.test(path),
+  match: () => false,
   open: openOnnx,
 }

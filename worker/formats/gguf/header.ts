@@ -1,5 +1,5 @@
-import type { ByteSource } from '../io/byte-source'
-import { ModelFormatError } from './errors'
+import type { ByteSource } from '../../io/byte-source'
+import { ModelFormatError } from '../../common/errors'
 
 /**
  * GGUF header parsing (spec: ggml/docs/gguf.md).

@@ -1,6 +1,6 @@
-import type { TensorEntry } from './contract'
-import { ModelFormatError } from './errors'
-import { nodeLabel, type OnnxNode } from './onnx-messages'
+import type { TensorEntry } from '../contract'
+import { ModelFormatError } from '../../common/errors'
+import { nodeLabel, type OnnxNode } from './messages'
 
 /**
  * com.microsoft MatMulNBits: B holds a 2..8-bit weight of shape [N, K] as uint8

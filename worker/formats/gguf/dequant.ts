@@ -8,7 +8,7 @@
  * the value is stored into the Float32Array. That is the same value ggml's float32 arithmetic
  * produces (its intermediates are exact too), so results match ggml bit for bit.
  */
-import { decodePlain, f16ToF32, isPlainDType } from './dtypes'
+import { decodePlain, f16ToF32, isPlainDType } from '../dtypes'
 import { ggmlByteSize, ggmlTypeByName } from './ggml-types'
 
 type BlockDecoder = (src: Uint8Array, out: Float32Array, nBlocks: number) => void

@@ -1,7 +1,7 @@
-import type { ModelConfig, TensorEntry } from './contract'
-import { ModelFormatError } from './errors'
-import type { GgufArraySummary, GgufValue } from './gguf-header'
-import { LLAMA_LIKE_ARCHITECTURES } from './hf-config'
+import type { ModelConfig, TensorEntry } from '../contract'
+import { ModelFormatError } from '../../common/errors'
+import type { GgufArraySummary, GgufValue } from './header'
+import { LLAMA_LIKE_ARCHITECTURES } from '../hf/config'
 
 /**
  * ModelConfig from `<arch>.*` metadata for the llama-like architectures; null for others

@@ -1,5 +1,5 @@
-import { ModelFormatError } from './errors'
-import { TYPED_FIELDS } from './onnx-dtypes'
+import { ModelFormatError } from '../../common/errors'
+import { TYPED_FIELDS } from './dtypes'
 import { decodePackedVarints, varintToInt64, WIRE_I32, WIRE_LEN, WIRE_VARINT, type FieldHeader, type WireScanner } from './protobuf-wire'
 
 /**

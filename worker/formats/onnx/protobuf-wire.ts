@@ -1,5 +1,5 @@
-import type { ByteSource } from '../io/byte-source'
-import { ModelFormatError } from './errors'
+import type { ByteSource } from '../../io/byte-source'
+import { ModelFormatError } from '../../common/errors'
 
 /**
  * A minimal, lazy reader of the protobuf wire format (protobuf.dev/programming-guides/encoding).

@@ -1,6 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { compileKernel } from '../kernels/load-wasm'
 import {
   FINE_BINS,
   checkRowChunk,
@@ -11,11 +9,11 @@ import {
   type HeatmapGeometry,
   type PackedTensorStats,
   type StatsAccumulator,
-} from '../stats/stats-accumulator'
-import type { StatsOptions, TensorStats } from '../stats/stats-types'
+} from './stats-accumulator'
+import type { StatsOptions, TensorStats } from './stats-types'
 
 /**
- * The WASM SIMD stats kernel (source: worker/kernels/assembly/stats.ts), behind the same
+ * The WASM SIMD stats kernel (source: worker/kernels/assembly/stats.ts, loaded by kernels/load-wasm.ts), behind the same
  * StatsAccumulator interface as the TS reference. The module is compiled once per thread;
  * each accumulator borrows an instance (its own linear memory) from a small pool. JS owns the
  * memory layout: it grows the memory once per accumulator and hands the kernel pointers.
@@ -69,25 +67,8 @@ const PAGE = 65536
 let compiled: WebAssembly.Module | null = null
 const pool: StatsExports[] = []
 
-/** Where stats.wasm may be: $QUANTSCOPE_WASM_DIR, the source build dir, beside the bundle. */
-export function statsWasmCandidates(): string[] {
-  const out: string[] = []
-  const dir = process.env.QUANTSCOPE_WASM_DIR
-  if (dir) out.push(join(dir, 'stats.wasm'))
-  out.push(fileURLToPath(new URL('./build/stats.wasm', import.meta.url)))
-  out.push(fileURLToPath(new URL('./stats.wasm', import.meta.url)))
-  return out
-}
-
 function statsModule(): WebAssembly.Module {
-  if (compiled) return compiled
-  const candidates = statsWasmCandidates()
-  const path = candidates.find((p) => existsSync(p))
-  if (!path) {
-    throw new Error(`stats.wasm not found (looked in ${candidates.join(', ')}); run \`npm run build:wasm\``)
-  }
-  compiled = new WebAssembly.Module(readFileSync(path))
-  return compiled
+  return (compiled ??= compileKernel('stats'))
 }
 
 /** True when the WASM kernel can be loaded in this thread. */

@@ -1,4 +1,4 @@
-import { bf16ToF32, decodePlain, f16ToF32, fp8e4m3ToF32, fp8e5m2ToF32, isPlainDType } from './dtypes'
+import { bf16ToF32, decodePlain, f16ToF32, fp8e4m3ToF32, fp8e5m2ToF32, isPlainDType } from '../dtypes'
 import { varintToInt64, varintToUint64 } from './protobuf-wire'
 
 /**

@@ -1,5 +1,5 @@
-import { ModelFormatError } from './errors'
-import type { ModelConfig } from './contract'
+import { ModelFormatError } from '../../common/errors'
+import type { ModelConfig } from '../contract'
 
 /**
  * Hugging Face `config.json` → ModelConfig for the llama family (llama, mistral, qwen2 and

@@ -1,9 +1,9 @@
 import { basename, dirname, join, resolve } from 'node:path'
 import { readFile } from 'node:fs/promises'
-import { FileByteSource } from '../io/byte-source'
-import { ModelFormatError } from './errors'
-import { matrixShape, type ModelFormat, type OpenedModel, type TensorEntry } from './contract'
-import { decodePlain, isPlainDType, PLAIN_DTYPE_BYTES, type PlainDType } from './dtypes'
+import { FileByteSource } from '../../io/byte-source'
+import { ModelFormatError } from '../../common/errors'
+import { matrixShape, type ModelFormat, type OpenedModel, type TensorEntry } from '../contract'
+import { decodePlain, isPlainDType, PLAIN_DTYPE_BYTES, type PlainDType } from '../dtypes'
 
 /**
  * safetensors: an 8-byte little-endian header length N, N bytes of JSON
@@ -239,8 +239,9 @@ function createSafetensorsModel(files: string[], tensors: TensorEntry[], metadat
 
 export const safetensorsFormat: ModelFormat = {
   id: 'safetensors',
-  match(path, head) {
-    if (path.endsWith('.safetensors') || path.endsWith('.safetensors.index.json')) return true
+  label: 'safetensors',
+  extensions: ['.safetensors', '.safetensors.index.json'],
+  match(head) {
     // An 8-byte length followed by '{' is the only signature the format has.
     return head.length >= 9 && head[8] === 0x7b && head[5] === 0 && head[6] === 0 && head[7] === 0
   },

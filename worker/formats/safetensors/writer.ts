@@ -1,6 +1,6 @@
 import { open, rename, rm } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
-import { isPlainDType, PLAIN_DTYPE_BYTES } from './dtypes'
+import { isPlainDType, PLAIN_DTYPE_BYTES } from '../dtypes'
 
 export interface SafetensorsTensorSpec {
   name: string
