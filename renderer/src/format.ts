@@ -20,13 +20,42 @@ export function formatBytes(n: number): string {
   return u === 0 ? `${v} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[u]}`
 }
 
-/** Four significant digits, exponent form for very small or large magnitudes. */
+/**
+ * At most `digits` significant digits, exponent form for very small or large magnitudes.
+ * Values that are exactly a float32 (most weights, configs read from GGUF) are written with
+ * the fewest digits that give back the same float32, so ε = 1e-5 stored as float32 shows as
+ * "1e-5", not as its float64 expansion 0.000009999999747378752.
+ */
 export function formatNumber(x: number, digits = 4): string {
-  if (!Number.isFinite(x)) return String(x)
+  if (Number.isNaN(x)) return 'NaN'
+  if (!Number.isFinite(x)) return x > 0 ? '∞' : '-∞'
   if (x === 0) return '0'
-  const abs = Math.abs(x)
-  if (abs >= 1e5 || abs < 1e-3) return x.toExponential(Math.max(1, digits - 2))
-  return Number(x.toPrecision(digits)).toString()
+  const p = Math.min(digits, shortestDigits(x))
+  const abs = Math.abs(Number(x.toPrecision(p)))
+  if (abs >= 1e5 || abs < 1e-3) return compactExponent(x, p)
+  return String(Number(x.toPrecision(p)))
+}
+
+/** Fewest significant digits that read back as x (as a float64, or as a float32 when x is one). */
+export function shortestDigits(x: number): number {
+  const isFloat32 = Math.fround(x) === x
+  for (let p = 1; p < 17; p++) {
+    const y = Number(x.toPrecision(p))
+    if (y === x || (isFloat32 && Math.fround(y) === x)) return p
+  }
+  return 17
+}
+
+/** '1e-5', '-1.59e-3', '1.52e5': no '+', no trailing zeros. */
+function compactExponent(x: number, p: number): string {
+  const [mantissa, exponent] = x.toExponential(Math.max(0, p - 1)).split('e') as [string, string]
+  const m = mantissa.includes('.') ? mantissa.replace(/\.?0+$/, '') : mantissa
+  return `${m}e${exponent.replace('+', '')}`
+}
+
+/** '1 value', '2 values', '1,024 values'. */
+export function plural(n: number, singular: string, pluralForm = `${singular}s`): string {
+  return `${n.toLocaleString('en-US')} ${n === 1 ? singular : pluralForm}`
 }
 
 export function formatShape(shape: readonly number[]): string {
