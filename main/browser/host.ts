@@ -10,13 +10,21 @@
  *  - accepts a WebSocket only when Origin equals its own origin (a foreign page cannot send
  *    requests even if it guessed the token);
  *  - sends Referrer-Policy: no-referrer so the token never leaks through a Referer header.
+ *
+ * Robustness: one client, authenticated or not, can only ever lose its own connection. Every
+ * socket has an 'error' handler (an EventEmitter 'error' without one is an uncaught exception
+ * that ends the process): refused upgrades, accepted WebSockets (a bad frame makes `ws` close
+ * that socket with 1002/1007/1009 and then emit 'error'), malformed HTTP and static-file
+ * streams. Per connection, messages are capped at MAX_MESSAGE_BYTES, in-flight requests at
+ * MAX_IN_FLIGHT_PER_CONNECTION, and unsent output at MAX_BUFFERED_BYTES (a client that stops
+ * reading is disconnected rather than growing the host's memory).
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { stat } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { Duplex } from 'node:stream'
+import { pipeline, type Duplex } from 'node:stream'
 import { extname, join, normalize, resolve, sep } from 'node:path'
 import { WebSocketServer, type WebSocket } from 'ws'
 import type { ApiEvent, ServerMessage } from '../../worker/api/contract'
@@ -30,6 +38,8 @@ export interface BrowserHostOptions {
   token?: string
   /** Built renderer (index.html + assets), or null to serve no UI (tests of the API only). */
   staticDir: string | null
+  /** Where host-side failures go (a failed accept, a response that could not be encoded); console.error by default. */
+  log?: (line: string) => void
 }
 
 export interface BrowserHost {
@@ -43,7 +53,16 @@ export interface BrowserHost {
 
 export const WS_PATH = '/api/ws'
 const HOST = '127.0.0.1'
-const MAX_MESSAGE_BYTES = 1 << 20
+/** Largest WebSocket message accepted; a bigger one closes the connection with 1009. */
+export const MAX_MESSAGE_BYTES = 1 << 20
+/**
+ * Requests one connection may have running at once; more are answered with a BadRequest error
+ * at once (cancelJob is always let through, so a client at its limit can still stop its jobs).
+ * The UI keeps a handful in flight; a runaway loop in a page must not queue unbounded work.
+ */
+export const MAX_IN_FLIGHT_PER_CONNECTION = 64
+/** Output queued for a client that does not read; past it the connection is dropped. */
+export const MAX_BUFFERED_BYTES = 64 << 20
 
 const CONTENT_TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -94,6 +113,7 @@ export function checkAccess(
 export async function startBrowserHost(options: BrowserHostOptions): Promise<BrowserHost> {
   const token = options.token ?? randomBytes(24).toString('base64url')
   const staticDir = options.staticDir ? resolve(options.staticDir) : null
+  const log = options.log ?? ((line: string) => console.error(line))
   let origin = ''
 
   const server = createServer((req, res) => {
@@ -117,25 +137,44 @@ export async function startBrowserHost(options: BrowserHostOptions): Promise<Bro
     await serveStatic(staticDir, url.pathname, req, res)
   }
 
+  // Malformed HTTP, oversized headers, or a reset before a request was parsed. Without a
+  // listener Node answers 400 itself; with one, that is up to us.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+    socket.on('error', () => socket.destroy())
+    socket.once('finish', () => socket.destroy())
+    socket.end('HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 11\r\n\r\nbad request')
+  })
+
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_MESSAGE_BYTES })
   const sockets = new Set<WebSocket>()
 
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    const url = new URL(req.url ?? '/', origin)
-    const denied =
-      url.pathname !== WS_PATH ? ([404, 'not found'] as [number, string]) : checkAccess(req, { origin, token, requireOrigin: true, requireToken: true })
-    if (denied) {
-      socket.end(`HTTP/1.1 ${denied[0]} ${denied[0] === 401 ? 'Unauthorized' : denied[0] === 404 ? 'Not Found' : 'Forbidden'}\r\n` +
-        `Content-Type: text/plain\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(denied[1])}\r\n\r\n${denied[1]}`)
-      return
+    // Node's HTTP server detaches its own 'error' handler from a socket it hands to 'upgrade';
+    // without this one, a client that resets a refused upgrade ends the process. It stays
+    // attached after `ws` takes the socket over (ws adds its own; both only destroy it).
+    socket.on('error', () => socket.destroy())
+    let denied: [number, string] | null
+    try {
+      const url = new URL(req.url ?? '/', origin)
+      denied = url.pathname !== WS_PATH ? [404, 'not found'] : checkAccess(req, { origin, token, requireOrigin: true, requireToken: true })
+    } catch {
+      denied = [400, 'bad request target']
     }
+    if (denied) return refuseUpgrade(socket, denied[0], denied[1])
     wss.handleUpgrade(req, socket, head, (ws) => attach(ws))
   })
 
   function attach(ws: WebSocket): void {
     sockets.add(ws)
+    // A protocol violation (bad opcode, unmasked frame, invalid UTF-8, message over the limit…):
+    // `ws` has already sent the close frame with the right code and shuts this socket; the
+    // 'error' event only reports it, and unhandled it would end the whole process. Terminating
+    // here could drop the close frame before it is flushed.
+    ws.on('error', () => {})
     // Jobs this connection started: cancelled when it goes away (tab closed, reload).
     const jobs = new Set<string>()
+    let inFlight = 0
     ws.on('message', (data, isBinary) => {
       if (isBinary) return sendTo(ws, { kind: 'response', id: -1, ok: false, error: { name: 'BadRequest', message: 'binary messages are not part of the API' } })
       let raw: unknown
@@ -144,19 +183,49 @@ export async function startBrowserHost(options: BrowserHostOptions): Promise<Bro
       } catch {
         return sendTo(ws, { kind: 'response', id: -1, ok: false, error: { name: 'BadRequest', message: 'message is not JSON' } })
       }
+      const rawId = (raw as { id?: unknown })?.id
       const jobId = (raw as { params?: { jobId?: unknown } })?.params?.jobId
       const method = (raw as { method?: unknown })?.method
+      if (method !== 'cancelJob' && inFlight >= MAX_IN_FLIGHT_PER_CONNECTION) {
+        const message = `too many requests in flight on this connection (the limit is ${MAX_IN_FLIGHT_PER_CONNECTION}); wait for some to finish`
+        return sendTo(ws, { kind: 'response', id: typeof rawId === 'number' ? rawId : -1, ok: false, error: { name: 'BadRequest', message } })
+      }
       const tracked = typeof jobId === 'string' && method !== 'cancelJob' ? jobId : null
       if (tracked) jobs.add(tracked)
-      void dispatchRequest(options.backend, raw).then((response) => {
-        if (tracked) jobs.delete(tracked)
-        sendTo(ws, { kind: 'response', ...response })
-      })
+      inFlight++
+      dispatchRequest(options.backend, raw)
+        .then((response) => sendTo(ws, { kind: 'response', ...response }))
+        // dispatchRequest never rejects; this only keeps a future bug from becoming an
+        // unhandled rejection, which ends a Node process.
+        .catch((err: unknown) => log(`quantscope host: request failed outside the dispatcher: ${(err as Error)?.stack ?? String(err)}`))
+        .finally(() => {
+          inFlight--
+          if (tracked) jobs.delete(tracked)
+        })
     })
     ws.on('close', () => {
       sockets.delete(ws)
       for (const jobId of jobs) void options.backend.cancelJob({ jobId }).catch(() => {})
     })
+  }
+
+  function sendTo(ws: WebSocket, message: ServerMessage): void {
+    if (ws.readyState !== ws.OPEN) return
+    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+      log(`quantscope host: dropping a client that has ${ws.bufferedAmount} bytes unread`)
+      return void ws.terminate()
+    }
+    let text: string
+    try {
+      text = JSON.stringify(message)
+    } catch (err) {
+      // A result JSON cannot encode (a BigInt, a cycle) is a host bug; the caller still gets
+      // an answer for its id instead of waiting forever.
+      log(`quantscope host: could not encode a ${message.kind}: ${(err as Error).message}`)
+      if (message.kind !== 'response') return
+      text = JSON.stringify({ kind: 'response', id: message.id, ok: false, error: { name: 'Error', message: `the result could not be encoded: ${(err as Error).message}` } } satisfies ServerMessage)
+    }
+    ws.send(text)
   }
 
   const unsubscribe = options.backend.onEvent((event: ApiEvent) => {
@@ -170,6 +239,9 @@ export async function startBrowserHost(options: BrowserHostOptions): Promise<Bro
       resolvePromise()
     })
   })
+  // After listen, 'error' means a failed accept (EMFILE…): that one connection is lost, the
+  // host goes on.
+  server.on('error', (err) => log(`quantscope host: ${err.message}`))
   const port = (server.address() as AddressInfo).port
   origin = `http://${HOST}:${port}`
 
@@ -188,8 +260,12 @@ export async function startBrowserHost(options: BrowserHostOptions): Promise<Bro
   }
 }
 
-function sendTo(ws: WebSocket, message: ServerMessage): void {
-  if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(message))
+
+/** Answers a refused upgrade on the raw socket and closes it once the answer is out. */
+function refuseUpgrade(socket: Duplex, status: number, reason: string): void {
+  const text = status === 400 ? 'Bad Request' : status === 401 ? 'Unauthorized' : status === 404 ? 'Not Found' : 'Forbidden'
+  socket.once('finish', () => socket.destroy())
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(reason)}\r\n\r\n${reason}`)
 }
 
 function send(res: ServerResponse, status: number, type: string, body: string): void {
@@ -219,5 +295,7 @@ async function serveStatic(root: string, pathname: string, req: IncomingMessage,
     'Cache-Control': isIndex ? 'no-store' : 'public, max-age=31536000, immutable',
   })
   if (req.method === 'HEAD') return void res.end()
-  createReadStream(file).pipe(res)
+  // pipeline, unlike pipe, handles errors on both ends: a file that fails mid-read (removed,
+  // unreadable) or a client that goes away destroys this response only.
+  pipeline(createReadStream(file), res, () => {})
 }

@@ -4,65 +4,9 @@ import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import WebSocket from 'ws'
-import type { ApiEvent, ApiParams, ApiResult, ServerMessage, TensorStats } from '../../worker/api/contract'
-import type { ApiBackend } from '../../main/api-dispatcher'
+import type { ApiEvent, ServerMessage } from '../../worker/api/contract'
 import { checkAccess, startBrowserHost, tokenMatches, WS_PATH, type BrowserHost } from '../../main/browser/host'
-
-/** A backend with canned answers and one job that runs until cancelled. */
-class FakeBackend implements ApiBackend {
-  readonly listeners = new Set<(e: ApiEvent) => void>()
-  readonly cancelled: string[] = []
-  private readonly running = new Map<string, () => void>()
-
-  onEvent(l: (e: ApiEvent) => void): () => void {
-    this.listeners.add(l)
-    return () => this.listeners.delete(l)
-  }
-  async openModel({ path }: ApiParams<'openModel'>): Promise<ApiResult<'openModel'>> {
-    const err = Object.assign(new Error(`${path}: not a model`), { name: 'ModelFormatError', file: path, tensor: null, problem: 'not a model' })
-    throw err
-  }
-  async closeModel(): Promise<ApiResult<'closeModel'>> {
-    return { closed: false }
-  }
-  async listRecent(): Promise<ApiResult<'listRecent'>> {
-    return [{ path: '/models/a', name: 'a', format: 'safetensors', openedAt: 1 }]
-  }
-  async defaultModelPath(): Promise<ApiResult<'defaultModelPath'>> {
-    return { path: null, source: 'none', message: 'none' }
-  }
-  tensorStats({ jobId }: ApiParams<'tensorStats'>): Promise<TensorStats> {
-    for (const l of this.listeners) l({ type: 'job-progress', jobId, done: 1, total: 4 })
-    return new Promise((_resolve, reject) => {
-      this.running.set(jobId, () => reject(Object.assign(new Error('aborted'), { name: 'AbortError' })))
-    })
-  }
-  async layerGridStats(): Promise<ApiResult<'layerGridStats'>> {
-    throw new Error('not used')
-  }
-  async evaluate(): Promise<ApiResult<'evaluate'>> {
-    throw new Error('not used')
-  }
-  async generate(): Promise<ApiResult<'generate'>> {
-    throw new Error('not used')
-  }
-  async listBackends(): Promise<ApiResult<'listBackends'>> {
-    return []
-  }
-  async listRuns(): Promise<ApiResult<'listRuns'>> {
-    return []
-  }
-  async listVariants(): Promise<ApiResult<'listVariants'>> {
-    return []
-  }
-  async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
-    this.cancelled.push(jobId)
-    const stop = this.running.get(jobId)
-    this.running.delete(jobId)
-    stop?.()
-    return { cancelled: stop !== undefined }
-  }
-}
+import { FakeBackend } from '../helpers/fake-api-backend'
 
 function httpGet(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string; headers: Record<string, unknown> }> {
   return new Promise((resolve, reject) => {
