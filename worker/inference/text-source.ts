@@ -1,6 +1,7 @@
 import { readFile, stat } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { OpenedModel } from '../formats/contract'
+import { hasGgufTokenizer, loadGgufTokenizer, UnsupportedGgufTokenizerError } from '../model/gguf-tokenizer'
 import { loadTokenizer, type TextTokenizer } from '../model/tokenizer'
 import { InferenceInputError } from './errors'
 
@@ -9,8 +10,8 @@ export type TextSource = { text: string } | { file: string } | { tokens: number[
 
 /**
  * The tokenizer.json for a model: the explicit path, the one next to the weights (HF
- * folders), or a tokenizer.json in the folder of a GGUF file (GGUF keeps its vocabulary in
- * metadata, which the engine does not turn into a tokenizer).
+ * folders), or a tokenizer.json in the folder of a GGUF file (for a GGUF whose own
+ * tokenizer, see openTokenizer, is missing or of a kind not rebuilt).
  */
 export async function resolveTokenizerPath(model: OpenedModel, explicit?: string | null): Promise<string> {
   if (explicit) return explicit
@@ -29,6 +30,18 @@ export async function resolveTokenizerPath(model: OpenedModel, explicit?: string
 }
 
 export async function openTokenizer(model: OpenedModel, explicit?: string | null): Promise<TextTokenizer> {
+  // A GGUF carries its tokenizer in metadata; an explicit tokenizer.json still overrides it,
+  // and one beside the file stands in for a kind gguf-tokenizer.ts does not rebuild.
+  if (!explicit && model.format === 'gguf' && model.files[0] && hasGgufTokenizer(model.metadata)) {
+    try {
+      return await loadGgufTokenizer(model.files[0])
+    } catch (err) {
+      if (!(err instanceof UnsupportedGgufTokenizerError)) throw err
+      const beside = await resolveTokenizerPath(model).catch(() => null)
+      if (!beside) throw err
+      return loadTokenizer(beside)
+    }
+  }
   return loadTokenizer(await resolveTokenizerPath(model, explicit))
 }
 

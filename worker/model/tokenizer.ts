@@ -32,14 +32,22 @@ export async function loadTokenizer(tokenizerJsonPath: string): Promise<TextToke
   }
   const tokenizerJson = await parse(tokenizerJsonPath, true)
   const config = await parse(join(dirname(tokenizerJsonPath), 'tokenizer_config.json'), false)
+  return tokenizerFromJson(tokenizerJsonPath, tokenizerJson, config)
+}
+
+/**
+ * A tokenizer from a tokenizer.json object (and its tokenizer_config); `path` names where it
+ * came from (a tokenizer.json, or a GGUF whose metadata it was built from: gguf-tokenizer.ts).
+ */
+export function tokenizerFromJson(path: string, tokenizerJson: object, config: object): TextTokenizer {
   let tok: Tokenizer
   try {
     tok = new Tokenizer(tokenizerJson, config)
   } catch (err) {
-    throw new ModelFormatError(tokenizerJsonPath, null, `unsupported tokenizer: ${(err as Error).message}`)
+    throw new ModelFormatError(path, null, `unsupported tokenizer: ${(err as Error).message}`)
   }
   return {
-    path: tokenizerJsonPath,
+    path,
     encode: (text, options) => tok.encode(text, { add_special_tokens: options?.addSpecialTokens ?? false }).ids,
     decode: (ids, options) => tok.decode(ids, { skip_special_tokens: options?.skipSpecialTokens ?? false }),
   }

@@ -245,8 +245,8 @@ function arrayHeader(w: HeaderWindow, what: string): { itemType: number; count: 
 }
 
 /** Reads (keep) or walks past (summarise) the items of an array, synchronously. */
-function arrayItemsSync(w: HeaderWindow, itemType: number, count: number, what: string, depth: number): GgufValue {
-  const keep = count <= METADATA_ARRAY_KEEP
+function arrayItemsSync(w: HeaderWindow, itemType: number, count: number, what: string, depth: number, keepAll = false): GgufValue {
+  const keep = keepAll || count <= METADATA_ARRAY_KEEP
   const summary: GgufArraySummary = { type: 'array', itemType: valueTypeName(itemType), length: count }
   if (itemType !== T_STRING && itemType !== T_ARRAY) {
     if (!keep) {
@@ -279,10 +279,10 @@ function arrayItem(w: HeaderWindow, itemType: number, keep: boolean, what: strin
 }
 
 /** Top-level array value: items are parsed one step each, so a huge array needs no huge window. */
-async function arrayValue(w: HeaderWindow, what: string): Promise<GgufValue> {
+async function arrayValue(w: HeaderWindow, what: string, keepAll: boolean): Promise<GgufValue> {
   const { itemType, count } = await w.step(() => arrayHeader(w, what))
-  if (itemType !== T_STRING && itemType !== T_ARRAY) return w.step(() => arrayItemsSync(w, itemType, count, what, 1))
-  const keep = count <= METADATA_ARRAY_KEEP
+  if (itemType !== T_STRING && itemType !== T_ARRAY) return w.step(() => arrayItemsSync(w, itemType, count, what, 1, keepAll))
+  const keep = keepAll || count <= METADATA_ARRAY_KEEP
   const out: GgufValue[] = []
   const readItem = () => arrayItem(w, itemType, keep, what, 1)
   for (let i = 0; i < count; i++) {
@@ -296,12 +296,15 @@ async function arrayValue(w: HeaderWindow, what: string): Promise<GgufValue> {
   return keep ? out : { type: 'array', itemType: valueTypeName(itemType), length: count }
 }
 
-/** Reads and checks the whole header of the GGUF file behind `src`; tensor data is not read. */
-export function readGgufHeader(src: ByteSource, file: string): Promise<GgufHeader> {
-  return parseHeader(new HeaderWindow(src, file))
+/**
+ * Reads and checks the whole header of the GGUF file behind `src`; tensor data is not read.
+ * `keepArrays` names keys whose arrays are returned whole however long (the tokenizer's).
+ */
+export function readGgufHeader(src: ByteSource, file: string, options: { keepArrays?: (key: string) => boolean } = {}): Promise<GgufHeader> {
+  return parseHeader(new HeaderWindow(src, file), options.keepArrays ?? (() => false))
 }
 
-async function parseHeader(w: HeaderWindow): Promise<GgufHeader> {
+async function parseHeader(w: HeaderWindow, keepArrays: (key: string) => boolean): Promise<GgufHeader> {
   const { version, tensorCount, kvCount } = await w.step(() => {
     const magic = [0, 1, 2, 3].map(() => w.u8('magic'))
     if (magic.some((b, i) => b !== GGUF_MAGIC[i])) {
@@ -338,7 +341,7 @@ async function parseHeader(w: HeaderWindow): Promise<GgufHeader> {
     if (Object.prototype.hasOwnProperty.call(metadata, key)) w.fail(`duplicate metadata key '${key}'`)
     const what = `metadata '${key}'`
     metadata[key] =
-      type === T_ARRAY ? await arrayValue(w, what) : type === T_STRING ? await w.step(() => w.string(what)) : await w.step(() => w.scalar(type, what))
+      type === T_ARRAY ? await arrayValue(w, what, keepArrays(key)) : type === T_STRING ? await w.step(() => w.string(what)) : await w.step(() => w.scalar(type, what))
     if (key === 'general.alignment') {
       const a = metadata[key]
       if (typeof a !== 'number' || !Number.isInteger(a) || a <= 0 || (a & (a - 1)) !== 0 || a > 2 ** 30) {
