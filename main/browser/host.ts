@@ -40,6 +40,8 @@ export interface BrowserHostOptions {
   staticDir: string | null
   /** Where host-side failures go (a failed accept, a response that could not be encoded); console.error by default. */
   log?: (line: string) => void
+  /** Unsent output per client before it is dropped; MAX_BUFFERED_BYTES by default (tests lower it). */
+  maxBufferedBytes?: number
 }
 
 export interface BrowserHost {
@@ -114,6 +116,7 @@ export async function startBrowserHost(options: BrowserHostOptions): Promise<Bro
   const token = options.token ?? randomBytes(24).toString('base64url')
   const staticDir = options.staticDir ? resolve(options.staticDir) : null
   const log = options.log ?? ((line: string) => console.error(line))
+  const maxBuffered = options.maxBufferedBytes ?? MAX_BUFFERED_BYTES
   let origin = ''
 
   const server = createServer((req, res) => {
@@ -211,7 +214,7 @@ export async function startBrowserHost(options: BrowserHostOptions): Promise<Bro
 
   function sendTo(ws: WebSocket, message: ServerMessage): void {
     if (ws.readyState !== ws.OPEN) return
-    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+    if (ws.bufferedAmount > maxBuffered) {
       log(`quantscope host: dropping a client that has ${ws.bufferedAmount} bytes unread`)
       return void ws.terminate()
     }

@@ -21,6 +21,8 @@ import { FakeBackend } from '../helpers/fake-api-backend'
 import { encodeFrame, openSocket, RawConnection, upgradeRequest, type FrameSpec } from '../helpers/raw-websocket'
 
 const MIB = 1 << 20
+/** Lowered from the default so the test needs only tens of MiB of events. */
+const SLOW_CLIENT_LIMIT = 2 * MIB
 
 interface Target {
   port: number
@@ -122,6 +124,7 @@ describe('browser host: one bad client cannot take it down', () => {
   let host: BrowserHost
   let target: Target
   let bystander: WebSocket
+  const logged: string[] = []
   const uncaught: unknown[] = []
   const record = (err: unknown): void => void uncaught.push(err)
 
@@ -132,7 +135,7 @@ describe('browser host: one bad client cannot take it down', () => {
     await mkdir(join(dir, 'app'))
     await writeFile(join(dir, 'app', 'index.html'), '<!doctype html><p>quantscope</p>')
     backend = new FakeBackend()
-    host = await startBrowserHost({ backend, staticDir: join(dir, 'app') })
+    host = await startBrowserHost({ backend, staticDir: join(dir, 'app'), maxBufferedBytes: SLOW_CLIENT_LIMIT, log: (l) => logged.push(l) })
     target = { port: host.port, origin: host.origin, token: host.token }
     bystander = await openClient(target)
   })
@@ -213,6 +216,36 @@ describe('browser host: one bad client cannot take it down', () => {
     await expectHealthy(target, bystander)
   })
 
+  it('drops a client that stops reading once its unsent output passes the limit, and serves the others', async () => {
+    const slow = await authenticatedRaw(target)
+    slow.socket.pause()
+    // Events go to every client; the bystander reads them, the paused one does not.
+    let bystanderBytes = 0
+    const count = (data: WebSocket.RawData): void => void (bystanderBytes += (data as Buffer).length)
+    bystander.on('message', count)
+    const jobId = 'j'.repeat(64 * 1024)
+    let emitted = 0
+    const dropped = (): boolean => logged.some((l) => /dropping a client/.test(l))
+    try {
+      // Kernel socket buffers on loopback absorb a few MiB before the host's own queue grows.
+      while (!dropped() && emitted < 64 * MIB) {
+        for (let i = 0; i < 16; i++) for (const l of backend.listeners) l({ type: 'job-progress', jobId, done: i, total: 16 })
+        emitted += 16 * jobId.length
+        await new Promise((r) => setImmediate(r))
+      }
+      expect(dropped()).toBe(true)
+      // A paused socket does not see the hang-up; reading again, it must find the connection gone.
+      slow.socket.resume()
+      await slow.closeCode(5000)
+    } finally {
+      bystander.off('message', count)
+      slow.socket.destroy()
+    }
+    // The reading client got (at least) everything sent before the slow one was dropped.
+    expect(bystanderBytes).toBeGreaterThan(SLOW_CLIENT_LIMIT)
+    await expectHealthy(target, bystander)
+  })
+
   it(`limits in-flight requests per connection to ${MAX_IN_FLIGHT_PER_CONNECTION} and frees slots as they finish`, async () => {
     const ws = await openClient(target)
     try {
@@ -230,6 +263,8 @@ describe('browser host: one bad client cannot take it down', () => {
       expect(cancelled).toMatchObject({ ok: true, result: { cancelled: true } })
       expect(await pending[0]).toMatchObject({ id: 5000, ok: false, error: { cancelled: true } })
       expect(await call(ws, { id: 6002, method: 'listRecent', params: {} })).toMatchObject({ ok: true })
+      for (let i = 1; i < MAX_IN_FLIGHT_PER_CONNECTION; i++) await call(ws, { id: 7000 + i, method: 'cancelJob', params: { jobId: `flood-${i}` } })
+      for (const p of await Promise.all(pending)) expect(p).toMatchObject({ ok: false, error: { cancelled: true } })
     } finally {
       ws.close()
     }
