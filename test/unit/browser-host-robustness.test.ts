@@ -271,6 +271,32 @@ describe('browser host: one bad client cannot take it down', () => {
   })
 })
 
+describe('browser host: a result JSON cannot encode', () => {
+  it('is answered as an error for its id, and the connection stays usable', async () => {
+    // A backend bug (a BigInt in a result) used to throw inside a promise callback: an
+    // unhandled rejection, which ends a Node process.
+    class BigIntBackend extends FakeBackend {
+      override async listRecent(): Promise<never> {
+        return [{ path: '/m', name: 'm', format: 'gguf', openedAt: 1n }] as never
+      }
+    }
+    const logged: string[] = []
+    const host = await startBrowserHost({ backend: new BigIntBackend(), staticDir: null, log: (l) => logged.push(l) })
+    const t: Target = { port: host.port, origin: host.origin, token: host.token }
+    const ws = await openClient(t)
+    try {
+      const answer = await call(ws, { id: 1, method: 'listRecent', params: {} })
+      expect(answer).toMatchObject({ kind: 'response', id: 1, ok: false, error: { name: 'Error' } })
+      expect((answer as { error: { message: string } }).error.message).toMatch(/could not be encoded.*BigInt/)
+      expect(logged.some((l) => /could not encode a response/.test(l))).toBe(true)
+      expect(await call(ws, { id: 2, method: 'defaultModelPath', params: {} })).toMatchObject({ id: 2, ok: true, result: { path: null } })
+    } finally {
+      ws.close()
+      await host.close()
+    }
+  })
+})
+
 describe('browser host as a child process survives bad clients', () => {
   let dir: string
   let proc: HostProcess
