@@ -21,7 +21,22 @@ export interface InspectTensor {
   bytes: number
   layer: number | null
   role: string | null
-  stats?: { min: number; max: number; mean: number; std: number; absmax: number; kurtosis: number; nan: number; inf: number }
+  stats?: InspectStats
+}
+
+/**
+ * Moments of the finite values. A tensor with none (all NaN or ±Inf, or no elements at all)
+ * has no moments: they are null, not a made-up 0 (README, `inspect --json`).
+ */
+export interface InspectStats {
+  min: number | null
+  max: number | null
+  mean: number | null
+  std: number | null
+  absmax: number | null
+  kurtosis: number | null
+  nan: number
+  inf: number
 }
 
 export interface InspectOptions {
@@ -76,6 +91,13 @@ async function attachStats(path: string, model: OpenedModel, report: InspectRepo
   }
   for (const t of report.tensors) {
     const s = all.get(t.name)
-    if (s) t.stats = { min: s.min, max: s.max, mean: s.mean, std: s.std, absmax: s.absmax, kurtosis: s.kurtosis, nan: s.nan, inf: s.inf }
+    if (s) t.stats = inspectStats(s)
   }
+}
+
+export function inspectStats(s: TensorStats): InspectStats {
+  if (s.count - s.nan - s.inf === 0) {
+    return { min: null, max: null, mean: null, std: null, absmax: null, kurtosis: null, nan: s.nan, inf: s.inf }
+  }
+  return { min: s.min, max: s.max, mean: s.mean, std: s.std, absmax: s.absmax, kurtosis: s.kurtosis, nan: s.nan, inf: s.inf }
 }

@@ -81,13 +81,15 @@ function renderInspect(r: InspectReport): string {
     `tensors       ${r.tensors.length}`,
     '',
   ]
-  const nameWidth = Math.min(60, Math.max(...r.tensors.map((t) => t.name.length), 4))
+  // A reduce, not Math.max(...names): a spread of 300,000 arguments overflows the stack.
+  const nameWidth = Math.min(60, r.tensors.reduce((w, t) => Math.max(w, t.name.length), 4))
+  const num = (v: number | null): string => (v === null ? 'none' : v.toPrecision(4))
   for (const t of r.tensors) {
     const where = t.layer === null ? (t.role ?? '') : `L${t.layer} ${t.role ?? ''}`
     let line = `${t.name.padEnd(nameWidth)}  ${t.dtype.padEnd(8)} ${JSON.stringify(t.shape).padEnd(16)} ${where}`
     if (t.stats) {
       const s = t.stats
-      line += `  absmax=${s.absmax.toPrecision(4)} std=${s.std.toPrecision(4)} kurt=${s.kurtosis.toPrecision(4)}`
+      line += `  absmax=${num(s.absmax)} std=${num(s.std)} kurt=${num(s.kurtosis)}`
       if (s.nan || s.inf) line += ` nan=${s.nan} inf=${s.inf}`
     }
     lines.push(line)

@@ -110,6 +110,24 @@ export function matrixShape(shape: readonly number[]): { rows: number; cols: num
   return { rows, cols }
 }
 
+/**
+ * Why a shape read from a file header cannot be used, or null when it can: every dim a
+ * non-negative safe integer, and the element count and the matrix view's row count exact
+ * JS integers (≤ 2^53), so nothing downstream multiplies its way into inexact numbers. A
+ * zero dim is legal (the tensor is empty, whatever the other dims say).
+ */
+export function shapeProblem(shape: readonly number[]): string | null {
+  for (const d of shape) {
+    if (!Number.isSafeInteger(d) || d < 0) return `dimension ${d} of shape [${shape.join(', ')}] is not a non-negative integer below 2^53`
+  }
+  let rows = 1
+  for (let i = 0; i < shape.length - 1; i++) rows *= shape[i]!
+  const count = rows * (shape.length ? shape[shape.length - 1]! : 1)
+  if (!Number.isSafeInteger(rows)) return `shape [${shape.join(', ')}] has more than 2^53 rows (product of all but the last dimension)`
+  if (!Number.isSafeInteger(count)) return `shape [${shape.join(', ')}] holds more than 2^53 elements`
+  return null
+}
+
 export function elementCount(shape: readonly number[]): number {
   let n = 1
   for (const d of shape) n *= d

@@ -1,6 +1,6 @@
-import { readFile, stat } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { OpenedModel } from '../formats/contract'
+import { FileAccessError, isRegularFile, readRegularTextFile } from '../io/regular-file'
 import { hasGgufTokenizer, loadGgufTokenizer, UnsupportedGgufTokenizerError } from '../model/gguf-tokenizer'
 import { loadTokenizer, type TextTokenizer } from '../model/tokenizer'
 import { InferenceInputError } from './errors'
@@ -17,13 +17,7 @@ export async function resolveTokenizerPath(model: OpenedModel, explicit?: string
   if (explicit) return explicit
   if (model.tokenizerPath) return model.tokenizerPath
   const beside = model.files[0] ? join(dirname(model.files[0]), 'tokenizer.json') : null
-  if (beside) {
-    try {
-      if ((await stat(beside)).isFile()) return beside
-    } catch {
-      /* not there */
-    }
-  }
+  if (beside && (await isRegularFile(beside))) return beside
   throw new InferenceInputError(
     `no tokenizer.json found for ${model.files[0] ?? 'the model'}; give one with --tokenizer (the Hugging Face tokenizer.json of the model's family)`,
   )
@@ -45,15 +39,19 @@ export async function openTokenizer(model: OpenedModel, explicit?: string | null
   return loadTokenizer(await resolveTokenizerPath(model, explicit))
 }
 
+/** An evaluation text is read whole; WikiText-103's test split is 1.3 MB. */
+const MAX_TEXT_BYTES = 1 << 30
+
 /** Token ids of the source, without special tokens (the perplexity protocol). */
 export async function tokensOf(source: TextSource, tokenizer: () => Promise<TextTokenizer>): Promise<number[]> {
   if ('tokens' in source) return source.tokens
   let text: string
   if ('file' in source) {
     try {
-      text = await readFile(source.file, 'utf8')
+      text = await readRegularTextFile(source.file, MAX_TEXT_BYTES)
     } catch (err) {
-      throw new InferenceInputError(`cannot read the text file ${source.file}: ${(err as Error).message}`)
+      const problem = err instanceof FileAccessError ? err.problem : (err as Error).message
+      throw new InferenceInputError(`cannot read the text file ${source.file}: ${problem}`)
     }
   } else text = source.text
   return (await tokenizer()).encode(text, { addSpecialTokens: false })

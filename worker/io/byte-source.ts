@@ -1,5 +1,6 @@
-import { open, stat, type FileHandle } from 'node:fs/promises'
+import { stat, type FileHandle } from 'node:fs/promises'
 import { ModelFormatError } from '../common/errors'
+import { FileAccessError, openRegularFile } from './regular-file'
 
 /**
  * A file read by byte range on demand. Models can be many GB, so nothing reads a whole
@@ -24,18 +25,13 @@ export class FileByteSource implements ByteSource {
   ) {}
 
   static async open(path: string): Promise<FileByteSource> {
-    let handle: FileHandle
     try {
-      handle = await open(path, 'r')
+      const { handle, info } = await openRegularFile(path)
+      return new FileByteSource(path, info.size, info.mtimeMs, handle)
     } catch (err) {
-      throw new ModelFormatError(path, null, `cannot open file: ${(err as Error).message}`)
+      if (err instanceof FileAccessError) throw new ModelFormatError(path, null, err.problem)
+      throw err
     }
-    const info = await handle.stat()
-    if (!info.isFile()) {
-      await handle.close()
-      throw new ModelFormatError(path, null, 'not a regular file')
-    }
-    return new FileByteSource(path, info.size, info.mtimeMs, handle)
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
@@ -75,104 +71,5 @@ export class FileByteSource implements ByteSource {
     const h = this.handle
     this.handle = null
     await h?.close()
-  }
-}
-
-/** Little-endian cursor over an in-memory header buffer, with precise errors on overrun. */
-export class ByteCursor {
-  private readonly view: DataView
-  pos = 0
-
-  constructor(
-    readonly bytes: Uint8Array,
-    private readonly file: string,
-    /** Absolute file offset of bytes[0], so error messages name real positions. */
-    private readonly baseOffset = 0,
-  ) {
-    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-  }
-
-  get remaining(): number {
-    return this.bytes.length - this.pos
-  }
-
-  need(n: number, what: string): void {
-    if (n < 0 || this.pos + n > this.bytes.length) {
-      throw new ModelFormatError(
-        this.file,
-        null,
-        `truncated while reading ${what} at byte ${this.baseOffset + this.pos} (need ${n}, have ${this.remaining})`,
-      )
-    }
-  }
-
-  u8(what = 'u8'): number {
-    this.need(1, what)
-    return this.view.getUint8(this.pos++)
-  }
-  i8(what = 'i8'): number {
-    this.need(1, what)
-    return this.view.getInt8(this.pos++)
-  }
-  u16(what = 'u16'): number {
-    this.need(2, what)
-    const v = this.view.getUint16(this.pos, true)
-    this.pos += 2
-    return v
-  }
-  i16(what = 'i16'): number {
-    this.need(2, what)
-    const v = this.view.getInt16(this.pos, true)
-    this.pos += 2
-    return v
-  }
-  u32(what = 'u32'): number {
-    this.need(4, what)
-    const v = this.view.getUint32(this.pos, true)
-    this.pos += 4
-    return v
-  }
-  i32(what = 'i32'): number {
-    this.need(4, what)
-    const v = this.view.getInt32(this.pos, true)
-    this.pos += 4
-    return v
-  }
-  f32(what = 'f32'): number {
-    this.need(4, what)
-    const v = this.view.getFloat32(this.pos, true)
-    this.pos += 4
-    return v
-  }
-  f64(what = 'f64'): number {
-    this.need(8, what)
-    const v = this.view.getFloat64(this.pos, true)
-    this.pos += 8
-    return v
-  }
-  /** 64-bit unsigned as a JS number; throws if it exceeds 2^53 (no real file needs more). */
-  u64(what = 'u64'): number {
-    this.need(8, what)
-    const v = this.view.getBigUint64(this.pos, true)
-    this.pos += 8
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
-      throw new ModelFormatError(this.file, null, `${what} = ${v} at byte ${this.baseOffset + this.pos - 8} is implausibly large`)
-    }
-    return Number(v)
-  }
-  i64(what = 'i64'): number {
-    this.need(8, what)
-    const v = this.view.getBigInt64(this.pos, true)
-    this.pos += 8
-    if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) {
-      throw new ModelFormatError(this.file, null, `${what} = ${v} at byte ${this.baseOffset + this.pos - 8} is out of range`)
-    }
-    return Number(v)
-  }
-  bytesOf(n: number, what = 'bytes'): Uint8Array {
-    this.need(n, what)
-    const out = this.bytes.subarray(this.pos, this.pos + n)
-    this.pos += n
-    return out
   }
 }

@@ -1,7 +1,7 @@
-import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { Tokenizer } from '@huggingface/tokenizers'
 import { ModelFormatError } from '../common/errors'
+import { FileAccessError, readRegularTextFile } from '../io/regular-file'
 
 /**
  * A model's tokenizer, loaded from its `tokenizer.json` (+ `tokenizer_config.json`) through
@@ -19,10 +19,11 @@ export async function loadTokenizer(tokenizerJsonPath: string): Promise<TextToke
   const parse = async (path: string, required: boolean): Promise<object> => {
     let text: string
     try {
-      text = await readFile(path, 'utf8')
+      // Never blocks on a FIFO; tokenizer.json files run to tens of MB, not GBs.
+      text = await readRegularTextFile(path, 1 << 30)
     } catch (err) {
       if (!required) return {}
-      throw new ModelFormatError(path, null, `cannot read tokenizer: ${(err as Error).message}`)
+      throw new ModelFormatError(path, null, `cannot read tokenizer: ${err instanceof FileAccessError ? err.problem : (err as Error).message}`)
     }
     try {
       return JSON.parse(text) as object

@@ -122,6 +122,8 @@ function transposed(s: TensorStats): TensorStats {
 }
 
 function unpermuted(s: TensorStats, d: number): { stats: TensorStats; heatmapRowsPermuted: boolean } {
+  // An empty tensor has empty per-row arrays (tensor-stats.ts) however many rows its shape says.
+  if (s.count === 0) return { stats: s, heatmapRowsPermuted: false }
   const rowAbsmax = new Array<number>(s.rows)
   for (let r = 0; r < s.rows; r++) rowAbsmax[hfRowOfGgufRow(r, d)] = s.rowAbsmax[r]!
   const topK = s.topK

@@ -161,8 +161,12 @@ export async function computeTensorStatsPacked(
   }
 }
 
+/**
+ * A tensor with no elements costs nothing, whatever its other dims say (a [2^29, 0] header
+ * must not allocate 2^29 per-row entries): its per-channel arrays and heatmap are empty.
+ */
 function emptyStats(tensor: string, rows: number, cols: number, options: StatsOptions): PackedTensorStats {
-  const heatmap = heatmapGeometry(rows, cols, options.heatmapSize)
+  const heatmap = heatmapGeometry(0, 0, options.heatmapSize)
   return finalizeStats(tensor, {
     rows,
     cols,
@@ -174,12 +178,12 @@ function emptyStats(tensor: string, rows: number, cols: number, options: StatsOp
     zeros: 0,
     moments: { n: 0, mean: 0, m2: 0, m3: 0, m4: 0 },
     histogram: new Float64Array(options.bins),
-    rowAbsmax: new Float32Array(rows),
-    colAbsmax: new Float32Array(cols),
+    rowAbsmax: new Float32Array(0),
+    colAbsmax: new Float32Array(0),
     top: [],
     heatmap,
-    cellSum: new Float64Array(heatmap.rows * heatmap.cols),
-    cellBad: new Float64Array(heatmap.rows * heatmap.cols),
+    cellSum: new Float64Array(0),
+    cellBad: new Float64Array(0),
   })
 }
 

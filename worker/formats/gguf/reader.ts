@@ -1,6 +1,6 @@
 import { resolve } from 'node:path'
 import { FileByteSource } from '../../io/byte-source'
-import { matrixShape, type ModelConfig, type ModelFormat, type OpenedModel, type TensorEntry } from '../contract'
+import { matrixShape, shapeProblem, type ModelConfig, type ModelFormat, type OpenedModel, type TensorEntry } from '../contract'
 import { ModelFormatError } from '../../common/errors'
 import { GGML_REMOVED_TYPE_NAMES, ggmlTypeById } from './ggml-types'
 import { ggufConfig } from './config'
@@ -40,8 +40,9 @@ function buildTensors(file: string, fileSize: number, h: GgufHeader): GgufTensor
       fail(`unknown ggml type id ${info.typeId}${removed ? ` (${removed}, removed from ggml before GGUF existed)` : ''}`)
     }
     const shape = [...info.ne].reverse()
+    const problem = shapeProblem(shape)
+    if (problem) fail(problem)
     const { rows, cols } = matrixShape(shape)
-    if (!Number.isSafeInteger(rows * cols)) fail(`shape [${shape.join(', ')}] has too many elements`)
     if (cols % type!.blockSize !== 0) {
       fail(`row length ne[0] = ${cols} is not a multiple of the ${type!.name} block size ${type!.blockSize}`)
     }

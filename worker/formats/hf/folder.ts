@@ -1,6 +1,7 @@
-import { readdir, readFile, stat } from 'node:fs/promises'
+import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ModelFormatError } from '../../common/errors'
+import { FileAccessError, isRegularFile, readRegularTextFile } from '../../io/regular-file'
 import type { OpenedModel } from '../contract'
 import { formatByFileName } from '../registry'
 import { parseHfConfig } from './config'
@@ -31,12 +32,7 @@ export async function resolveHfFolder(dir: string): Promise<{ weights: string } 
 /** config.json → architecture/config; tokenizer.json → tokenizerPath; both optional. */
 export async function attachHfSidecars(model: OpenedModel, dir: string): Promise<void> {
   const configPath = join(dir, 'config.json')
-  let text: string | null = null
-  try {
-    text = await readFile(configPath, 'utf8')
-  } catch {
-    text = null
-  }
+  const text = await readSidecarJson(configPath)
   if (text !== null) {
     let json: unknown
     try {
@@ -49,12 +45,27 @@ export async function attachHfSidecars(model: OpenedModel, dir: string): Promise
     model.files.push(configPath)
   }
   const tokenizerPath = join(dir, 'tokenizer.json')
+  // No tokenizer (or something other than a file under its name) is fine for inspection.
+  if (await isRegularFile(tokenizerPath)) {
+    model.tokenizerPath = tokenizerPath
+    model.files.push(tokenizerPath)
+  }
+}
+
+/** config.json and its kind are a few kB; a larger file under that name is not one. */
+export const MAX_SIDECAR_JSON_BYTES = 64 * 1024 * 1024
+
+/** The text of an optional JSON sidecar, null when absent; a FIFO, folder … under its name is an error. */
+async function readSidecarJson(path: string): Promise<string | null> {
   try {
-    if ((await stat(tokenizerPath)).isFile()) {
-      model.tokenizerPath = tokenizerPath
-      model.files.push(tokenizerPath)
-    }
+    await stat(path)
   } catch {
-    /* no tokenizer: fine for inspection */
+    return null
+  }
+  try {
+    return await readRegularTextFile(path, MAX_SIDECAR_JSON_BYTES)
+  } catch (err) {
+    if (err instanceof FileAccessError) throw new ModelFormatError(path, null, err.problem)
+    throw err
   }
 }

@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve, sep, win32 } from 'node:path'
 import { FileByteSource } from '../../io/byte-source'
-import { elementCount, matrixShape, type ModelFormat, type OpenedModel, type TensorEntry } from '../contract'
+import { elementCount, matrixShape, shapeProblem, type ModelFormat, type OpenedModel, type TensorEntry } from '../contract'
 import { decodePlain } from '../dtypes'
 import { ModelFormatError } from '../../common/errors'
 import { byteSize, decodeLE, ELEM_BYTES, ELEM_TYPES, TYPED_FIELDS, varintConverter, type ElemType } from './dtypes'
@@ -147,8 +147,9 @@ async function storedSlot(abs: string, external: Map<string, FileByteSource>, in
   if (info.dataType === 0) fail('data_type is UNDEFINED (0)')
   if (info.segmented) fail('segmented TensorProto (segment field) is not supported')
   const et: ElemType = ELEM_TYPES[info.dataType] ?? { dtype: `ONNX_DATATYPE_${info.dataType}`, bits: 0, decodable: false }
+  const problem = shapeProblem(info.dims)
+  if (problem) fail(problem)
   const elements = elementCount(info.dims)
-  if (!Number.isSafeInteger(elements)) fail(`dims [${info.dims.join(', ')}] hold too many elements`)
   const expected = byteSize(et, elements)
   const sizeNote = `dims [${info.dims.join(', ')}] × ${et.dtype} need ${expected} bytes`
   let storage: Storage

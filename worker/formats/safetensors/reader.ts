@@ -1,8 +1,9 @@
 import { basename, dirname, join, resolve } from 'node:path'
-import { readFile } from 'node:fs/promises'
 import { FileByteSource } from '../../io/byte-source'
+import { FileAccessError, readRegularTextFile } from '../../io/regular-file'
 import { ModelFormatError } from '../../common/errors'
-import { matrixShape, type ModelFormat, type OpenedModel, type TensorEntry } from '../contract'
+import { matrixShape, shapeProblem, type ModelFormat, type OpenedModel, type TensorEntry } from '../contract'
+import { findDuplicateKey } from '../json-keys'
 import { decodePlain, isPlainDType, PLAIN_DTYPE_BYTES, type PlainDType } from '../dtypes'
 
 /**
@@ -45,6 +46,13 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
     if (typeof json !== 'object' || json === null || Array.isArray(json)) {
       throw new ModelFormatError(path, null, 'header JSON is not an object')
     }
+    const duplicate = findDuplicateKey(text)
+    if (duplicate) {
+      const [first, ...rest] = duplicate
+      throw duplicate.length === 1
+        ? new ModelFormatError(path, first!, 'tensor appears twice in the header')
+        : new ModelFormatError(path, first === '__metadata__' ? null : first!, `key '${rest.join("' → '")}' appears twice${first === '__metadata__' ? ' in __metadata__' : ''}`)
+    }
     const dataStart = 8 + n
     const dataSize = src.size - dataStart
     const tensors: TensorEntry[] = []
@@ -80,9 +88,9 @@ function parseTensorEntry(path: string, name: string, raw: unknown, dataStart: n
   const { dtype, shape, data_offsets: offsets } = raw as Record<string, unknown>
   if (typeof dtype !== 'string') throw new ModelFormatError(path, name, 'missing dtype')
   if (!isPlainDType(dtype)) throw new ModelFormatError(path, name, `unknown dtype '${dtype}'`)
-  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-    throw new ModelFormatError(path, name, `invalid shape ${JSON.stringify(shape)}`)
-  }
+  if (!Array.isArray(shape)) throw new ModelFormatError(path, name, `invalid shape ${JSON.stringify(shape)}`)
+  const problem = shapeProblem(shape as number[])
+  if (problem) throw new ModelFormatError(path, name, problem)
   if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
     throw new ModelFormatError(path, name, `invalid data_offsets ${JSON.stringify(offsets)}`)
   }
@@ -129,12 +137,24 @@ export interface SafetensorsIndex {
 
 /** Reads `*.safetensors.index.json`: `{metadata?, weight_map: {tensor: shard file}}`. */
 export async function readSafetensorsIndex(path: string): Promise<SafetensorsIndex> {
+  let text: string
+  try {
+    text = await readRegularTextFile(path, MAX_HEADER_BYTES)
+  } catch (err) {
+    throw new ModelFormatError(path, null, err instanceof FileAccessError ? err.problem : `cannot read index: ${(err as Error).message}`)
+  }
   let json: unknown
   try {
-    json = JSON.parse(await readFile(path, 'utf8'))
+    json = JSON.parse(text)
   } catch (err) {
-    throw new ModelFormatError(path, null, `cannot read index: ${(err as Error).message}`)
+    throw new ModelFormatError(path, null, `index is not valid JSON: ${(err as Error).message}`)
   }
+  // Two entries for one tensor would otherwise leave only the last shard it names.
+  const duplicate = findDuplicateKey(text)
+  if (duplicate?.[0] === 'weight_map' && duplicate.length === 2) {
+    throw new ModelFormatError(path, duplicate[1]!, 'weight_map names this tensor twice')
+  }
+  if (duplicate) throw new ModelFormatError(path, null, `key '${duplicate.join("' → '")}' appears twice`)
   const map = (json as { weight_map?: unknown })?.weight_map
   if (typeof map !== 'object' || map === null || Array.isArray(map)) {
     throw new ModelFormatError(path, null, 'index has no weight_map object')
