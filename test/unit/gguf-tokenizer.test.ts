@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { Tokenizer } from '@huggingface/tokenizers'
 import { openModel } from '../../worker/formats/open-model'
-import { loadGgufTokenizer } from '../../worker/model/gguf-tokenizer'
+import { GGUF_PRE_TOKENIZERS, loadGgufTokenizer } from '../../worker/model/gguf-tokenizer'
 import { loadTokenizer, type TextTokenizer } from '../../worker/model/tokenizer'
 import { openTokenizer } from '../../worker/inference/text-source'
 import { evalPerplexity } from '../../worker/inference/inference-service'
@@ -203,6 +203,15 @@ describe('GGUF tokenizer from tokenizer.ggml.* metadata', () => {
     for (const pre of ['default', null]) {
       const tok = await loadGgufTokenizer(await tokenizerGguf(`default-${pre}.gguf`, pre))
       expect(tok.encode(text), String(pre)).toEqual(want)
+    }
+  })
+
+  it('every pre-tokenizer name it knows compiles and round-trips text', async () => {
+    const text = 'Hello world 12345, naïve «Привет»\n\n\tx+y=z $5 I\'M'
+    expect(GGUF_PRE_TOKENIZERS).toEqual(expect.arrayContaining(['gpt-2', 'llama-bpe', 'llama3', 'qwen2', 'default']))
+    for (const pre of GGUF_PRE_TOKENIZERS) {
+      const tok = await loadGgufTokenizer(await tokenizerGguf(`known-${pre}.gguf`, pre, { ...tokConfig, add_bos_token: false }))
+      expect(tok.decode(tok.encode(text)), pre).toBe(text)
     }
   })
 
