@@ -49,6 +49,7 @@ export async function runEval(args: ParsedArgs): Promise<number> {
       },
     },
   )
+  for (const warning of result.warnings) process.stderr.write(`warning: ${warning}\n`)
   if (args.flags.has('json')) process.stdout.write(JSON.stringify(evalReport(result)) + '\n')
   else process.stdout.write(renderEval(result))
   return 0
@@ -76,6 +77,7 @@ export function evalReport(r: PerplexityResult): Record<string, unknown> {
     evalSeconds: r.evalSeconds,
     tokensPerSecond: r.tokensPerSecond,
   })
+  if (r.warnings.length > 0) out.warnings = r.warnings
   return out
 }
 

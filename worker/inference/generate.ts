@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { OpenedModel } from '../formats/contract'
-import { InferenceInputError } from './errors'
+import { InferenceInputError, NonFiniteResultError } from './errors'
 import { sampleToken, seededRandom, type SamplingOptions } from './sampler'
 import type { DecoderSession } from './session'
 
@@ -53,7 +53,12 @@ export async function generateTokens(session: DecoderSession, prompt: readonly n
   const random = seededRandom(options.seed ?? 0)
   const stops = new Set(options.stopTokens ?? [])
   const V = session.vocab
-  const lastRow = (data: Float32Array): Float32Array => data.subarray(data.length - V)
+  const lastRow = (data: Float32Array, position: number): Float32Array => {
+    const row = data.subarray(data.length - V)
+    // argmax over NaNs would quietly pick token 0; say where the model broke instead.
+    for (let j = 0; j < V; j++) if (!Number.isFinite(row[j]!)) throw new NonFiniteResultError('a logit', `position ${position} (vocabulary id ${j})`, row[j]!)
+    return row
+  }
 
   const t0 = performance.now()
   let step = await session.forward({ tokens: prompt }, ['logits'])
@@ -63,7 +68,7 @@ export async function generateTokens(session: DecoderSession, prompt: readonly n
   const t1 = performance.now()
   for (let i = 0; i < maxTokens; i++) {
     hooks.signal?.throwIfAborted()
-    const id = sampleToken(lastRow(step.outputs.logits!.data as Float32Array), sampling, random)
+    const id = sampleToken(lastRow(step.outputs.logits!.data as Float32Array, prompt.length - 1 + i), sampling, random)
     ids.push(id)
     hooks.onToken?.(id, i)
     if (stops.has(id)) {

@@ -2,6 +2,7 @@ import { mkdtemp, open, rm, writeFile } from 'node:fs/promises'
 import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { GraphBuilder } from './onnx-graph-builder'
+import { InferenceRuntimeError } from './errors'
 
 /**
  * One interface over two onnxruntime builds running the same graph:
@@ -134,7 +135,9 @@ export async function createBackendSession(kind: BackendKind, graph: GraphBuilde
       const w = f.parts[0]!.data
       return { path: f.path, data: new Uint8Array(w.buffer, w.byteOffset, w.byteLength) }
     })
-    const session = await ort.InferenceSession.create(serialized.model, { ...sessionOptions, executionProviders: ['wasm'], externalData })
+    const session = await ort.InferenceSession.create(serialized.model, { ...sessionOptions, executionProviders: ['wasm'], externalData }).catch((err: unknown) => {
+      throw new InferenceRuntimeError('wasm', 'creating the session', err)
+    })
     return wrap(ort, session, 'wasm', wasmThreads)
   }
   const ort = await loadNative()
@@ -149,6 +152,8 @@ export async function createBackendSession(kind: BackendKind, graph: GraphBuilde
       executionProviders: ['cpu'],
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
+    }).catch((err: unknown) => {
+      throw new InferenceRuntimeError('native', 'creating the session', err)
     })
     return wrap(ort, session, 'native', threads)
   } finally {
@@ -179,7 +184,9 @@ function wrap(ort: OrtModule, session: OrtSession, backend: BackendKind, threads
     async run(feeds, fetches) {
       const ortFeeds: Record<string, OrtTensor> = {}
       for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor(t.type, t.data, t.dims)
-      const result = await session.run(ortFeeds, fetches)
+      const result = await session.run(ortFeeds, fetches).catch((err: unknown) => {
+        throw new InferenceRuntimeError(backend, 'running the graph', err)
+      })
       const out: Record<string, RunTensor> = {}
       for (const name of fetches) {
         const t = result[name]

@@ -1,5 +1,5 @@
 import type { OpenedModel } from '../formats/contract'
-import { InferenceInputError } from './errors'
+import { InferenceInputError, NonFiniteResultError } from './errors'
 import { openKldBase, summarizeKld, type KldOptions, type KldSummary } from './kld'
 import type { BackendKind } from './ort-backend'
 import { DecoderSession, windowsPerRun } from './session'
@@ -61,6 +61,17 @@ export interface PerplexityResult {
   evalSeconds: number
   tokensPerSecond: number
   kld?: KldSummary
+  /** Things the user should know about this result (e.g. ctx beyond the trained positions); may be empty. */
+  warnings: string[]
+}
+
+/** A warning when ctx runs past the positions the model was trained on, else null. */
+export function contextWarning(ctx: number, maxPositionEmbeddings: number | null | undefined): string | null {
+  if (!maxPositionEmbeddings || ctx <= maxPositionEmbeddings) return null
+  return (
+    `ctx ${ctx} is longer than the model's max_position_embeddings (${maxPositionEmbeddings}): ` +
+    'positions past it were never trained, so this perplexity says little about the model'
+  )
 }
 
 /** The windows of the protocol; explains itself when the text is shorter than one window. */
@@ -125,7 +136,12 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
       for (let b = 0; b < batch.length; b++) {
         const w = w0 + b
         let windowSum = 0
-        for (let t = 0; t < ctx - 1; t++) windowSum += nll[b * ctx + t]!
+        for (let t = 0; t < ctx - 1; t++) {
+          const v = nll[b * ctx + t]!
+          // One NaN would make the whole perplexity NaN (printed as null): stop at the first one.
+          if (!Number.isFinite(v)) throw new NonFiniteResultError('the NLL', `window ${w}, position ${t}`, v)
+          windowSum += v
+        }
         nllSum += windowSum
         windowNll.push(windowSum / (ctx - 1))
         if (ref && kl && klw && top) {
@@ -133,9 +149,13 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
           for (let t = 0; t < ctx - 1; t++) {
             // KL ≥ 0; a negative value here is rounding noise (float32 sum over the vocabulary,
             // 16-bit cached base log-probs, ~1e-6), not information: clamp it.
-            kl[w * (ctx - 1) + t] = Math.max(0, klw[b * ctx + t]!)
+            const k = klw[b * ctx + t]!
+            const baseNll = baseWindow.nll[t]!
+            if (!Number.isFinite(baseNll)) throw new NonFiniteResultError("the base model's NLL", `window ${w}, position ${t}`, baseNll)
+            if (!Number.isFinite(k)) throw new NonFiniteResultError('the KL divergence', `window ${w}, position ${t}`, k)
+            kl[w * (ctx - 1) + t] = Math.max(0, k)
             if (Number(top[b * ctx + t]) === baseWindow.argmax[t]) agree++
-            baseNllSum += baseWindow.nll[t]!
+            baseNllSum += baseNll
           }
         }
       }
@@ -159,6 +179,7 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
       threads: session.threads,
       evalSeconds,
       tokensPerSecond: (windows.length * ctx) / evalSeconds,
+      warnings: [contextWarning(ctx, model.config?.maxPositionEmbeddings)].filter((w): w is string => w !== null),
     }
     if (kl && base) result.kld = summarizeKld(kl, agree, baseNllSum, ppl, base.mode)
     return result
