@@ -3,6 +3,7 @@ import * as v from 'valibot'
 import { f16ToF32, f32ToF16 } from '../../worker/formats/dtypes'
 import { QuantParamError, type LayerCalibration } from '../../worker/quant/contract'
 import { type AwqParams, awqMethod, awqParamsSchema, awqQuantize } from '../../worker/quant/awq'
+import { unpackCodes } from '../../worker/quant/packing'
 import { calibrationOf, correlatedActivations, outputError, outputErrorOnActivations, randomWeight, seededRandom } from '../helpers/quant-calibration'
 
 const params = (p: Partial<AwqParams>): AwqParams => v.parse(awqParamsSchema, p)
@@ -87,7 +88,7 @@ describe('AWQ', () => {
     const { weight, cal } = setup(rows, cols, 9)
     const flat: LayerCalibration = { ...cal, meanAbs: new Float64Array(cols).fill(0.37) }
     const plain = awqQuantize(weight, rows, cols, params({ bits: 4, group: 8, clip: false }), flat)
-    expect(Array.from(plain.data.columnScales!)).toEqual(new Array(cols).fill(0x3c00))
+    expect(Array.from(plain.columnScales!.bits)).toEqual(new Array(cols).fill(0x3c00))
     const ones = new Array(cols).fill(1)
     expect(plain.dequantizeRows(0, rows)).toEqual(scaledRtn(weight, rows, cols, 8, 4, ones))
 
@@ -119,11 +120,12 @@ describe('AWQ', () => {
     expect(awqMethod.storage(rows, cols, p)).toEqual(t.storage)
     expect(awqMethod.storage(rows, cols, params({ bits: 3, group: 0, sym: true }))).toEqual({ codes: 192, scales: 16 * 2 + 64, zeros: 0, tables: 0, outliers: 0 })
     const full = t.dequantizeRows(0, rows)
-    const { codes, scales, zeros, columnScales } = t.data
+    expect([t.codes.length, t.zeros!.length]).toEqual([256, 16])
+    const codes = unpackCodes(t.codes, 4, 0, rows * cols, new Uint8Array(rows * cols))
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < cols; c++) {
         const gi = r * 2 + (c >> 4)
-        expect(full[r * cols + c]).toBe(Math.fround((f16ToF32(scales[gi]!) * (codes[r * cols + c]! - zeros![gi]!)) / f16ToF32(columnScales![c]!)))
+        expect(full[r * cols + c]).toBe(Math.fround((f16ToF32(t.scales.bits[gi]!) * (codes[r * cols + c]! - t.zero(gi))) / f16ToF32(t.columnScales!.bits[c]!)))
       }
     }
     expect(t.dequantizeRows(3, 9)).toEqual(full.subarray(3 * cols, 9 * cols))
@@ -133,12 +135,12 @@ describe('AWQ', () => {
   it('symmetric grids use absmax/(2^(b−1)−1) and round trip through the stored values', () => {
     const { weight, cal } = setup(rows, cols, 12)
     const t = awqQuantize(weight, rows, cols, params({ bits: 4, group: 16, sym: true, clip: false }), cal)
-    expect(t.data.zeros).toBeNull()
-    const s = Array.from(t.data.columnScales!, f16ToF32)
+    expect(t.zeros).toBeNull()
+    const s = Array.from(t.columnScales!.bits, f16ToF32)
     for (let r = 0; r < rows; r++) {
       for (let k = 0; k < 2; k++) {
         const absMax = Math.max(...Array.from({ length: 16 }, (_, i) => Math.abs(weight[r * cols + k * 16 + i]! * s[k * 16 + i]!)))
-        expect(f16ToF32(t.data.scales[r * 2 + k]!)).toBe(fp16(absMax / 7))
+        expect(f16ToF32(t.scales.bits[r * 2 + k]!)).toBe(fp16(absMax / 7))
       }
     }
     expect(t.search.error).toBeLessThanOrEqual(t.search.alphaErrors[0]!)

@@ -4,10 +4,12 @@ import { f16ToF32 } from '../../worker/formats/dtypes'
 import { QuantParamError, type LayerCalibration } from '../../worker/quant/contract'
 import { type GptqParams, gptqMethod, gptqParamsSchema, gptqQuantize } from '../../worker/quant/gptq'
 import { inverseHessianFactor } from '../../worker/quant/hessian-inverse'
+import { unpackCodes } from '../../worker/quant/packing'
 import { type IntGroupTensor, fitIntGrid, newGroupGrid, quantizeToGrid } from '../../worker/quant/int-grid'
 import { calibrationOf, correlatedActivations, outputError, outputErrorOnActivations, randomWeight, seededRandom } from '../helpers/quant-calibration'
 
 const params = (p: Partial<GptqParams>): GptqParams => v.parse(gptqParamsSchema, p)
+const codesOf = (t: IntGroupTensor) => unpackCodes(t.codes, t.bits, 0, t.rows * t.cols, new Uint8Array(t.rows * t.cols))
 
 /** Gauss–Jordan inverse with partial pivoting (float64), independent of the Cholesky route. */
 function invert(A: Float64Array, n: number): Float64Array {
@@ -170,9 +172,9 @@ describe('GPTQ', () => {
     for (let k = 0; k < cols; k++) cal.gram![5 * cols + k] = cal.gram![k * cols + 5] = 0
     const p = params({ ...partial, blocksize: 4 })
     const t = gptqQuantize(weight, rows, cols, p, cal)
-    expect(Array.from(t.data.codes)).toEqual(Array.from(gptqBruteForce(weight, rows, cols, cal, p)))
+    expect(Array.from(codesOf(t))).toEqual(Array.from(gptqBruteForce(weight, rows, cols, cal, p)))
     // Same result for any block size, including one that the group does not divide.
-    for (const blocksize of [1, 5, 128]) expect(gptqQuantize(weight, rows, cols, { ...p, blocksize }, cal).data.codes).toEqual(t.data.codes)
+    for (const blocksize of [1, 5, 128]) expect(codesOf(gptqQuantize(weight, rows, cols, { ...p, blocksize }, cal))).toEqual(codesOf(t))
   })
 
   it('reduces to RTN when XᵀX is a multiple of the identity (per row and grouped)', () => {
@@ -219,12 +221,15 @@ describe('GPTQ', () => {
     expect(t.bytes).toBe(65)
     expect(gptqMethod.storage(rows, cols, p)).toEqual(t.storage)
     expect(gptqMethod.storage(rows, cols, params({ bits: 4, group: 0, sym: true }))).toEqual({ codes: 48, scales: 12, zeros: 0, tables: 0, outliers: 0 })
+    // What is held is what is counted.
+    expect([t.codes.length, t.zeros!.length]).toEqual([36, 5])
     const full = t.dequantizeRows(0, rows)
+    const codes = codesOf(t)
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < cols; c++) {
         const gi = r * 2 + (c >> 3)
-        expect(full[r * cols + c]).toBe(Math.fround(f16ToF32(t.data.scales[gi]!) * (t.data.codes[r * cols + c]! - t.data.zeros![gi]!)))
-        expect(t.data.codes[r * cols + c]).toBeLessThan(8)
+        expect(full[r * cols + c]).toBe(Math.fround(f16ToF32(t.scales.bits[gi]!) * (codes[r * cols + c]! - t.zero(gi))))
+        expect(t.zero(gi)).toBeLessThan(8)
       }
     }
     expect(t.dequantizeRows(2, 5)).toEqual(full.subarray(2 * cols, 5 * cols))
@@ -245,7 +250,7 @@ describe('GPTQ', () => {
     expect(() => gptqQuantize(w, 4, 8, params({ group: 3 }), { ...stats, gram: new Float64Array(64) })).toThrow(/group 3 does not divide the row length 8/)
     const bad = w.slice()
     bad[13] = NaN
-    expect(() => gptqQuantize(bad, 4, 8, p, { ...stats, gram: new Float64Array(64) })).toThrow(/row 1, column 5/)
+    expect(() => gptqQuantize(bad, 4, 8, p, { ...stats, gram: new Float64Array(64) })).toThrow(/weight\[1, 5\] is NaN/)
     expect(gptqMethod.needs(p)).toBe('gram')
     expect(v.parse(gptqParamsSchema, {})).toEqual({ bits: 4, group: 128, sym: false, damp: 0.01, blocksize: 128, actorder: false })
     expect(() => v.parse(gptqParamsSchema, { bits: 9 })).toThrow()

@@ -24,7 +24,8 @@ import * as v from 'valibot'
 import { f16ToF32, f32ToF16 } from '../formats/dtypes'
 import { type LayerCalibration, type QuantMethod, type QuantizeHooks, QuantParamError, groupColumns } from './contract'
 import { quadraticForm, requireGram } from './gram'
-import { type IntGroupData, IntGroupTensor, assertFiniteWeight, fitIntGrid, intGroupStorage, newGroupGrid, quantizeToGrid } from './int-grid'
+import { F16Array, bitsSchema, checkWeight, groupSchema } from './common'
+import { IntGroupTensor, fitIntGrid, intGroupStorage, newGroupGrid, quantizeToGrid, storeGridScale } from './int-grid'
 
 /** α candidates (auto_scale.py n_grid). */
 export const AWQ_ALPHA_GRID = 20
@@ -33,13 +34,12 @@ export const AWQ_CLIP_GRID = 20
 export const AWQ_CLIP_STEPS = 10
 
 export const awqParamsSchema = v.strictObject({
-  bits: v.optional(v.pipe(v.number(), v.integer(), v.minValue(2), v.maxValue(8)), 4),
-  /** Columns per group; 0 = one group per row. */
-  group: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0)), 128),
+  bits: bitsSchema(2, 8, 4),
+  group: groupSchema(128),
   /** The reference only ever uses asymmetric (zero-point) grids. */
-  sym: v.optional(v.boolean(), false),
+  sym: v.optional(v.boolean('sym must be true or false'), false),
   /** Per-group clipping search after the scale search. */
-  clip: v.optional(v.boolean(), true),
+  clip: v.optional(v.boolean('clip must be true or false'), true),
 })
 export type AwqParams = v.InferOutput<typeof awqParamsSchema>
 
@@ -55,10 +55,17 @@ export interface AwqSearch {
 
 export class AwqTensor extends IntGroupTensor {
   constructor(
-    data: IntGroupData,
+    rows: number,
+    cols: number,
+    bits: number,
+    groupCols: number,
+    codes: Uint8Array,
+    scales: F16Array,
+    zeros: Uint8Array | null,
+    columnScales: F16Array,
     readonly search: AwqSearch,
   ) {
-    super(data)
+    super('awq', rows, cols, bits, groupCols, codes, scales, zeros, columnScales)
   }
 }
 
@@ -124,7 +131,7 @@ function groupAbsMax(W: Float32Array, off: number, c0: number, c1: number, s: Fl
 
 export function awqQuantize(weight: Float32Array, rows: number, cols: number, p: AwqParams, calibration?: LayerCalibration, hooks: QuantizeHooks = {}): AwqTensor {
   const g = groupColumns(cols, p.group)
-  assertFiniteWeight(weight, rows, cols, 'awq')
+  checkWeight(weight, rows, cols)
   const { gram } = requireGram(calibration, cols, 'awq')
   checkMeanAbs(calibration!, cols)
   const { signal, onProgress } = hooks
@@ -157,7 +164,7 @@ export function awqQuantize(weight: Float32Array, rows: number, cols: number, p:
 
   // 2. Per-group clipping of W·diag(s), scored on the group's block of G; then the stored codes.
   const codes = new Uint8Array(rows * cols)
-  const scales = new Uint16Array(rows * groupsPerRow)
+  const scales = new F16Array(rows * groupsPerRow)
   const zeros = new Uint8Array(rows * groupsPerRow)
   let error = 0
   for (let r = 0; r < rows; r++) {
@@ -179,17 +186,17 @@ export function awqQuantize(weight: Float32Array, rows: number, cols: number, p:
         }
       }
       quantizeGroup(weight, off, c0, c1, s, absMax * (1 - bestShrink / AWQ_CLIP_GRID), p, grid, e, codes)
-      scales[r * groupsPerRow + k] = grid.scaleBits
+      storeGridScale(scales, r * groupsPerRow + k, grid)
       zeros[r * groupsPerRow + k] = grid.zero
     }
     error += quadraticForm(e, 0, gram, cols, 0, cols)
   }
   onProgress?.(rows, rows)
 
-  return new AwqTensor(
-    { method: 'awq', rows, cols, bits: p.bits, groupCols: g, sym: p.sym, codes, scales, zeros: p.sym ? null : zeros, columnScales: sBits },
-    { alpha, alphaErrors, error },
-  )
+  const columnScales = new F16Array(cols)
+  columnScales.bits.set(sBits)
+  columnScales.values.set(s)
+  return new AwqTensor(rows, cols, p.bits, g, codes, scales, p.sym ? null : zeros, columnScales, { alpha, alphaErrors, error })
 }
 
 export const awqMethod: QuantMethod<AwqParams> = {

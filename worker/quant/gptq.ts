@@ -23,17 +23,17 @@ import * as v from 'valibot'
 import { type LayerCalibration, type QuantMethod, type QuantizeHooks, groupColumns } from './contract'
 import { requireGram } from './gram'
 import { inverseHessianFactor } from './hessian-inverse'
-import { IntGroupTensor, assertFiniteWeight, fitIntGrid, intGroupStorage, newGroupGrid, quantizeToGrid } from './int-grid'
+import { F16Array, bitsSchema, checkWeight, groupSchema } from './common'
+import { IntGroupTensor, fitIntGrid, intGroupStorage, newGroupGrid, quantizeToGrid, storeGridScale } from './int-grid'
 
 export const gptqParamsSchema = v.strictObject({
-  bits: v.optional(v.pipe(v.number(), v.integer(), v.minValue(2), v.maxValue(8)), 4),
-  /** Columns per group; 0 = one group per row. */
-  group: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0)), 128),
-  sym: v.optional(v.boolean(), false),
+  bits: bitsSchema(2, 8, 4),
+  group: groupSchema(128),
+  sym: v.optional(v.boolean('sym must be true or false'), false),
   /** Fraction of the mean Hessian diagonal added to the diagonal (the reference's percdamp). */
-  damp: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(1)), 0.01),
-  blocksize: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1)), 128),
-  actorder: v.optional(v.boolean(), false),
+  damp: v.optional(v.pipe(v.number('damp must be a number'), v.minValue(0, 'damp must be in [0, 1]'), v.maxValue(1, 'damp must be in [0, 1]')), 0.01),
+  blocksize: v.optional(v.pipe(v.number('blocksize must be a number'), v.integer('blocksize must be a positive integer'), v.minValue(1, 'blocksize must be a positive integer')), 128),
+  actorder: v.optional(v.boolean('actorder must be true or false'), false),
 })
 export type GptqParams = v.InferOutput<typeof gptqParamsSchema>
 
@@ -45,7 +45,7 @@ function columnOrder(H: Float64Array, n: number, actorder: boolean): Int32Array 
 }
 
 /** Fits the grid of weights W[off, off + len) into group slot gi. */
-function fitGroup(W: Float64Array, off: number, len: number, p: GptqParams, gi: number, scaleOf: Float64Array, scaleBits: Uint16Array, zeroOf: Uint8Array, grid = newGroupGrid()): void {
+function fitGroup(W: Float64Array, off: number, len: number, p: GptqParams, gi: number, scales: F16Array, zeroOf: Uint8Array, grid = newGroupGrid()): void {
   let lo = Infinity
   let hi = -Infinity
   for (let k = off; k < off + len; k++) {
@@ -54,14 +54,13 @@ function fitGroup(W: Float64Array, off: number, len: number, p: GptqParams, gi: 
     if (w > hi) hi = w
   }
   fitIntGrid(lo, hi, p.bits, p.sym, 'gptq', grid)
-  scaleOf[gi] = grid.scale
-  scaleBits[gi] = grid.scaleBits
+  storeGridScale(scales, gi, grid)
   zeroOf[gi] = grid.zero
 }
 
 export function gptqQuantize(weight: Float32Array, rows: number, cols: number, p: GptqParams, calibration?: LayerCalibration, hooks: QuantizeHooks = {}): IntGroupTensor {
   const g = groupColumns(cols, p.group)
-  assertFiniteWeight(weight, rows, cols, 'gptq')
+  checkWeight(weight, rows, cols)
   const { gram, count } = requireGram(calibration, cols, 'gptq')
   const { signal, onProgress } = hooks
   const n = cols
@@ -79,14 +78,14 @@ export function gptqQuantize(weight: Float32Array, rows: number, cols: number, p
   }
 
   // Grids per (row, group) in natural column order; static ones are fitted now.
-  const scaleOf = new Float64Array(rows * groupsPerRow)
-  const scaleBits = new Uint16Array(rows * groupsPerRow)
+  const scales = new F16Array(rows * groupsPerRow)
+  const scaleOf = scales.values
   const zeroOf = new Uint8Array(rows * groupsPerRow)
   const perm = columnOrder(H, n, p.actorder)
   const staticGroups = perm !== null
   if (staticGroups) {
     const grid = newGroupGrid()
-    for (let r = 0; r < rows; r++) for (let k = 0; k < groupsPerRow; k++) fitGroup(Wn, r * n + k * g, g, p, r * groupsPerRow + k, scaleOf, scaleBits, zeroOf, grid)
+    for (let r = 0; r < rows; r++) for (let k = 0; k < groupsPerRow; k++) fitGroup(Wn, r * n + k * g, g, p, r * groupsPerRow + k, scales, zeroOf, grid)
   }
 
   let W = Wn
@@ -118,7 +117,7 @@ export function gptqQuantize(weight: Float32Array, rows: number, cols: number, p
       for (let i = i1; i < i2; i++) {
         const c = perm ? perm[i]! : i
         const gi = r * groupsPerRow + ((c / g) | 0)
-        if (!staticGroups && i % g === 0) fitGroup(W, row + i, g, p, gi, scaleOf, scaleBits, zeroOf, grid)
+        if (!staticGroups && i % g === 0) fitGroup(W, row + i, g, p, gi, scales, zeroOf, grid)
         const s = scaleOf[gi]!
         const z = zeroOf[gi]!
         const w = W[row + i]!
@@ -145,18 +144,7 @@ export function gptqQuantize(weight: Float32Array, rows: number, cols: number, p
     onProgress?.(Math.round((rows * i2) / n), rows)
   }
 
-  return new IntGroupTensor({
-    method: 'gptq',
-    rows,
-    cols,
-    bits: p.bits,
-    groupCols: g,
-    sym: p.sym,
-    codes,
-    scales: scaleBits,
-    zeros: p.sym ? null : zeroOf,
-    columnScales: null,
-  })
+  return new IntGroupTensor('gptq', rows, cols, p.bits, g, codes, scales, p.sym ? null : zeroOf, null)
 }
 
 export const gptqMethod: QuantMethod<GptqParams> = {

@@ -2,9 +2,9 @@
  * Per-group integer grids for the calibrated methods (GPTQ, AWQ): value(q) = scale·(q − zero),
  * q ∈ [0, 2^bits − 1], one fp16 scale and (asymmetric only) one integer zero point per group.
  *
- * rtn.ts (plain RTN, another file) was not written when this was; its fixture convention
- * (float minimum as offset, reference.json "int4_rtn") is not what GPTQ and AWQ store anyway:
- * both references keep integer zero points, so the fitting rules here follow them:
+ * rtn.ts stores a different grid (an fp16 float minimum as offset, after the transformers
+ * fixture), so it is not reused here: both GPTQ and AWQ references keep integer zero points,
+ * and the fitting rules here follow them:
  * - 'gptq': IST-DASLab/gptq quant.py `Quantizer.find_params` — the range always includes 0
  *   (xmin = min(min, 0), xmax = max(max, 0)); symmetric uses xmax = max(|xmin|, xmax),
  *   xmin = −xmax and the mid-point zero (maxq + 1)/2; an all-zero group gets [−1, 1].
@@ -18,7 +18,10 @@
  * feed back is exactly what `dequantizeRows` later reproduces from the stored values.
  */
 import { f16ToF32, f32ToF16 } from '../formats/dtypes'
-import { QuantParamError, type QuantizedTensor, type StorageBreakdown, packedBytes, totalBytes } from './contract'
+import { QuantParamError, type StorageBreakdown, packedBytes } from './contract'
+import { type F16Array, sortedUnique } from './common'
+import { packCodes, unpackCodes } from './packing'
+import { PackedCodesTensor } from './packed-tensor'
 
 export type IntGridRule = 'gptq' | 'awq'
 
@@ -103,80 +106,66 @@ export function intGroupStorage(rows: number, cols: number, bits: number, groupC
   }
 }
 
-export interface IntGroupData {
-  method: string
-  rows: number
-  cols: number
-  bits: number
-  groupCols: number
-  sym: boolean
-  /** One code per weight, row-major (held one per byte; stored packed at `bits` bits). */
-  codes: Uint8Array
-  /** fp16 bits of each group's scale, [rows × cols/groupCols]. */
-  scales: Uint16Array
-  /** Zero point of each group (asymmetric); symmetric grids use the implicit 2^(bits−1). */
-  zeros: Uint8Array | null
-  /** fp16 bits of a per-input-column divisor (AWQ's s): ŵ_ij = grid value / s_j. */
-  columnScales: Uint16Array | null
+/** Stores a fitted grid's scale at `i` of an fp16 array (bits and value). */
+export function storeGridScale(scales: F16Array, i: number, grid: GroupGrid): void {
+  scales.bits[i] = grid.scaleBits
+  scales.values[i] = grid.scale
 }
 
-/** A tensor stored as integer codes on per-group grids; dequantizes from the stored values only. */
-export class IntGroupTensor implements QuantizedTensor {
-  readonly method: string
-  readonly rows: number
-  readonly cols: number
-  readonly storage: StorageBreakdown
-  readonly bytes: number
-  readonly data: IntGroupData
+/**
+ * A tensor stored as packed integer codes on per-group grids (+ optional per-column divisors);
+ * dequantizes from the stored values only: ŵ_ij = scale_g·(q_ij − zero_g) [/ s_j].
+ */
+export class IntGroupTensor extends PackedCodesTensor {
+  /** Packed zero points, one per (row, group), `bits` bits each; null when symmetric (implicit 2^(bits−1)). */
+  readonly zeros: Uint8Array | null
 
-  constructor(data: IntGroupData) {
-    this.data = data
-    this.method = data.method
-    this.rows = data.rows
-    this.cols = data.cols
-    this.storage = intGroupStorage(data.rows, data.cols, data.bits, data.groupCols, data.sym, data.columnScales !== null)
-    this.bytes = totalBytes(this.storage)
+  constructor(
+    method: string,
+    rows: number,
+    cols: number,
+    readonly bits: number,
+    readonly groupCols: number,
+    /** One code per weight, row-major, unpacked (packed here). */
+    codes: Uint8Array,
+    /** fp16 scale per (row, group). */
+    readonly scales: F16Array,
+    /** Zero point per (row, group), unpacked; null for symmetric grids. */
+    zeros: Uint8Array | null,
+    /** fp16 divisor per input column (AWQ's s), or null. */
+    readonly columnScales: F16Array | null,
+  ) {
+    super(method, rows, cols, bits, packCodes(codes, bits), intGroupStorage(rows, cols, bits, groupCols, zeros === null, columnScales !== null))
+    this.zeros = zeros ? packCodes(zeros, bits) : null
   }
 
-  dequantizeRows(r0: number, r1: number): Float32Array {
-    const { cols, groupCols, codes, scales, zeros, columnScales, bits } = this.data
-    if (!(Number.isInteger(r0) && Number.isInteger(r1) && 0 <= r0 && r0 <= r1 && r1 <= this.rows)) throw new RangeError(`rows [${r0}, ${r1}) outside [0, ${this.rows})`)
-    const out = new Float32Array((r1 - r0) * cols)
-    const groupsPerRow = cols / groupCols
-    const mid = 2 ** (bits - 1)
-    const div = columnScales ? Float64Array.from(columnScales, (b) => f16ToF32(b)) : null
-    for (let r = r0; r < r1; r++) {
-      const o = (r - r0) * cols
-      for (let g = 0; g < groupsPerRow; g++) {
-        const gi = r * groupsPerRow + g
-        const scale = f16ToF32(scales[gi]!)
-        const zero = zeros ? zeros[gi]! : mid
-        const c0 = g * groupCols
-        for (let c = c0; c < c0 + groupCols; c++) {
-          const v = scale * (codes[r * cols + c]! - zero)
-          out[o + c] = div ? v / div[c]! : v
-        }
+  /** Zero point of group slot `gi` (row·groupsPerRow + group). */
+  zero(gi: number): number {
+    return this.zeros ? unpackCodes(this.zeros, this.bits, gi, 1, new Uint8Array(1))[0]! : 2 ** (this.bits - 1)
+  }
+
+  protected decodeRow(row: number, codes: Uint8Array, out: Float32Array): void {
+    const g = this.groupCols
+    const perRow = this.cols / g
+    const zeros = this.zeros ? unpackCodes(this.zeros, this.bits, row * perRow, perRow, new Uint8Array(perRow)) : null
+    const mid = 2 ** (this.bits - 1)
+    const div = this.columnScales?.values
+    for (let k = 0; k < perRow; k++) {
+      const scale = this.scales.values[row * perRow + k]!
+      const zero = zeros ? zeros[k]! : mid
+      for (let c = k * g; c < (k + 1) * g; c++) {
+        const v = scale * (codes[c]! - zero)
+        out[c] = div ? v / div[c]! : v
       }
     }
-    return out
   }
 
   levels(row: number, col = 0): Float32Array {
-    const { cols, groupCols, scales, zeros, columnScales, bits } = this.data
-    const gi = row * (cols / groupCols) + Math.floor(col / groupCols)
-    const scale = f16ToF32(scales[gi]!)
-    const zero = zeros ? zeros[gi]! : 2 ** (bits - 1)
-    const div = columnScales ? f16ToF32(columnScales[col]!) : 1
-    const out = new Float32Array(2 ** bits)
-    for (let q = 0; q < out.length; q++) out[q] = (scale * (q - zero)) / div
-    return out
-  }
-}
-
-/** NaN/Inf weights are a clear early error. */
-export function assertFiniteWeight(weight: Float32Array, rows: number, cols: number, method: string): void {
-  if (weight.length !== rows * cols) throw new QuantParamError(null, `${method}: weight has ${weight.length} values, expected ${rows}×${cols}`)
-  for (let i = 0; i < weight.length; i++) {
-    if (!Number.isFinite(weight[i]!)) throw new QuantParamError(null, `${method}: weight is not finite at row ${Math.floor(i / cols)}, column ${i % cols} (${weight[i]})`)
+    this.checkLevelsArgs(row, col)
+    const gi = row * (this.cols / this.groupCols) + Math.floor(col / this.groupCols)
+    const scale = this.scales.values[gi]!
+    const zero = this.zero(gi)
+    const div = this.columnScales ? this.columnScales.values[col]! : 1
+    return sortedUnique(Array.from({ length: 2 ** this.bits }, (_, q) => (scale * (q - zero)) / div))
   }
 }
