@@ -551,6 +551,31 @@ describe('ModelConfig from GGUF metadata', () => {
   })
 })
 
+describe('invalid GGUF config values are refused up front', () => {
+  it('epsilon, RoPE base and scaling factor must be positive; heads must divide', async () => {
+    const keys = [...llamaKeys('llama'), ['llama.vocab_size', u32(10)]] as NonNullable<GgufWriterOptions['kv']>
+    const withKey = (key: string, value: ReturnType<typeof f32>) => [
+      ['general.architecture', str('llama')] as const,
+      ...keys.filter(([k]) => k !== key),
+      [key, value] as const,
+    ] as NonNullable<GgufWriterOptions['kv']>
+    const cases: [string, ReturnType<typeof f32>, string][] = [
+      ['llama.attention.layer_norm_rms_epsilon', f32(-1), "metadata 'llama.attention.layer_norm_rms_epsilon' = -1 is not a positive number"],
+      ['llama.attention.layer_norm_rms_epsilon', f32(0), "'llama.attention.layer_norm_rms_epsilon' = 0 is not a positive number"],
+      ['llama.attention.layer_norm_rms_epsilon', str('1e-5'), "'llama.attention.layer_norm_rms_epsilon' = \"1e-5\" is not a positive number"],
+      ['llama.rope.freq_base', f32(0), "'llama.rope.freq_base' = 0 is not a positive number"],
+      ['llama.rope.scaling.factor', f32(0), "'llama.rope.scaling.factor' = 0 is not a positive number"],
+      ['llama.attention.head_count', u32(6), "metadata 'llama.embedding_length' 64 is not divisible by 'llama.attention.head_count' 6"],
+      ['llama.attention.head_count_kv', u32(3), "metadata 'llama.attention.head_count' 8 is not a multiple of 'llama.attention.head_count_kv' 3"],
+      ['llama.block_count', u32(0), "'llama.block_count' = 0 is not a positive integer"],
+    ]
+    for (const [key, value, message] of cases) {
+      const path = await gguf({ kv: withKey(key, value) })
+      await expectFormatError(ggufFormat.open(path), path, message)
+    }
+  })
+})
+
 describe('malformed GGUF files', () => {
   const oneTensor = (over: Partial<GgufWriterOptions> = {}): GgufWriterOptions => ({
     kv: [['general.name', str('x')]],

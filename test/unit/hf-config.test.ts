@@ -57,8 +57,35 @@ describe('Hugging Face config.json across transformers versions', () => {
     expect(() => parseHfConfig([], '/m/config.json')).toThrow(/\/m\/config\.json: config\.json is not a JSON object/)
     expect(() => parseHfConfig({ ...base }, '/m/config.json')).toThrow(/neither model_type nor architectures/)
     expect(() => parseHfConfig({ ...base, model_type: 'llama', hidden_size: 'big' }, '/m/config.json')).toThrow(/'hidden_size' = "big" is not a positive integer/)
-    expect(() => parseHfConfig({ ...base, model_type: 'llama', num_key_value_heads: 3 }, '/m/config.json')).toThrow(/not a multiple of num_key_value_heads 3/)
+    expect(() => parseHfConfig({ ...base, model_type: 'llama', num_key_value_heads: 3 }, '/m/config.json')).toThrow(/\/m\/config\.json: config\.json 'num_attention_heads' 14 is not a multiple of 'num_key_value_heads' 3/)
     const { vocab_size: _v, ...noVocab } = base
     expect(() => parseHfConfig({ ...noVocab, model_type: 'llama' }, '/m/config.json')).toThrow(/lacks 'vocab_size'/)
+  })
+
+  it('invalid values are refused up front, naming the file and the key, never replaced', () => {
+    const bad = (patch: Record<string, unknown>) => () => parseHfConfig({ ...base, model_type: 'llama', ...patch }, '/m/config.json')
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ rms_norm_eps: -1 }, /\/m\/config\.json: config\.json 'rms_norm_eps' = -1 is not a positive number/],
+      [{ rms_norm_eps: 0 }, /'rms_norm_eps' = 0 is not a positive number/],
+      [{ rms_norm_eps: '1e-6' }, /'rms_norm_eps' = "1e-6" is not a positive number/],
+      [{ rope_theta: 0 }, /'rope_theta' = 0 is not a positive number/],
+      [{ rope_theta: -10000 }, /'rope_theta' = -10000 is not a positive number/],
+      [{ rope_theta: 'big' }, /'rope_theta' = "big" is not a positive number/],
+      [{ rope_parameters: { rope_type: 'default', rope_theta: 0 } }, /'rope_parameters\.rope_theta' = 0 is not a positive number/],
+      [{ rope_scaling: { rope_type: 'linear', factor: 0 } }, /'rope_scaling\.factor' = 0 is not a positive number/],
+      [{ rope_scaling: 'linear' }, /'rope_scaling' = "linear" is not an object/],
+      [{ hidden_size: 896.5 }, /'hidden_size' = 896\.5 is not a positive integer/],
+      [{ num_hidden_layers: 0 }, /'num_hidden_layers' = 0 is not a positive integer/],
+      [{ intermediate_size: -4864 }, /'intermediate_size' = -4864 is not a positive integer/],
+      [{ vocab_size: 2 ** 60 }, /'vocab_size' = \d+ is not a positive integer/],
+      [{ num_attention_heads: 13, num_key_value_heads: 13 }, /'hidden_size' 896 is not divisible by 'num_attention_heads' 13/],
+      [{ num_key_value_heads: 4 }, /'num_attention_heads' 14 is not a multiple of 'num_key_value_heads' 4/],
+      [{ max_position_embeddings: -1 }, /'max_position_embeddings' = -1 is not a positive integer/],
+    ]
+    for (const [patch, message] of cases) expect(bad(patch), JSON.stringify(patch)).toThrow(message)
+    // Absent (or null) values take the documented defaults; only present ones are judged.
+    const { rms_norm_eps: _e, max_position_embeddings: _m, ...bare } = base
+    const c = parseHfConfig({ ...bare, model_type: 'llama', rope_theta: null }, '/m/config.json')
+    expect([c.rmsNormEps, c.ropeTheta, c.maxPositionEmbeddings]).toEqual([1e-6, 10000, null])
   })
 })

@@ -43,9 +43,9 @@ export function ggufConfig(file: string, meta: Record<string, GgufValue>, tensor
   const hiddenSize = int('embedding_length')
   const numHeads = int('attention.head_count')
   const numKvHeads = int('attention.head_count_kv', numHeads)
-  if (numHeads % numKvHeads !== 0) fail(`${arch}.attention.head_count ${numHeads} is not a multiple of head_count_kv ${numKvHeads}`)
+  if (numHeads % numKvHeads !== 0) fail(`metadata '${arch}.attention.head_count' ${numHeads} is not a multiple of '${arch}.attention.head_count_kv' ${numKvHeads}`)
   const headDim = int('attention.key_length', hiddenSize / numHeads)
-  if (!Number.isInteger(headDim)) fail(`${arch}.embedding_length ${hiddenSize} is not divisible by head_count ${numHeads}`)
+  if (!Number.isInteger(headDim)) fail(`metadata '${arch}.embedding_length' ${hiddenSize} is not divisible by '${arch}.attention.head_count' ${numHeads}`)
 
   const intermediateSize = int('feed_forward_length')
   const numLayers = int('block_count')
@@ -61,6 +61,9 @@ export function ggufConfig(file: string, meta: Record<string, GgufValue>, tensor
         ? int('vocab_size')
         : embedRows ?? fail('cannot tell the vocabulary size: no tokenizer.ggml.tokens, vocab_size or token_embd.weight')
 
+  // Checked here so a zero or negative factor is refused up front, like every other number.
+  if (meta[`${arch}.rope.scaling.factor`] !== undefined) float('rope.scaling.factor')
+  if (meta[`${arch}.rope.scaling.original_context_length`] !== undefined) int('rope.scaling.original_context_length')
   const context = meta[`${arch}.context_length`]
   return {
     architecture: arch,

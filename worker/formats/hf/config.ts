@@ -28,12 +28,24 @@ export function parseHfConfig(raw: unknown, file: string): ModelConfig {
       if (fallback !== undefined) return fallback
       throw new ModelFormatError(file, null, `config.json lacks '${key}'`)
     }
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
       throw new ModelFormatError(file, null, `config.json '${key}' = ${JSON.stringify(v)} is not a positive integer`)
     }
     return v
   }
-  const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : undefined)
+  /**
+   * A strictly positive finite number, or `fallback` when the key is absent (null counts as
+   * absent). Anything else is refused, never replaced: a wrong epsilon or RoPE base changes
+   * every logit and would be reported as a perplexity.
+   */
+  const positive = (where: Record<string, unknown> | null, key: string, label: string, fallback: number | undefined): number | undefined => {
+    const v = where?.[key]
+    if (v === undefined || v === null) return fallback
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+      throw new ModelFormatError(file, null, `config.json '${label}' = ${JSON.stringify(v)} is not a positive number`)
+    }
+    return v
+  }
 
   const hiddenSize = int('hidden_size')
   const numHeads = int('num_attention_heads')
@@ -41,17 +53,28 @@ export function parseHfConfig(raw: unknown, file: string): ModelConfig {
   // Mistral configs may carry "head_dim": null, meaning hidden/heads.
   const headDim = int('head_dim', hiddenSize / numHeads)
   if (numHeads % numKvHeads !== 0) {
-    throw new ModelFormatError(file, null, `num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`)
+    throw new ModelFormatError(file, null, `config.json 'num_attention_heads' ${numHeads} is not a multiple of 'num_key_value_heads' ${numKvHeads}`)
   }
   if (!Number.isInteger(headDim)) {
-    throw new ModelFormatError(file, null, `hidden_size ${hiddenSize} is not divisible by num_attention_heads ${numHeads}`)
+    throw new ModelFormatError(file, null, `config.json 'hidden_size' ${hiddenSize} is not divisible by 'num_attention_heads' ${numHeads}`)
   }
 
   // transformers ≥ 4.56 / 5 moved rope_theta into rope_parameters; older ones have it at the top.
-  const ropeParams = (c.rope_parameters ?? null) as Record<string, unknown> | null
-  const ropeScaling = (c.rope_scaling ?? null) as Record<string, unknown> | null
-  const ropeTheta = num(c.rope_theta) ?? num(ropeParams?.rope_theta) ?? num(ropeScaling?.rope_theta) ?? 10000
+  const ropeParams = objectOrNull(file, c, 'rope_parameters')
+  const ropeScaling = objectOrNull(file, c, 'rope_scaling')
+  const ropeTheta =
+    positive(c, 'rope_theta', 'rope_theta', undefined) ??
+    positive(ropeParams, 'rope_theta', 'rope_parameters.rope_theta', undefined) ??
+    positive(ropeScaling, 'rope_theta', 'rope_scaling.rope_theta', 10000)!
   const scaling = pickRopeScaling(ropeParams) ?? pickRopeScaling(ropeScaling)
+  if (scaling) {
+    const label = scaling === ropeParams ? 'rope_parameters' : 'rope_scaling'
+    for (const key of ['factor', 'original_max_position_embeddings', 'low_freq_factor', 'high_freq_factor']) {
+      positive(scaling, key, `${label}.${key}`, undefined)
+    }
+  }
+  const rmsNormEps = positive(c, 'rms_norm_eps', 'rms_norm_eps', 1e-6)!
+  const maxPositions = c.max_position_embeddings === undefined || c.max_position_embeddings === null ? null : int('max_position_embeddings')
 
   // torch_dtype was renamed dtype in transformers 4.56.
   const dtype = typeof c.dtype === 'string' ? c.dtype : typeof c.torch_dtype === 'string' ? c.torch_dtype : null
@@ -65,9 +88,9 @@ export function parseHfConfig(raw: unknown, file: string): ModelConfig {
     numKvHeads,
     headDim,
     vocabSize: int('vocab_size'),
-    rmsNormEps: num(c.rms_norm_eps) ?? 1e-6,
+    rmsNormEps,
     ropeTheta,
-    maxPositionEmbeddings: num(c.max_position_embeddings) ?? null,
+    maxPositionEmbeddings: maxPositions,
     // LlamaConfig and Qwen2Config both default to untied; many checkpoints set it explicitly.
     tieWordEmbeddings: c.tie_word_embeddings === true,
     // Qwen2 always has q/k/v bias; llama exposes it as attention_bias.
@@ -75,6 +98,13 @@ export function parseHfConfig(raw: unknown, file: string): ModelConfig {
     dtype,
     ropeScaling: scaling,
   }
+}
+
+function objectOrNull(file: string, c: Record<string, unknown>, key: string): Record<string, unknown> | null {
+  const v = c[key]
+  if (v === undefined || v === null) return null
+  if (typeof v !== 'object' || Array.isArray(v)) throw new ModelFormatError(file, null, `config.json '${key}' = ${JSON.stringify(v)} is not an object`)
+  return v as Record<string, unknown>
 }
 
 function pickRopeScaling(p: Record<string, unknown> | null): Record<string, unknown> | null {
