@@ -1,13 +1,14 @@
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { OpenedModel } from '../formats/contract'
+import { filesFingerprint } from '../io/file-fingerprint'
+import { defaultCacheDir } from '../io/private-dir'
 import { resolveDecoder } from './decoder-spec'
 import { DecoderSession } from './session'
 import type { BackendKind } from './ort-backend'
 import {
   cacheBytes,
   cacheKey,
-  cachePath,
   fingerprintFiles,
   LogprobCacheReader,
   LogprobCacheWriter,

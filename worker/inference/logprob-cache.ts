@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto'
-import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { lstat, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
+import { ensurePrivateDir } from '../io/private-dir'
 
 /**
  * The base model's log-probabilities for KL divergence, cached on disk compactly so a
@@ -9,13 +11,23 @@ import { join } from 'node:path'
  * scale from the row's max down to max − 24 nats (rarer tokens are clamped there; each has
  * p < 4e-11), i.e. a step ≤ 3.7e-4 nats, plus the exact top-1 token and NLL.
  *
- * File: 64-byte header, then per window [argmax int32 × ctx][nll f32 × ctx]
- * [ctx rows of (min f32, step f32, V × uint16)] — fixed size, so any window is one read.
+ * File (version 2): 64-byte header (magic, version, ctx, vocab, windows, SHA-256 of the cache
+ * key), then per window a record [argmax int32 × ctx][nll f32 × ctx][ctx rows of (min f32,
+ * step f32, V × uint16)][SHA-256 of the record] — fixed size, so any window is one read.
+ *
+ * Nothing read back is trusted unverified: the folder is private (0700, ours, not a symlink),
+ * files are opened without following symlinks, the header must carry this key, and every
+ * window's checksum must match (version 1 trusted any file of the right size: a tampered one
+ * gave a mean KL of 7.84 for a model against itself).
  */
 const MAGIC = 0x504c5351 // 'QSLP'
-const VERSION = 1
+const VERSION = 2
 const HEADER_BYTES = 64
+const KEY_OFFSET = 32
+const DIGEST_BYTES = 32
 const RANGE_NATS = 24
+// O_NOFOLLOW: a symlink planted under an entry's name is refused, not followed.
+const NO_FOLLOW = constants.O_NOFOLLOW ?? 0
 
 export interface CachedWindow {
   logprobs: Float32Array
@@ -23,26 +35,32 @@ export interface CachedWindow {
   nll: Float32Array
 }
 
+/** Bytes of one window's payload (without its checksum). */
 export function windowBytes(ctx: number, vocab: number): number {
   return ctx * 8 + ctx * (8 + 2 * vocab)
 }
 
-export function cacheBytes(ctx: number, vocab: number, windows: number): number {
-  return HEADER_BYTES + windows * windowBytes(ctx, vocab)
+function recordBytes(ctx: number, vocab: number): number {
+  return windowBytes(ctx, vocab) + DIGEST_BYTES
 }
 
-/** Cache file name from what determines the base log-probs: the model's bytes, ctx and the tokens. */
+export function cacheBytes(ctx: number, vocab: number, windows: number): number {
+  return HEADER_BYTES + windows * recordBytes(ctx, vocab)
+}
+
+/**
+ * Cache key (64 hex digits, also the file name) from what determines the base log-probs: the
+ * model's bytes (a fingerprint of its files, io/file-fingerprint.ts), ctx, vocab and the tokens.
+ */
 export function cacheKey(modelFingerprint: string, ctx: number, vocab: number, windows: readonly ArrayLike<number>[]): string {
   const h = createHash('sha256')
   h.update(`v${VERSION}\u0000${modelFingerprint}\u0000${ctx}\u0000${vocab}\u0000${windows.length}\u0000`)
   for (const w of windows) h.update(new Uint8Array(Int32Array.from(w).buffer))
-  return h.digest('hex').slice(0, 40)
+  return h.digest('hex')
 }
 
-/** Identity of a model's bytes: path, size and mtime of each file. */
-export async function fingerprintFiles(files: readonly string[]): Promise<string> {
-  const parts = await Promise.all(files.map(async (f) => `${f}\u0000${(await stat(f)).size}\u0000${(await stat(f)).mtimeMs}`))
-  return parts.join('\u0001')
+function sha256(bytes: Uint8Array): Buffer {
+  return createHash('sha256').update(bytes).digest()
 }
 
 export function encodeWindow(ctx: number, vocab: number, w: CachedWindow): Uint8Array {
@@ -93,7 +111,7 @@ export function decodeWindow(ctx: number, vocab: number, bytes: Uint8Array, into
   return { logprobs, argmax, nll }
 }
 
-function header(ctx: number, vocab: number, windows: number): Uint8Array {
+function header(key: string, ctx: number, vocab: number, windows: number): Uint8Array {
   const h = new Uint8Array(HEADER_BYTES)
   const dv = new DataView(h.buffer)
   dv.setUint32(0, MAGIC, true)
@@ -101,50 +119,89 @@ function header(ctx: number, vocab: number, windows: number): Uint8Array {
   dv.setUint32(8, ctx, true)
   dv.setUint32(12, vocab, true)
   dv.setUint32(16, windows, true)
+  h.set(Buffer.from(key, 'hex'), KEY_OFFSET)
   return h
 }
 
-/** Reads windows of a complete cache file; null when there is no valid file for this key. */
+/** A cache file that fails its checks after it was opened (modified meanwhile). */
+export class LogprobCacheCorruptError extends Error {
+  constructor(
+    readonly file: string,
+    problem: string,
+  ) {
+    super(`base log-prob cache ${file}: ${problem}; the file was removed, run again to recompute it`)
+    this.name = 'LogprobCacheCorruptError'
+  }
+}
+
+/** Reads windows of a complete, verified cache file. */
 export class LogprobCacheReader {
   private constructor(
     private readonly fh: FileHandle,
+    private readonly path: string,
     readonly ctx: number,
     readonly vocab: number,
     readonly windows: number,
   ) {}
 
-  static async open(path: string, ctx: number, vocab: number, windows: number): Promise<LogprobCacheReader | null> {
+  /**
+   * Opens the entry for `key` in the private folder `dir`; null when there is none or it does
+   * not verify (wrong header, size, owner, or any window's checksum; such a file is deleted).
+   * Every window is checked here, once, so a bad file costs a recomputation, never a result.
+   */
+  static async open(dir: string, key: string, ctx: number, vocab: number, windows: number): Promise<LogprobCacheReader | null> {
+    const path = cachePath(await ensurePrivateDir(dir), key)
     let fh: FileHandle
     try {
-      fh = await open(path, 'r')
+      fh = await open(path, constants.O_RDONLY | NO_FOLLOW | (constants.O_NONBLOCK ?? 0))
     } catch {
       return null
     }
+    const reader = new LogprobCacheReader(fh, path, ctx, vocab, windows)
+    if (await reader.verify(key)) return reader
+    await fh.close()
+    await rm(path, { force: true })
+    return null
+  }
+
+  private async verify(key: string): Promise<boolean> {
+    const info = await this.fh.stat()
+    const uid = process.getuid?.()
+    if (!info.isFile() || (uid !== undefined && info.uid !== uid)) return false
+    if (info.size !== cacheBytes(this.ctx, this.vocab, this.windows)) return false
     const h = new Uint8Array(HEADER_BYTES)
-    const { bytesRead } = await fh.read(h, 0, HEADER_BYTES, 0)
+    const { bytesRead } = await this.fh.read(h, 0, HEADER_BYTES, 0)
     const dv = new DataView(h.buffer)
-    const size = (await fh.stat()).size
-    const ok =
+    const headerOk =
       bytesRead === HEADER_BYTES &&
       dv.getUint32(0, true) === MAGIC &&
       dv.getUint32(4, true) === VERSION &&
-      dv.getUint32(8, true) === ctx &&
-      dv.getUint32(12, true) === vocab &&
-      dv.getUint32(16, true) === windows &&
-      size === cacheBytes(ctx, vocab, windows)
-    if (!ok) {
-      await fh.close()
-      return null
-    }
-    return new LogprobCacheReader(fh, ctx, vocab, windows)
+      dv.getUint32(8, true) === this.ctx &&
+      dv.getUint32(12, true) === this.vocab &&
+      dv.getUint32(16, true) === this.windows &&
+      Buffer.from(h.subarray(KEY_OFFSET, KEY_OFFSET + DIGEST_BYTES)).toString('hex') === key
+    if (!headerOk) return false
+    for (let i = 0; i < this.windows; i++) if ((await this.readRecord(i)) === null) return false
+    return true
+  }
+
+  /** The payload of window `index` when its checksum matches, else null. */
+  private async readRecord(index: number): Promise<Uint8Array | null> {
+    const n = recordBytes(this.ctx, this.vocab)
+    const bytes = new Uint8Array(n)
+    const { bytesRead } = await this.fh.read(bytes, 0, n, HEADER_BYTES + index * n)
+    if (bytesRead !== n) return null
+    const payload = bytes.subarray(0, n - DIGEST_BYTES)
+    return sha256(payload).equals(bytes.subarray(n - DIGEST_BYTES)) ? payload : null
   }
 
   async read(index: number, into?: Float32Array): Promise<CachedWindow> {
-    const n = windowBytes(this.ctx, this.vocab)
-    const bytes = new Uint8Array(n)
-    const { bytesRead } = await this.fh.read(bytes, 0, n, HEADER_BYTES + index * n)
-    if (bytesRead !== n) throw new Error(`logprob cache: window ${index} is truncated`)
-    return decodeWindow(this.ctx, this.vocab, bytes, into)
+    const payload = await this.readRecord(index)
+    if (payload === null) {
+      await rm(this.path, { force: true })
+      throw new LogprobCacheCorruptError(this.path, `window ${index} no longer matches its checksum`)
+    }
+    return decodeWindow(this.ctx, this.vocab, payload, into)
   }
 
   close(): Promise<void> {
@@ -165,17 +222,20 @@ export class LogprobCacheWriter {
   ) {}
 
   static async create(dir: string, key: string, ctx: number, vocab: number, windows: number): Promise<LogprobCacheWriter> {
-    await mkdir(dir, { recursive: true })
-    const path = join(dir, `${key}.qslp`)
+    const path = cachePath(await ensurePrivateDir(dir), key)
     const tmp = `${path}.partial-${process.pid}-${Date.now()}`
-    const fh = await open(tmp, 'w')
-    await fh.write(header(ctx, vocab, windows), 0, HEADER_BYTES, 0)
+    // O_EXCL + O_NOFOLLOW: never write through a name someone else prepared.
+    const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | NO_FOLLOW, 0o600)
+    await fh.write(header(key, ctx, vocab, windows), 0, HEADER_BYTES, 0)
     return new LogprobCacheWriter(fh, tmp, path, ctx, vocab, windows)
   }
 
   async append(w: CachedWindow): Promise<void> {
-    const bytes = encodeWindow(this.ctx, this.vocab, w)
-    await this.fh.write(bytes, 0, bytes.length, HEADER_BYTES + this.written * bytes.length)
+    const payload = encodeWindow(this.ctx, this.vocab, w)
+    const record = new Uint8Array(payload.length + DIGEST_BYTES)
+    record.set(payload)
+    record.set(sha256(payload), payload.length)
+    await this.fh.write(record, 0, record.length, HEADER_BYTES + this.written * record.length)
     this.written++
   }
 
@@ -210,8 +270,8 @@ export async function pruneCache(dir: string, incoming: number, budget: number):
     await Promise.all(
       names.map(async (n) => {
         try {
-          const st = await stat(join(dir, n))
-          return { path: join(dir, n), size: st.size, used: Math.max(st.atimeMs, st.mtimeMs) }
+          const st = await lstat(join(dir, n))
+          return st.isFile() ? { path: join(dir, n), size: st.size, used: Math.max(st.atimeMs, st.mtimeMs) } : null
         } catch {
           return null
         }
