@@ -127,7 +127,12 @@ export async function startBrowserHost(options: BrowserHostOptions): Promise<Bro
   })
 
   async function handleHttp(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', origin)
+    let url: URL
+    try {
+      url = new URL(req.url ?? '/', origin)
+    } catch {
+      return send(res, 400, 'text/plain; charset=utf-8', 'bad request target')
+    }
     const isApi = url.pathname === '/api' || url.pathname.startsWith('/api/')
     const denied = checkAccess(req, { origin, token, requireOrigin: false, requireToken: isApi })
     if (denied) return send(res, denied[0], 'text/plain; charset=utf-8', denied[1])

@@ -206,6 +206,25 @@ describe('browser host: one bad client cannot take it down', () => {
     await expectHealthy(target, bystander)
   })
 
+  it('a plain request whose target is not a URL gets 400', async () => {
+    const conn = await RawConnection.open(target.port)
+    conn.socket.write(`GET http://[ HTTP/1.1\r\nHost: 127.0.0.1:${target.port}\r\nConnection: close\r\n\r\n`)
+    await conn.closed
+    expect(conn.received.toString('latin1')).toMatch(/^HTTP\/1\.1 400 [^]*\r\n\r\n([0-9a-f]+\r\n)?bad request target/)
+    await expectHealthy(target, bystander)
+  })
+
+  it('an authenticated upgrade with a bad WebSocket version is refused by ws, then reset, and the host stays up', async () => {
+    const conn = await RawConnection.open(target.port)
+    const request = upgradeRequest({ port: target.port, path: `${WS_PATH}?token=${encodeURIComponent(target.token)}`, origin: target.origin })
+    conn.socket.write(request.replace('Sec-WebSocket-Version: 13', 'Sec-WebSocket-Version: 99'))
+    await conn.waitFor(() => (conn.received.includes('\r\n\r\n') ? true : null), 5000).catch(() => {})
+    expect(conn.received.toString('latin1')).toMatch(/^HTTP\/1\.1 (400|426) /)
+    conn.socket.resetAndDestroy()
+    await new Promise((r) => setTimeout(r, 100))
+    await expectHealthy(target, bystander)
+  })
+
   it('malformed HTTP gets 400 and the connection closed', async () => {
     const conn = await RawConnection.open(target.port)
     conn.socket.write('GARBAGE NOT HTTP\r\n\r\n')
