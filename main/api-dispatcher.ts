@@ -1,10 +1,14 @@
 /**
- * Turns one checked request into one response envelope, whatever the transport. Errors never
- * cross as exceptions (Electron would flatten them to a string): they become ApiError values
- * that keep the ModelFormatError's file, tensor and problem.
+ * Turns one request into one response envelope, whatever the transport. Errors never cross
+ * as exceptions (Electron would flatten them to a string): they become ApiError values that
+ * keep the ModelFormatError's file, tensor and problem.
+ *
+ * Parameters are checked once, where they enter from a less trusted side: `dispatchRequest`
+ * (WebSocket messages) and the IPC transport parse them; `dispatchChecked` serves the engine
+ * thread, whose requests come from those transports already checked.
  */
-import type { ApiError, ApiEvent, ApiFunctions, ApiMethod, ApiParams, ApiResponse } from '../worker/api/contract'
-import { validateParams, validateRequest } from './api-validation'
+import type { ApiError, ApiEvent, ApiFunctions, ApiMethod, ApiParams, ApiRequest, ApiResponse } from '../worker/api/contract'
+import { parseApiRequest } from '../worker/api/parse-request'
 
 /** What a transport needs from the engine: the method table plus an event stream. */
 export interface ApiBackend extends ApiFunctions {
@@ -26,20 +30,29 @@ export function toApiError(err: unknown): ApiError {
   return { name: 'Error', message: String(err) }
 }
 
-export async function callBackend<M extends ApiMethod>(backend: ApiFunctions, method: M, rawParams: unknown): Promise<unknown> {
-  const params = validateParams(method, rawParams)
+/** Calls one method with parameters that have passed their schema. */
+export function callBackend<M extends ApiMethod>(backend: ApiFunctions, method: M, params: ApiParams<M>): Promise<unknown> {
   const fn = backend[method] as (p: ApiParams<M>) => Promise<unknown>
   return fn.call(backend, params)
 }
 
-/** Handles one raw wire message ({id, method, params}); never throws. */
-export async function dispatchRequest(backend: ApiFunctions, raw: unknown): Promise<ApiResponse> {
-  const id = typeof (raw as { id?: unknown })?.id === 'number' ? (raw as { id: number }).id : -1
+/** Handles one checked request; never throws. */
+export async function dispatchChecked(backend: ApiFunctions, request: ApiRequest): Promise<ApiResponse> {
   try {
-    const request = validateRequest(raw)
-    const result = await callBackend(backend, request.method, request.params)
-    return { id: request.id, ok: true, result }
+    return { id: request.id, ok: true, result: await callBackend(backend, request.method, request.params) }
   } catch (err) {
+    return { id: request.id, ok: false, error: toApiError(err) }
+  }
+}
+
+/** Handles one raw wire message ({id, method, params}) from an untrusted peer; never throws. */
+export async function dispatchRequest(backend: ApiFunctions, raw: unknown): Promise<ApiResponse> {
+  let request: ApiRequest
+  try {
+    request = parseApiRequest(raw)
+  } catch (err) {
+    const id = typeof (raw as { id?: unknown })?.id === 'number' ? (raw as { id: number }).id : -1
     return { id, ok: false, error: toApiError(err) }
   }
+  return dispatchChecked(backend, request)
 }

@@ -7,7 +7,7 @@
 import { Worker } from 'node:worker_threads'
 import type { ApiEvent, ApiFunctions, ApiMethod, ApiParams, ApiResult, ServerMessage } from '../worker/api/contract'
 import type { ApiBackend } from './api-dispatcher'
-import { API_METHODS } from './api-validation'
+import { API_METHOD_NAMES } from '../worker/api/method-names'
 import type { EngineThreadData } from './engine.worker'
 
 export interface EngineThread extends ApiBackend {
@@ -89,7 +89,7 @@ export function startEngineThread(options: EngineThreadOptions): EngineThread {
     })
   }
 
-  const methods = Object.fromEntries(API_METHODS.map((m) => [m, (params: unknown) => call(m, params as never)])) as unknown as ApiFunctions
+  const methods = Object.fromEntries(API_METHOD_NAMES.map((m) => [m, (params: unknown) => call(m, params as never)])) as unknown as ApiFunctions
 
   return {
     ...methods,

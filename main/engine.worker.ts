@@ -6,12 +6,14 @@
  *
  * Protocol: the parent posts ApiRequest values ({id, method, params}) or {kind: 'shutdown'};
  * this thread posts ServerMessage values (responses and events), and {kind: 'shutdown-done'}.
+ * The parent is this process's own transport, which has already checked every request against
+ * the API's schemas; they are not checked a second time here.
  */
 import { dirname, join } from 'node:path'
 import { parentPort, workerData } from 'node:worker_threads'
-import type { DefaultModelInfo, ServerMessage } from '../worker/api/contract'
+import type { ApiRequest, DefaultModelInfo, ServerMessage } from '../worker/api/contract'
 import { EngineService } from '../worker/api/engine-service'
-import { dispatchRequest } from './api-dispatcher'
+import { dispatchChecked } from './api-dispatcher'
 import { RecentModelsFile } from './recent-models'
 import { EvalRunsFile, RUNS_FILE_NAME } from './runs-store'
 
@@ -43,5 +45,5 @@ port.on('message', (message: unknown) => {
     void engine.close().finally(() => port.postMessage({ kind: 'shutdown-done' }))
     return
   }
-  void dispatchRequest(engine, message).then((response) => post({ kind: 'response', ...response }))
+  void dispatchChecked(engine, message as ApiRequest).then((response) => post({ kind: 'response', ...response }))
 })

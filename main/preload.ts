@@ -1,27 +1,20 @@
 /**
- * The only bridge between the sandboxed renderer and the app: `window.quantscope`, one typed
- * function per API method (each checks its arguments before anything crosses IPC), an event
- * subscription, the dropped-file path helper and the native open dialog. No ipcRenderer, no
- * Node, nothing else is exposed.
+ * The only bridge between the sandboxed renderer and the app: `window.quantscope`, one function
+ * per API method (it forwards the call; the main process checks the parameters against the
+ * API's schemas), an event subscription, the dropped-file path helper and the native open
+ * dialog. No ipcRenderer, no Node, nothing else is exposed. Kept tiny on purpose: no schema
+ * library is bundled here.
  */
 import { contextBridge, ipcRenderer, webUtils, type IpcRendererEvent } from 'electron'
-import type { ApiEvent, ApiMethod, ApiOutcome, QuantscopeBridge } from '../worker/api/contract'
-import { API_METHODS, validateParams } from './api-validation'
+import type { ApiEvent, ApiOutcome, QuantscopeBridge } from '../worker/api/contract'
+import { API_METHOD_NAMES, type ApiMethodName } from '../worker/api/method-names'
 import { IPC_CHOOSE_MODEL_PATH, IPC_EVENT_CHANNEL, ipcMethodChannel } from './ipc-channels'
 
-function method(name: ApiMethod) {
-  return async (params: unknown): Promise<ApiOutcome<unknown>> => {
-    let clean: unknown
-    try {
-      clean = validateParams(name, params)
-    } catch (err) {
-      return { ok: false, error: { name: 'BadRequest', message: (err as Error).message } }
-    }
-    return ipcRenderer.invoke(ipcMethodChannel(name), clean) as Promise<ApiOutcome<unknown>>
-  }
+function method(name: ApiMethodName) {
+  return (params: unknown): Promise<ApiOutcome<unknown>> => ipcRenderer.invoke(ipcMethodChannel(name), params) as Promise<ApiOutcome<unknown>>
 }
 
-const methods = Object.fromEntries(API_METHODS.map((name) => [name, method(name)]))
+const methods = Object.fromEntries(API_METHOD_NAMES.map((name) => [name, method(name)]))
 
 const bridge = {
   ...methods,

@@ -6,8 +6,11 @@
 import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
+import * as v from 'valibot'
 import type { RecentModel } from '../worker/api/contract'
 import type { RecentModelsBackend } from '../worker/api/engine-service'
+import { describeIssue } from '../worker/api/parse-request'
+import { recentModelSchema } from '../worker/api/schemas'
 
 const MAX_RECENT = 12
 
@@ -20,7 +23,11 @@ export class RecentModelsFile implements RecentModelsBackend {
   /** Writes are chained so two quick opens never interleave a read-modify-write. */
   private queue: Promise<unknown> = Promise.resolve()
 
-  constructor(readonly file: string) {}
+  constructor(
+    readonly file: string,
+    /** Where skipped entries are reported (stderr by default). */
+    private readonly warn: (line: string) => void = (line) => console.warn(line),
+  ) {}
 
   async list(): Promise<RecentModel[]> {
     const entries = await this.read()
@@ -48,14 +55,25 @@ export class RecentModelsFile implements RecentModelsBackend {
     } catch {
       return []
     }
+    let json: unknown
     try {
-      const json: unknown = JSON.parse(text)
-      if (!Array.isArray(json)) return []
-      return json.filter(isRecentModel)
-    } catch {
+      json = JSON.parse(text)
+    } catch (err) {
       // A corrupt file only loses the list; it never stops the app from starting.
+      this.warn(`quantscope: ${this.file} is not valid JSON (${(err as Error).message}); starting with no recent models`)
       return []
     }
+    if (!Array.isArray(json)) {
+      this.warn(`quantscope: ${this.file} does not hold a list; starting with no recent models`)
+      return []
+    }
+    const entries: RecentModel[] = []
+    json.forEach((item, i) => {
+      const r = v.safeParse(recentModelSchema, item, { abortEarly: true })
+      if (r.success) entries.push(r.output)
+      else this.warn(`quantscope: ${this.file}: skipped entry ${i}: ${describeIssue(r.issues[0], 'the entry')}`)
+    })
+    return entries
   }
 
   private async write(entries: RecentModel[]): Promise<void> {
@@ -64,10 +82,4 @@ export class RecentModelsFile implements RecentModelsBackend {
     await writeFile(tmp, JSON.stringify(entries, null, 2))
     await rename(tmp, this.file)
   }
-}
-
-function isRecentModel(v: unknown): v is RecentModel {
-  if (!v || typeof v !== 'object') return false
-  const e = v as Record<string, unknown>
-  return typeof e.path === 'string' && typeof e.name === 'string' && typeof e.openedAt === 'number'
 }

@@ -8,8 +8,11 @@
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
+import * as v from 'valibot'
 import type { EvalRun } from '../worker/api/contract'
 import type { EvalRunsBackend } from '../worker/api/evaluate-service'
+import { describeIssue } from '../worker/api/parse-request'
+import { evalRunSchema, runsDocumentSchema } from '../worker/api/schemas'
 
 export const RUNS_FILE_NAME = 'eval-runs.json'
 const MAX_RUNS_PER_MODEL = 200
@@ -26,6 +29,8 @@ export class EvalRunsFile implements EvalRunsBackend {
   constructor(
     readonly file: string,
     private readonly maxPerModel = MAX_RUNS_PER_MODEL,
+    /** Where skipped records are reported (stderr by default). */
+    private readonly warn: (line: string) => void = (line) => console.warn(line),
   ) {}
 
   async list(modelPath: string): Promise<EvalRun[]> {
@@ -53,19 +58,29 @@ export class EvalRunsFile implements EvalRunsBackend {
     } catch {
       return { version: 1, models: {} }
     }
+    // A corrupt file or record only loses those runs; it never stops an evaluation or the app.
+    let json: unknown
     try {
-      const json = JSON.parse(text) as { models?: unknown }
-      const models: Record<string, EvalRun[]> = {}
-      if (json && typeof json.models === 'object' && json.models !== null && !Array.isArray(json.models)) {
-        for (const [path, runs] of Object.entries(json.models as Record<string, unknown>)) {
-          if (Array.isArray(runs)) models[path] = runs.filter(isEvalRun)
-        }
-      }
-      return { version: 1, models }
-    } catch {
-      // A corrupt file only loses the runs; it never stops an evaluation or the app.
+      json = JSON.parse(text)
+    } catch (err) {
+      this.warn(`quantscope: ${this.file} is not valid JSON (${(err as Error).message}); its runs are not listed`)
       return { version: 1, models: {} }
     }
+    const doc = v.safeParse(runsDocumentSchema, json, { abortEarly: true })
+    if (!doc.success) {
+      this.warn(`quantscope: ${this.file} is not a runs file: ${describeIssue(doc.issues[0], 'the document')}; its runs are not listed`)
+      return { version: 1, models: {} }
+    }
+    const models: Record<string, EvalRun[]> = {}
+    for (const [path, records] of Object.entries(doc.output.models)) {
+      models[path] = []
+      records.forEach((record, i) => {
+        const run = v.safeParse(evalRunSchema, record, { abortEarly: true })
+        if (run.success) models[path]!.push(run.output)
+        else this.warn(`quantscope: ${this.file}: skipped run ${i} of ${path}: ${describeIssue(run.issues[0], 'the run')}`)
+      })
+    }
+    return { version: 1, models }
   }
 
   private async write(doc: RunsDocument): Promise<void> {
@@ -74,23 +89,4 @@ export class EvalRunsFile implements EvalRunsBackend {
     await writeFile(tmp, JSON.stringify(doc, null, 1))
     await rename(tmp, this.file)
   }
-}
-
-/** Enough of an EvalRun that the runs table can show it (older or hand-edited entries are skipped). */
-function isEvalRun(v: unknown): v is EvalRun {
-  if (!v || typeof v !== 'object') return false
-  const r = v as Record<string, unknown>
-  return (
-    typeof r.id === 'string' &&
-    typeof r.modelPath === 'string' &&
-    typeof r.createdAt === 'number' &&
-    typeof r.ppl === 'number' &&
-    typeof r.ctx === 'number' &&
-    typeof r.tokens === 'number' &&
-    typeof r.variantLabel === 'string' &&
-    typeof r.variant === 'object' &&
-    r.variant !== null &&
-    typeof r.text === 'object' &&
-    r.text !== null
-  )
 }

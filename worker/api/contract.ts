@@ -2,19 +2,25 @@
  * The one API contract between the Quantscope UI and the engine. Both transports carry it
  * unchanged: Electron IPC (preload `window.quantscope`, main/ipc-transport.ts) and the
  * browser-mode WebSocket (main/browser/host.ts). Pure types only, so the renderer can import
- * it without pulling in any Node code.
+ * it without pulling in any Node code or the schema library: the parameter types are derived
+ * from the valibot schemas in schemas.ts, which the transports check every call against.
  *
  * Every method is a request with one response. Long methods (statistics, evaluation,
  * generation) are jobs: the caller picks a `jobId`, receives `job-progress` events for it
  * while it runs, and may call `cancelJob`; the response then fails with `cancelled: true`.
  */
+import type * as v from 'valibot'
 import type { ModelConfig, ModelFormatId } from '../formats/contract'
+import type { KldBaseMode, KldSummary } from '../inference/kld-types'
+import type { LinearRole } from '../model/logical-model'
 import type { OrientedTensorStats, StatsOptions, StatsOrientation, TensorStats } from '../stats/stats-types'
+import type { ApiMethodName } from './method-names'
+import type * as schemas from './schemas'
 
-export type { ModelConfig, ModelFormatId, OrientedTensorStats, StatsOptions, StatsOrientation, TensorStats }
+export type { KldBaseMode, KldSummary, LinearRole, ModelConfig, ModelFormatId, OrientedTensorStats, StatsOptions, StatsOrientation, TensorStats }
 
-/** Linear roles of a transformer block, in the order the layer grid shows them. */
-export type LinearRole = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down'
+/** Parameters of a method as its schema (worker/api/schemas.ts) outputs them. */
+type ParamsOf<M extends ApiMethodName> = v.InferOutput<schemas.ApiParamSchemas[M]>
 
 /** Scalar statistics the layer grid can colour cells by. */
 export type GridStatistic = 'absmax' | 'kurtosis' | 'std' | 'mean' | 'zeros'
@@ -90,13 +96,7 @@ export interface ModelSummary {
   metadata: { key: string; value: string }[]
 }
 
-export interface RecentModel {
-  path: string
-  name: string
-  format: ModelFormatId | null
-  /** Milliseconds since the epoch. */
-  openedAt: number
-}
+export type RecentModel = v.InferOutput<typeof schemas.recentModelSchema>
 
 export interface DefaultModelInfo {
   /** Model to open at start-up, or null when there is none. */
@@ -130,7 +130,7 @@ export interface LayerGridStats {
 }
 
 /** onnxruntime builds the inference engine can run on: WASM everywhere, native CPU where it loads. */
-export type InferenceBackendId = 'wasm' | 'native'
+export type InferenceBackendId = v.InferOutput<typeof schemas.backendSchema>
 
 export interface InferenceBackendInfo {
   id: InferenceBackendId
@@ -141,14 +141,14 @@ export interface InferenceBackendInfo {
 }
 
 /** The text to evaluate: the shipped held-out text (resources/eval/heldout.txt) or a text file. */
-export type EvalTextRef = { kind: 'heldout' } | { kind: 'file'; path: string }
+export type EvalTextRef = v.InferOutput<typeof schemas.evalTextRefSchema>
 
 /**
  * Which weights to run: a variant the engine lists for the open model ('base' is the model as
  * stored; quantized variants join the list as the quantizers arrive), or another model file
  * with the same tokenizer (e.g. a quantized export).
  */
-export type VariantRef = { kind: 'listed'; id: string } | { kind: 'model'; path: string }
+export type VariantRef = v.InferOutput<typeof schemas.variantRefSchema>
 
 export interface VariantInfo {
   id: string
@@ -156,53 +156,10 @@ export interface VariantInfo {
   description: string
 }
 
-/** KL divergence of a run against the base model on the same windows. */
-export interface EvalKld {
-  /** Mean KL(base ‖ variant) per predicted token, nats. */
-  mean: number
-  median: number
-  p99: number
-  /** Fraction of predicted positions where both models' top-1 token agree. */
-  top1: number
-  basePpl: number
-  /** ppl(variant) − ppl(base). */
-  deltaPpl: number
-  /** Where the base log-probs came from: 'cache-read', 'cache-write' or 'recompute'. */
-  baseSource: string
-}
+/** One perplexity evaluation, as the runs table shows it and as it is kept per model (fields: schemas.ts). */
+export type EvalRun = v.InferOutput<typeof schemas.evalRunSchema>
 
-/** One perplexity evaluation, as the runs table shows it and as it is kept per model. */
-export interface EvalRun {
-  id: string
-  /** The model the run belongs to (runs are kept per model path). */
-  modelPath: string
-  /** Milliseconds since the epoch. */
-  createdAt: number
-  variant: VariantRef
-  variantLabel: string
-  text: EvalTextRef
-  /** 'held-out text' or the file's name. */
-  textLabel: string
-  ctx: number
-  /** The limit asked for (null: every window of the text). */
-  maxWindows: number | null
-  windows: number
-  /** Tokens evaluated: windows × ctx. */
-  tokens: number
-  /** Tokens of the whole text. */
-  textTokens: number
-  backend: InferenceBackendId
-  threads: number
-  ppl: number
-  /** Mean NLL per predicted token, nats. */
-  nll: number
-  kld: EvalKld | null
-  /** Wall time, loading included. */
-  seconds: number
-  tokensPerSecond: number
-}
-
-export type SamplingSettings = { kind: 'greedy' } | { kind: 'sample'; temperature: number; topP: number; seed: number }
+export type SamplingSettings = v.InferOutput<typeof schemas.samplingSchema>
 
 export interface GeneratedOutput {
   variant: VariantRef
@@ -228,53 +185,38 @@ export interface GenerateComparison {
   seconds: number
 }
 
-export interface EvaluateParams {
-  jobId: string
-  modelId: string
-  text: EvalTextRef
-  ctx: number
-  maxWindows?: number
-  backend: InferenceBackendId
-  /** Also measure KL divergence and top-1 agreement against the base model. */
-  kld?: boolean
-  /** Default: the base model. */
-  variant?: VariantRef
-}
+export type EvaluateParams = ParamsOf<'evaluate'>
 
-export interface GenerateParams {
-  jobId: string
-  modelId: string
-  prompt: string
-  maxTokens: number
-  sampling: SamplingSettings
-  /** The variants to compare (the UI sends two), all from the same prompt and seed. */
-  variants: VariantRef[]
-  backend?: InferenceBackendId
-}
+export type GenerateParams = ParamsOf<'generate'>
 
 /** Method table: params and result of every call. */
 export interface ApiMethods {
-  openModel: { params: { path: string }; result: ModelSummary }
-  closeModel: { params: { modelId: string }; result: { closed: boolean } }
-  listRecent: { params: Record<string, never>; result: RecentModel[] }
-  defaultModelPath: { params: Record<string, never>; result: DefaultModelInfo }
+  openModel: { params: ParamsOf<'openModel'>; result: ModelSummary }
+  closeModel: { params: ParamsOf<'closeModel'>; result: { closed: boolean } }
+  listRecent: { params: ParamsOf<'listRecent'>; result: RecentModel[] }
+  defaultModelPath: { params: ParamsOf<'defaultModelPath'>; result: DefaultModelInfo }
   tensorStats: {
-    params: { modelId: string; tensor: string; options?: Partial<StatsOptions>; jobId: string }
+    params: ParamsOf<'tensorStats'>
     /** In HF orientation ([out, in], HF row order) whatever the format stored; `orientation` says what changed. */
     result: OrientedTensorStats
   }
-  layerGridStats: { params: { modelId: string; jobId: string }; result: LayerGridStats }
-  cancelJob: { params: { jobId: string }; result: { cancelled: boolean } }
+  layerGridStats: { params: ParamsOf<'layerGridStats'>; result: LayerGridStats }
+  cancelJob: { params: ParamsOf<'cancelJob'>; result: { cancelled: boolean } }
   /** Perplexity (and optionally KLD) of a variant on a text; the run is kept for the model. */
   evaluate: { params: EvaluateParams; result: EvalRun }
   /** The same prompt continued by several variants, side by side. */
   generate: { params: GenerateParams; result: GenerateComparison }
-  listBackends: { params: Record<string, never>; result: InferenceBackendInfo[] }
+  listBackends: { params: ParamsOf<'listBackends'>; result: InferenceBackendInfo[] }
   /** Runs kept for the model's path, newest first (they survive restarts). */
-  listRuns: { params: { modelId: string }; result: EvalRun[] }
+  listRuns: { params: ParamsOf<'listRuns'>; result: EvalRun[] }
   /** Variants of the model evaluation and generation can run ('base' first). */
-  listVariants: { params: { modelId: string }; result: VariantInfo[] }
+  listVariants: { params: ParamsOf<'listVariants'>; result: VariantInfo[] }
 }
+
+// Every method of the table has a schema and every schema a method: otherwise this fails to compile.
+type ExactKeys<A, B> = [Exclude<keyof A, keyof B>, Exclude<keyof B, keyof A>] extends [never, never] ? true : false
+type Assert<T extends true> = T
+export type MethodsMatchSchemas = Assert<ExactKeys<ApiMethods, schemas.ApiParamSchemas>>
 
 export type ApiMethod = keyof ApiMethods
 export type ApiParams<M extends ApiMethod> = ApiMethods[M]['params']

@@ -30,15 +30,8 @@ import { ModelFormatError } from '../common/errors'
 import { openModel } from '../formats/open-model'
 import { classifyTensor, describeModel, LINEAR_ROLES, type LogicalModel } from '../model/logical-model'
 import { StatsService } from '../stats/stats-service'
+import { EngineError } from './errors'
 import { EvaluateService, type EvalRunsBackend, type InferenceApi, type VariantCatalog } from './evaluate-service'
-
-/** Errors of the service itself (bad ids, jobs); their `name` reaches the UI. */
-export class EngineError extends Error {
-  constructor(name: 'NotFound' | 'BadRequest' | 'Unsupported', message: string) {
-    super(message)
-    this.name = name
-  }
-}
 
 /** The part of StatsService the engine uses (a fake can stand in for tests). */
 export interface StatsBackend {

@@ -23,6 +23,7 @@ import type {
   VariantRef,
 } from './contract'
 import { availableBackends, evalPerplexity, generate } from '../inference/inference-service'
+import { EngineError } from './errors'
 import type { InferenceProgress, VariantSpec } from '../inference/inference-protocol'
 
 /** The part of the inference service used here (a fake can stand in for tests). */
@@ -82,13 +83,6 @@ export type JobProgress = (done: number, total: number, detail?: JobProgressDeta
 
 /** Runs one job under a jobId: progress events, cancel, a finished event (EngineService.runJob). */
 export type JobRunner = <T>(jobId: string, work: (hooks: { onProgress: JobProgress; signal: AbortSignal }) => Promise<T>) => Promise<T>
-
-export class EvaluateError extends Error {
-  constructor(name: 'NotFound' | 'BadRequest', message: string) {
-    super(message)
-    this.name = name
-  }
-}
 
 // Two levels up from worker/api/ in the sources and from out/main/ in a build: the app root.
 const DEFAULT_HELDOUT = fileURLToPath(new URL('../../resources/eval/heldout.txt', import.meta.url))
@@ -298,7 +292,7 @@ export class EvaluateService {
   private async resolveVariant(model: ModelHandle, ref: VariantRef): Promise<{ label: string; spec?: VariantSpec }> {
     if (ref.kind === 'model') return { label: basename(ref.path), spec: { model: resolve(ref.path) } }
     const entry = (await this.variantEntries(model)).find((v) => v.id === ref.id)
-    if (!entry) throw new EvaluateError('NotFound', `model ${model.summary.name} has no variant '${ref.id}'`)
+    if (!entry) throw new EngineError('NotFound', `model ${model.summary.name} has no variant '${ref.id}'`)
     return { label: entry.label, spec: entry.spec }
   }
 
@@ -306,7 +300,7 @@ export class EvaluateService {
     if (text.kind === 'file') return resolve(text.path)
     const file = this.heldoutText
     const info = await stat(file).catch(() => null)
-    if (!info?.isFile()) throw new EvaluateError('NotFound', `the shipped held-out text is missing: ${file}`)
+    if (!info?.isFile()) throw new EngineError('NotFound', `the shipped held-out text is missing: ${file}`)
     return file
   }
 }

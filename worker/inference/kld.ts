@@ -16,6 +16,7 @@ import {
   type CachedWindow,
 } from './logprob-cache'
 import type { WeightOverrides } from './weights'
+import type { KldBaseMode, KldSummary } from './kld-types'
 
 /**
  * The base (unquantized) side of a KL-divergence evaluation: per window its log-probabilities
@@ -38,7 +39,7 @@ export interface KldOptions {
   cacheBudgetBytes?: number
 }
 
-export type KldBaseMode = 'cache-read' | 'cache-write' | 'recompute'
+export type { KldBaseMode, KldSummary }
 
 /** Base data of consecutive windows; `logprobs` is all of theirs, [windows, ctx, vocab]. */
 export interface BaseBatch {
@@ -52,20 +53,6 @@ export interface KldBaseSource {
   /** Windows first … first + tokens.length − 1, in order. */
   windows(first: number, tokens: number[][]): Promise<BaseBatch>
   close(): Promise<void>
-}
-
-export interface KldSummary {
-  /** Mean KL(base ‖ model) per predicted token, nats. */
-  mean: number
-  median: number
-  p99: number
-  /** Fraction of predicted positions where both models' top-1 token agree. */
-  top1: number
-  basePpl: number
-  /** ppl(model) − ppl(base). */
-  deltaPpl: number
-  /** Where the base log-probs came from. */
-  baseSource: KldBaseMode
 }
 
 export const DEFAULT_CACHE_BUDGET = 4 * 2 ** 30

@@ -1,0 +1,215 @@
+/**
+ * The API's parameters, and the records the app keeps on disk, defined once as valibot
+ * schemas. contract.ts derives its TypeScript types from them (type-only, so the UI never
+ * bundles valibot); the transports check every incoming call against `apiParamSchemas` once,
+ * at their edge (parse-request.ts); the recent-models and runs files are read through the
+ * same schemas, record by record.
+ *
+ * Messages are written to follow the key's path: parse-request.ts prints
+ * "evaluate: 'ctx' must be an integer in [2, 32768]".
+ *
+ * Unknown keys in a call are refused (strict objects), so a misspelt optional key is an error
+ * instead of a silently ignored setting. Records read from files are lenient about unknown
+ * keys (a newer version may have added one) but strict about the ones they need.
+ */
+import * as v from 'valibot'
+import type { ModelFormatId } from '../formats/contract'
+import { KLD_BASE_MODES, type KldSummary } from '../inference/kld-types'
+import type { ApiMethodName } from './method-names'
+
+/** Limits of what a call may ask for: far beyond what the UI offers, well short of absurd. */
+export const API_LIMITS = {
+  /** Paths and ids. */
+  string: 4096,
+  /** Prompts may be longer than paths and ids. */
+  prompt: 32_768,
+  ctx: 32_768,
+  windows: 1_000_000,
+  newTokens: 4096,
+  variants: 4,
+  bins: [2, 4096],
+  topK: [0, 1024],
+  heatmapSize: [1, 512],
+} as const
+
+/** A path or id: non-empty, bounded, no NUL (which the file system would cut the path at). */
+function name() {
+  const nonEmpty = 'must be a non-empty string'
+  return v.pipe(
+    v.string(nonEmpty),
+    v.minLength(1, nonEmpty),
+    v.maxLength(API_LIMITS.string, `is longer than ${API_LIMITS.string} characters`),
+    v.check((s) => !s.includes('\0'), 'contains a NUL character'),
+  )
+}
+
+function integer(lo: number, hi: number) {
+  const message = `must be an integer in [${lo}, ${hi}]`
+  return v.pipe(v.number(message), v.integer(message), v.minValue(lo, message), v.maxValue(hi, message))
+}
+
+/** A finite number in the half-open interval (lo, hi]. */
+function aboveUpTo(lo: number, hi: number) {
+  const message = `must be a number in (${lo}, ${hi}]`
+  return v.pipe(v.number(message), v.finite(message), v.gtValue(lo, message), v.maxValue(hi, message))
+}
+
+export const backendSchema = v.picklist(['wasm', 'native'], "must be 'wasm' or 'native'")
+
+export const evalTextRefSchema = v.variant(
+  'kind',
+  [v.strictObject({ kind: v.literal('heldout') }), v.strictObject({ kind: v.literal('file'), path: name() })],
+  "must be 'heldout' or 'file'",
+)
+
+/**
+ * Which weights to run: a variant the engine lists for the open model ('base' is the model as
+ * stored), or another model file with the same tokenizer (e.g. a quantized export).
+ */
+export const variantRefSchema = v.variant(
+  'kind',
+  [v.strictObject({ kind: v.literal('listed'), id: name() }), v.strictObject({ kind: v.literal('model'), path: name() })],
+  "must be 'listed' or 'model'",
+)
+
+export const samplingSchema = v.variant(
+  'kind',
+  [
+    v.strictObject({ kind: v.literal('greedy') }),
+    v.strictObject({
+      kind: v.literal('sample'),
+      temperature: aboveUpTo(0, 100),
+      topP: aboveUpTo(0, 1),
+      seed: integer(0, 2 ** 32 - 1),
+    }),
+  ],
+  "must be 'greedy' or 'sample'",
+)
+
+export const statsOptionsSchema = v.strictObject({
+  bins: v.optional(integer(...API_LIMITS.bins)),
+  topK: v.optional(integer(...API_LIMITS.topK)),
+  heatmapSize: v.optional(integer(...API_LIMITS.heatmapSize)),
+})
+
+const noParams = v.strictObject({})
+
+export const evaluateParamsSchema = v.strictObject({
+  jobId: name(),
+  modelId: name(),
+  text: evalTextRefSchema,
+  ctx: integer(2, API_LIMITS.ctx),
+  maxWindows: v.optional(integer(1, API_LIMITS.windows)),
+  backend: backendSchema,
+  /** Also measure KL divergence and top-1 agreement against the base model. */
+  kld: v.optional(v.boolean('must be a boolean')),
+  /** Default: the base model. */
+  variant: v.optional(variantRefSchema),
+})
+
+const variantsMessage = `must be a list of 1 to ${API_LIMITS.variants} variants`
+
+export const generateParamsSchema = v.strictObject({
+  jobId: name(),
+  modelId: name(),
+  prompt: v.pipe(
+    v.string('must be a non-empty string'),
+    v.minLength(1, 'must be a non-empty string'),
+    v.maxLength(API_LIMITS.prompt, `is longer than ${API_LIMITS.prompt} characters`),
+  ),
+  maxTokens: integer(1, API_LIMITS.newTokens),
+  sampling: samplingSchema,
+  /** The variants to compare (the UI sends two), all from the same prompt and seed. */
+  variants: v.pipe(
+    v.array(variantRefSchema, variantsMessage),
+    v.minLength(1, variantsMessage),
+    v.maxLength(API_LIMITS.variants, variantsMessage),
+  ),
+  backend: v.optional(backendSchema),
+})
+
+/** Every method's parameters. Keyed by exactly the names in method-names.ts. */
+export const apiParamSchemas = {
+  openModel: v.strictObject({ path: name() }),
+  closeModel: v.strictObject({ modelId: name() }),
+  listRecent: noParams,
+  defaultModelPath: noParams,
+  tensorStats: v.strictObject({ modelId: name(), tensor: name(), jobId: name(), options: v.optional(statsOptionsSchema) }),
+  layerGridStats: v.strictObject({ modelId: name(), jobId: name() }),
+  cancelJob: v.strictObject({ jobId: name() }),
+  evaluate: evaluateParamsSchema,
+  generate: generateParamsSchema,
+  listBackends: noParams,
+  listRuns: v.strictObject({ modelId: name() }),
+  listVariants: v.strictObject({ modelId: name() }),
+} satisfies { [M in ApiMethodName]: v.GenericSchema }
+
+export type ApiParamSchemas = typeof apiParamSchemas
+
+// ---- Records kept on disk -------------------------------------------------------------
+
+const num = () => v.number('must be a number')
+const str = () => v.string('must be a string')
+
+/** A format id as stored; the format registry, not this file, knows the list. */
+const formatIdSchema = v.custom<ModelFormatId>((x) => typeof x === 'string' && x.length > 0 && x.length <= 64, 'must be a format id')
+
+export const recentModelSchema = v.object({
+  path: name(),
+  name: str(),
+  format: v.nullable(formatIdSchema),
+  /** Milliseconds since the epoch. */
+  openedAt: num(),
+})
+
+export const kldSummarySchema = v.object({
+  mean: num(),
+  median: num(),
+  p99: num(),
+  top1: num(),
+  basePpl: num(),
+  deltaPpl: num(),
+  baseSource: v.picklist(KLD_BASE_MODES, `must be one of ${KLD_BASE_MODES.join(', ')}`),
+})
+
+/** One perplexity evaluation, as the runs table shows it and as it is kept per model. */
+export const evalRunSchema = v.object({
+  id: name(),
+  /** The model the run belongs to (runs are kept per model path). */
+  modelPath: name(),
+  /** Milliseconds since the epoch. */
+  createdAt: num(),
+  variant: variantRefSchema,
+  variantLabel: str(),
+  text: evalTextRefSchema,
+  /** 'held-out text' or the file's name. */
+  textLabel: str(),
+  ctx: num(),
+  /** The limit asked for (null: every window of the text). */
+  maxWindows: v.nullable(num()),
+  windows: num(),
+  /** Tokens evaluated: windows × ctx. */
+  tokens: num(),
+  /** Tokens of the whole text. */
+  textTokens: num(),
+  backend: backendSchema,
+  threads: num(),
+  ppl: num(),
+  /** Mean NLL per predicted token, nats. */
+  nll: num(),
+  kld: v.nullable(kldSummarySchema),
+  /** Wall time, loading included. */
+  seconds: num(),
+  tokensPerSecond: num(),
+})
+
+/** The runs file: { "version": 1, "models": { "/abs/model/path": [EvalRun, …] } }, runs checked one by one. */
+export const runsDocumentSchema = v.object({
+  version: v.optional(v.literal(1)),
+  models: v.record(v.string(), v.array(v.unknown(), 'must be a list of runs'), 'must be an object'),
+})
+
+// The summary inference computes and the schema of what is stored must stay the same type.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false
+const kldSchemaMatchesEngine: Same<v.InferOutput<typeof kldSummarySchema>, KldSummary> = true
+void kldSchemaMatchesEngine
