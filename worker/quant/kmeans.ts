@@ -34,7 +34,8 @@ export type KMeansParams = v.InferOutput<typeof kmeansSchema>
 
 /** Outliers kept per row: ⌈fraction·cols⌉ (the epsilon keeps 0.005·1000 at 5, not 6). */
 export function outliersPerRow(cols: number, fraction: number): number {
-  return Math.min(cols, Math.ceil(fraction * cols - 1e-9))
+  // `+ 0` turns ceil's −0 (for fraction 0) into 0, so byte counts are never −0.
+  return Math.min(cols, Math.max(0, Math.ceil(fraction * cols - 1e-9)) + 0)
 }
 
 export function outlierIndexBytes(cols: number): number {
