@@ -23,18 +23,26 @@ interface Frame {
 export function findDuplicateKey(text: string): string[] | null {
   const stack: Frame[] = []
   const n = text.length
+  // Position of the next backslash at or after the cursor (-1: none left), kept up to date
+  // lazily so strings are skipped with indexOf rather than character by character.
+  let nextBackslash = text.indexOf('\\')
   for (let i = 0; i < n; i++) {
     const c = text.charCodeAt(i)
     if (c === QUOTE) {
       const start = i
-      let escaped = false
-      for (i++; i < n; i++) {
-        const d = text.charCodeAt(i)
-        if (d === BACKSLASH) {
-          escaped = true
-          i++
-        } else if (d === QUOTE) break
+      if (nextBackslash !== -1 && nextBackslash < start) nextBackslash = text.indexOf('\\', start)
+      let end = text.indexOf('"', start + 1)
+      const escaped = nextBackslash !== -1 && nextBackslash < end
+      if (escaped) {
+        // Walk this string to find its real end (an escaped quote does not close it).
+        for (end = start + 1; end < n; end++) {
+          const d = text.charCodeAt(end)
+          if (d === BACKSLASH) end++
+          else if (d === QUOTE) break
+        }
+        nextBackslash = text.indexOf('\\', end)
       }
+      i = end
       const top = stack[stack.length - 1]
       if (top?.keys && top.expectKey) {
         const key = escaped ? (JSON.parse(text.slice(start, i + 1)) as string) : text.slice(start + 1, i)
