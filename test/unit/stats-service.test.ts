@@ -68,7 +68,8 @@ afterAll(async () => {
 describe('StatsService', () => {
   it('computes every tensor on 2 threads, matching float64; progress in bytes; second call hits the cache', async () => {
     const cacheDir = join(dir, 'cache')
-    const svc = new StatsService({ threads: 2, cacheDir })
+    // diskMinTensorBytes 0: these test tensors are small, keep them on disk anyway.
+    const svc = new StatsService({ threads: 2, cacheDir, diskMinTensorBytes: 0 })
     try {
       const progress: [number, number][] = []
       const names = SPECS.map((s) => s.name)
@@ -93,13 +94,13 @@ describe('StatsService', () => {
       const other = await svc.computeTensorStats(modelPath, names[0]!, { ...OPTS, bins: 7 })
       expect(other.histogram.counts.length).toBe(7)
       expect(svc.counters.computed).toBe(SPECS.length + 1)
-      expect((await readdir(cacheDir)).filter((f) => f.endsWith('.json')).length).toBe(SPECS.length + 1)
+      expect((await readdir(cacheDir)).filter((f) => f.endsWith('.qsc')).length).toBe(SPECS.length + 1)
     } finally {
       await svc.close()
     }
 
     // A fresh service (a restart) finds the results on disk.
-    const svc2 = new StatsService({ threads: 1, cacheDir })
+    const svc2 = new StatsService({ threads: 1, cacheDir, diskMinTensorBytes: 0 })
     try {
       const s = await svc2.computeTensorStats(modelPath, SPECS[3]!.name, OPTS)
       const [rows, cols] = rowsCols(SPECS[3]!)

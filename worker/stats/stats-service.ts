@@ -1,25 +1,26 @@
-import { createHash } from 'node:crypto'
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
-import type { Worker } from 'node:worker_threads'
+import { resolve } from 'node:path'
 import { ModelFormatError } from '../common/errors'
-import { spawnEngineWorker } from '../jobs/spawn-worker'
+import { elementCount, matrixShape } from '../formats/contract'
+import { abortError, withAbort } from '../jobs/abort'
+import { WorkerPool } from '../jobs/pool'
+import { DEFAULT_STATS_CACHE_BYTES, StatsDiskCache, statsCacheBytesFromEnv } from './disk-cache'
+import { MemoryLru } from './memory-cache'
 import { resolveStatsOptions, unpackTensorStats, type StatsKernelKind } from './stats-accumulator'
-import {
-  deserializeError,
-  modelFingerprint,
-  type ModelSummary,
-  type StatsWorkerMessage,
-  type StatsWorkerRequest,
-} from './stats-protocol'
+import { modelFingerprint, type StatsJobs, type StatsModelSummary } from './stats-protocol'
 import type { StatsOptions, TensorStats } from './stats-types'
-import { abortError } from './tensor-stats'
+import { emptyStats } from './tensor-stats'
 
 export interface StatsServiceOptions {
   /** Worker threads in the pool (default 2). */
   threads?: number
-  /** Folder for the on-disk JSON cache; none when omitted. */
+  /** Folder for the on-disk cache (made private: mode 0700, see worker/io/private-dir.ts); none when omitted. */
   cacheDir?: string
+  /** Bound of the disk cache in bytes (default: $QUANTSCOPE_STATS_CACHE_BYTES, else 1 GiB). */
+  diskCacheBytes?: number
+  /** Tensors stored in fewer bytes than this are recomputed rather than kept on disk (default 64 KiB). */
+  diskMinTensorBytes?: number
+  /** Bound of the in-memory cache (approximate: 8 bytes per number held; default 256 MiB). */
+  memoryCacheBytes?: number
   /** Kernel the workers use (default: WASM when it loads, else the TS reference). */
   kernel?: StatsKernelKind
 }
@@ -30,71 +31,67 @@ export interface StatsHooks {
   signal?: AbortSignal
 }
 
-/** Bump when TensorStats or any statistic's definition changes: old cache entries then miss. */
-const CACHE_VERSION = 1
-/** In-memory cache budget (approximate: 8 bytes per number held). */
+/** Bump when TensorStats or any statistic's definition changes: old cache keys then miss. */
+const CACHE_KEY_VERSION = 2
 const MEMORY_CACHE_BYTES = 256 << 20
-/** How long a worker gets to stop at a chunk border after 'cancel' before it is terminated. */
-const CANCEL_GRACE_MS = 1000
-/** Jobs posted to one worker at a time: the next tensor is already there when one finishes. */
-const PER_WORKER_DEPTH = 2
-
-type JobRequest = Extract<StatsWorkerRequest, { type: 'describe' } | { type: 'compute' }>
-type Payload = DistributiveOmit<JobRequest, 'jobId'>
-type DistributiveOmit<T, K extends keyof T> = T extends unknown ? Omit<T, K> : never
-
-interface Job {
-  id: number
-  payload: Payload
-  resolve(msg: StatsWorkerMessage): void
-  reject(err: Error): void
-  onProgress(done: number, total: number): void
-  slot: Slot | null
-  /** 'cancel' was sent; the worker's answer (or the kill timer) settles it. */
-  cancelled: boolean
-}
-
-interface Slot {
-  worker: Worker
-  /** Jobs posted to this worker, in the order it runs them (the first one is running). */
-  jobs: Job[]
-  killTimer: NodeJS.Timeout | null
-}
+/**
+ * Reading a cache file costs about what recomputing a tensor this small costs, and thousands
+ * of tiny files would crowd out the entries worth keeping.
+ */
+const DISK_MIN_TENSOR_BYTES = 64 << 10
+/** Tensors smaller than this share one worker job with others, up to the batch limits. */
+const BATCH_TENSOR_BYTES = 256 << 10
+const BATCH_MAX_BYTES = 4 << 20
+const BATCH_MAX_TENSORS = 512
+/** Disk cache lookups in flight at once. */
+const DISK_LOOKUPS = 16
 
 /** A computation shared by every caller that asked for the same cache key meanwhile. */
 interface Shared {
   promise: Promise<TensorStats>
-  listeners: Set<(fraction: number) => void>
-  cancel(): void
+  /** Stored bytes of this tensor done so far, per subscriber. */
+  listeners: Set<(doneBytes: number) => void>
+  /** A subscriber lost interest; the job stops when nobody else is waiting for it. */
+  release(): void
 }
 
 /**
- * Per-tensor statistics off the main thread: a pool of stats workers, results cached in
- * memory per (model bytes, tensor, options) and optionally as JSON files in `cacheDir`.
+ * Per-tensor statistics off the main thread: a WorkerPool of stats workers, results cached in
+ * memory (LRU by bytes) per (model bytes, tensor, options) and optionally on disk
+ * (StatsDiskCache). Requests for a result already being computed share that computation.
+ * Small tensors travel to the workers in batches; tensors without elements need no worker.
  * Results may be shared between callers and the cache: treat them as read-only.
  */
 export class StatsService {
-  private readonly threads: number
-  private readonly cacheDir: string | null
+  private readonly pool: WorkerPool<StatsJobs>
   private readonly kernel: StatsKernelKind | undefined
-  private readonly slots: Slot[] = []
-  private readonly queue: Job[] = []
-  /** Least recently used first. */
-  private readonly memory = new Map<string, { stats: TensorStats; bytes: number }>()
-  private memoryBytes = 0
+  private readonly disk: StatsDiskCache | null
+  private readonly diskMinTensorBytes: number
+  private readonly memory: MemoryLru<TensorStats>
   private readonly inflight = new Map<string, Shared>()
-  private readonly summaries = new Map<string, Promise<ModelSummary>>()
-  private nextId = 1
+  private readonly summaries = new Map<string, Promise<StatsModelSummary>>()
+  /** Results for tensors without elements, one per (shape, options): they only differ in name. */
+  private readonly emptyTemplates = new Map<string, TensorStats>()
   private closed = false
   /** Where results came from since construction (for diagnostics and tests). */
-  readonly counters = { computed: 0, memoryHits: 0, diskHits: 0 }
+  readonly counters = { computed: 0, memoryHits: 0, diskHits: 0, empty: 0, jobs: 0 }
 
   constructor(opts: StatsServiceOptions = {}) {
-    const threads = opts.threads ?? 2
-    if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw new RangeError(`threads must be an integer in [1, 64], got ${threads}`)
-    this.threads = threads
-    this.cacheDir = opts.cacheDir ?? null
     this.kernel = opts.kernel
+    this.pool = new WorkerPool<StatsJobs>({ worker: 'stats', threads: opts.threads, workerData: opts.kernel ? { kernel: opts.kernel } : {} })
+    this.memory = new MemoryLru(opts.memoryCacheBytes ?? MEMORY_CACHE_BYTES, statsBytes)
+    this.diskMinTensorBytes = opts.diskMinTensorBytes ?? DISK_MIN_TENSOR_BYTES
+    this.disk = opts.cacheDir
+      ? new StatsDiskCache(opts.cacheDir, {
+          maxBytes: opts.diskCacheBytes ?? statsCacheBytesFromEnv() ?? DEFAULT_STATS_CACHE_BYTES,
+          onWarning: (message) => console.warn(message),
+        })
+      : null
+  }
+
+  /** The disk cache, when there is one (its folder, counters, why it is disabled). */
+  get diskCache(): StatsDiskCache | null {
+    return this.disk
   }
 
   async computeTensorStats(modelPath: string, tensor: string, options: Partial<StatsOptions> = {}, hooks: StatsHooks = {}): Promise<TensorStats> {
@@ -102,7 +99,11 @@ export class StatsService {
     return all.get(tensor)!
   }
 
-  /** Statistics of `tensors`, spread over the pool, largest first; keys in request order. */
+  /**
+   * Statistics of `tensors`, spread over the pool, largest first; keys in request order.
+   * Cost is linear in the number of tensors: progress keeps a running sum, empty tensors are
+   * answered here, small ones go to the workers in batches.
+   */
   async computeAll(modelPath: string, tensors: string[], options: Partial<StatsOptions> = {}, hooks: StatsHooks = {}): Promise<Map<string, TensorStats>> {
     const { signal, onProgress } = hooks
     if (this.closed) throw new Error('StatsService is closed')
@@ -110,7 +111,7 @@ export class StatsService {
     const opts = resolveStatsOptions(options)
     const path = resolve(modelPath)
     const summary = await withAbort(this.describe(path), signal)
-    const byName = new Map(summary.tensors.map((t) => [t.name, t]))
+    const byName = tensorsByName(summary)
     const names = [...new Set(tensors)]
     for (const name of names) {
       const t = byName.get(name)
@@ -119,45 +120,90 @@ export class StatsService {
     }
 
     const weight = (name: string) => Math.max(1, byName.get(name)!.byteLength)
-    const total = names.reduce((s, n) => s + weight(n), 0)
-    const fraction = new Map<string, number>()
+    let total = 0
+    for (const n of names) total += weight(n)
+    // Running sum of stored bytes done; each tensor only ever moves forward.
+    const doneOf = new Map<string, number>()
+    let done = 0
     let lastReport = -1
+    const advance = (name: string, bytes: number) => {
+      const prev = doneOf.get(name) ?? 0
+      if (bytes <= prev) return
+      doneOf.set(name, bytes)
+      done += bytes - prev
+    }
     const report = () => {
-      if (!onProgress) return
-      let done = 0
-      for (const [n, f] of fraction) done += f * weight(n)
-      if (done !== lastReport) onProgress((lastReport = done), total)
+      if (onProgress && done !== lastReport) onProgress((lastReport = done), total)
     }
 
     const results = new Map<string, TensorStats>()
-    const misses: string[] = []
+    // Tensors answered without a job never reported progress: add their weight directly.
+    const finishNow = (name: string, stats: TensorStats) => {
+      results.set(name, stats)
+      done += weight(name)
+    }
+    const finish = (name: string, stats: TensorStats) => {
+      results.set(name, stats)
+      advance(name, weight(name))
+    }
+    const keyOf = (name: string) => cacheKey(summary, name, opts)
+    const toDisk: string[] = []
+    const rest: string[] = []
     for (const name of names) {
-      const hit = await this.cached(cacheKey(summary, name, opts))
+      const t = byName.get(name)!
+      if (elementCount(t.shape) === 0) {
+        finishNow(name, this.emptyResult(name, t.shape, opts))
+        continue
+      }
+      const hit = this.memory.get(keyOf(name))
       if (hit) {
-        results.set(name, hit)
-        fraction.set(name, 1)
-      } else misses.push(name)
+        this.counters.memoryHits++
+        finishNow(name, hit)
+      } else if (this.disk && t.byteLength >= this.diskMinTensorBytes && !this.inflight.has(keyOf(name))) toDisk.push(name)
+      else rest.push(name)
     }
     report()
+    if (toDisk.length) {
+      await withAbort(
+        forEachLimited(toDisk, DISK_LOOKUPS, async (name) => {
+          const hit = await this.disk!.get(keyOf(name), name)
+          if (!hit) return void rest.push(name)
+          this.counters.diskHits++
+          this.memory.set(keyOf(name), hit)
+          finishNow(name, hit)
+          report()
+        }),
+        signal,
+      )
+    }
     if (signal?.aborted) throw abortError()
 
-    misses.sort((a, b) => weight(b) - weight(a))
-    const unsubscribes: (() => void)[] = []
-    const work = misses.map((name) => {
-      const key = cacheKey(summary, name, opts)
-      const shared = this.shared(key, summary, name, opts)
-      const listener = (f: number) => {
-        fraction.set(name, f)
+    // Join computations already running; batch the rest, largest jobs first.
+    const shares: { name: string; shared: Shared }[] = []
+    const fresh: string[] = []
+    for (const name of rest) {
+      const running = this.inflight.get(keyOf(name))
+      if (running) shares.push({ name, shared: running })
+      else fresh.push(name)
+    }
+    for (const batch of planBatches(fresh, (n) => byName.get(n)!.byteLength)) {
+      const started = this.startJob(summary, batch, opts, weight)
+      batch.forEach((name, i) => shares.push({ name, shared: started[i]! }))
+    }
+    const releases: (() => void)[] = []
+    const work = shares.map(({ name, shared }) => {
+      const listener = (bytes: number) => {
+        advance(name, bytes)
         report()
       }
       shared.listeners.add(listener)
-      unsubscribes.push(() => {
+      releases.push(() => {
         shared.listeners.delete(listener)
-        if (shared.listeners.size === 0) shared.cancel()
+        shared.release()
       })
       return shared.promise.then((stats) => {
-        results.set(name, stats)
-        fraction.set(name, 1)
+        shared.listeners.delete(listener)
+        finish(name, stats)
         report()
       })
     })
@@ -165,7 +211,7 @@ export class StatsService {
       await withAbort(Promise.all(work), signal)
     } catch (err) {
       // Stop what nobody else is waiting for; swallow the rejections we no longer await.
-      for (const u of unsubscribes) u()
+      for (const release of releases) release()
       for (const w of work) w.catch(() => {})
       throw err
     }
@@ -176,70 +222,26 @@ export class StatsService {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
-    const closedErr = () => new Error('StatsService was closed')
-    for (const job of this.queue.splice(0)) job.reject(closedErr())
-    await Promise.all(
-      this.slots.splice(0).map(async (slot) => {
-        if (slot.killTimer) clearTimeout(slot.killTimer)
-        for (const job of slot.jobs.splice(0)) job.reject(closedErr())
-        await slot.worker.terminate()
-      }),
-    )
+    await this.pool.close()
   }
 
-  // ---- caching ---------------------------------------------------------------------------
-
-  private async cached(key: string): Promise<TensorStats | null> {
-    const hit = this.memory.get(key)
-    if (hit) {
-      this.memory.delete(key)
-      this.memory.set(key, hit)
-      this.counters.memoryHits++
-      return hit.stats
+  /** Stats of a tensor with no elements: nothing to read, so no worker round trip. */
+  private emptyResult(name: string, shape: number[], opts: StatsOptions): TensorStats {
+    this.counters.empty++
+    const { rows, cols } = matrixShape(shape)
+    const key = JSON.stringify([rows, cols, opts.bins, opts.topK, opts.heatmapSize])
+    let template = this.emptyTemplates.get(key)
+    if (!template) {
+      template = unpackTensorStats(emptyStats('', rows, cols, opts))
+      // Shapes of empty tensors are few; the bound only guards against a hostile header.
+      if (this.emptyTemplates.size < 1024) this.emptyTemplates.set(key, template)
     }
-    if (!this.cacheDir) return null
-    try {
-      const text = await readFile(join(this.cacheDir, diskName(key)), 'utf8')
-      const entry = JSON.parse(text) as { key?: string; stats?: TensorStats }
-      if (entry.key !== key || !entry.stats) return null
-      this.counters.diskHits++
-      this.remember(key, entry.stats)
-      return entry.stats
-    } catch {
-      return null // absent or unreadable: recompute
-    }
+    // Shares the template's arrays (results are read-only, see the class comment).
+    return { ...template, tensor: name }
   }
 
-  private remember(key: string, stats: TensorStats): void {
-    const old = this.memory.get(key)
-    if (old) this.memoryBytes -= old.bytes
-    const bytes = 8 * (64 + stats.histogram.counts.length + stats.rowAbsmax.length + stats.colAbsmax.length + stats.heatmap.values.length + 4 * stats.topK.length)
-    this.memory.delete(key)
-    this.memory.set(key, { stats, bytes })
-    this.memoryBytes += bytes
-    for (const [k, v] of this.memory) {
-      if (this.memoryBytes <= MEMORY_CACHE_BYTES || k === key) break
-      this.memory.delete(k)
-      this.memoryBytes -= v.bytes
-    }
-  }
-
-  private async persist(key: string, stats: TensorStats): Promise<void> {
-    if (!this.cacheDir) return
-    try {
-      await mkdir(this.cacheDir, { recursive: true })
-      const file = join(this.cacheDir, diskName(key))
-      const tmp = `${file}.${process.pid}.${this.nextId++}.tmp`
-      await writeFile(tmp, JSON.stringify({ key, stats }))
-      await rename(tmp, file)
-    } catch (err) {
-      // The disk cache is an optimisation; a full or read-only disk must not fail the job.
-      console.warn(`stats cache: could not write to ${this.cacheDir}: ${(err as Error).message}`)
-    }
-  }
-
-  /** Model summary, re-read when any of its files changed size or mtime. */
-  private async describe(path: string): Promise<ModelSummary> {
+  /** Model summary, re-read when any of its files changed (see modelFingerprint). */
+  private async describe(path: string): Promise<StatsModelSummary> {
     const pending = this.summaries.get(path)
     if (pending) {
       const summary = await pending.catch(() => null)
@@ -249,10 +251,7 @@ export class StatsService {
       }
       if (this.summaries.get(path) === pending) this.summaries.delete(path)
     }
-    const fresh = this.submit({ type: 'describe', path }).promise.then((msg) => {
-      if (msg.type !== 'described') throw new Error(`stats worker answered ${msg.type} to describe`)
-      return msg.model
-    })
+    const fresh = this.pool.run('describe', { path }).then(({ tensorsJson, ...rest }): StatsModelSummary => ({ ...rest, tensors: JSON.parse(tensorsJson) }))
     this.summaries.set(path, fresh)
     fresh.catch(() => {
       if (this.summaries.get(path) === fresh) this.summaries.delete(path)
@@ -260,174 +259,134 @@ export class StatsService {
     return fresh
   }
 
-  private shared(key: string, summary: ModelSummary, tensor: string, options: StatsOptions): Shared {
-    const existing = this.inflight.get(key)
-    if (existing) return existing
-    const listeners = new Set<(fraction: number) => void>()
-    const job = this.submit(
-      { type: 'compute', path: summary.path, fingerprint: summary.fingerprint, tensor, options, kernel: this.kernel },
-      (done, total) => {
-        for (const l of listeners) l(total > 0 ? done / total : 0)
+  /**
+   * One worker job for `names` (one tensor, or a batch of small ones), registered as the
+   * shared computation of each. The job is cancelled when every tensor in it was released.
+   */
+  private startJob(summary: StatsModelSummary, names: string[], options: StatsOptions, weight: (name: string) => number): Shared[] {
+    const keys = names.map((n) => cacheKey(summary, n, options))
+    // Where each tensor's bytes start and end inside the batch's progress (bytes, like the worker's).
+    const ends: number[] = []
+    let end = 0
+    for (const n of names) ends.push((end += weight(n)))
+    let cursor = 0
+    const entries: Shared[] = []
+    this.counters.jobs++
+    const job = this.pool.submit(
+      'compute',
+      { path: summary.path, fingerprint: summary.fingerprint, tensors: names, options, kernel: this.kernel },
+      (done) => {
+        // Progress only moves forward: tensors before `cursor` are complete.
+        for (; cursor < names.length && done >= ends[cursor]!; cursor++) for (const l of entries[cursor]!.listeners) l(weight(names[cursor]!))
+        if (cursor < names.length) {
+          const start = cursor === 0 ? 0 : ends[cursor - 1]!
+          for (const l of entries[cursor]!.listeners) l(done - start)
+        }
       },
     )
-    const promise = job.promise.then(async (msg) => {
-      if (msg.type !== 'result') throw new Error(`stats worker answered ${msg.type} to compute`)
-      this.counters.computed++
+    const computed = job.promise.then(async (result) => {
+      this.counters.computed += result.stats.length
+      const stats = result.stats.map(unpackTensorStats)
       // Cache under the bytes the worker actually read.
-      const realKey = msg.fingerprint === summary.fingerprint ? key : cacheKey({ ...summary, fingerprint: msg.fingerprint }, tensor, options)
-      const stats = unpackTensorStats(msg.stats)
-      this.remember(realKey, stats)
-      await this.persist(realKey, stats)
+      const sameBytes = result.fingerprint === summary.fingerprint
+      const persist: Promise<void>[] = []
+      stats.forEach((s, i) => {
+        const key = sameBytes ? keys[i]! : cacheKey({ ...summary, fingerprint: result.fingerprint }, names[i]!, options)
+        this.memory.set(key, s)
+        if (this.disk && weight(names[i]!) >= this.diskMinTensorBytes) persist.push(this.persist(key, s))
+      })
+      await Promise.all(persist)
       return stats
     })
-    const entry: Shared = {
-      promise,
-      listeners,
-      cancel: () => {
-        // Later callers must not subscribe to a job that is being cancelled.
-        if (this.inflight.get(key) === entry) this.inflight.delete(key)
-        job.cancel()
-      },
-    }
-    this.inflight.set(key, entry)
+    let live = names.length
+    names.forEach((name, i) => {
+      const key = keys[i]!
+      let released = false
+      const entry: Shared = {
+        promise: computed.then((all) => all[i]!),
+        listeners: new Set(),
+        release: () => {
+          if (released || entry.listeners.size > 0) return
+          released = true
+          // Later callers must not subscribe to a job that is being cancelled.
+          if (this.inflight.get(key) === entry) this.inflight.delete(key)
+          if (--live === 0) job.cancel()
+        },
+      }
+      entry.promise.catch(() => {})
+      entries.push(entry)
+      this.inflight.set(key, entry)
+    })
     const done = () => {
-      if (this.inflight.get(key) === entry) this.inflight.delete(key)
+      keys.forEach((key, i) => {
+        if (this.inflight.get(key) === entries[i]) this.inflight.delete(key)
+      })
     }
-    promise.then(done, done)
-    return entry
+    computed.then(done, done)
+    return entries
   }
 
-  // ---- worker pool -----------------------------------------------------------------------
-
-  private submit(payload: Payload, onProgress: (done: number, total: number) => void = () => {}): { promise: Promise<StatsWorkerMessage>; cancel(): void } {
-    if (this.closed) return { promise: Promise.reject(new Error('StatsService is closed')), cancel() {} }
-    let job!: Job
-    const promise = new Promise<StatsWorkerMessage>((resolve, reject) => {
-      job = { id: this.nextId++, payload, resolve, reject, onProgress, slot: null, cancelled: false }
-    })
-    this.queue.push(job)
-    this.pump()
-    const cancel = () => {
-      const queued = this.queue.indexOf(job)
-      if (queued >= 0) {
-        this.queue.splice(queued, 1)
-        job.reject(abortError())
-        return
-      }
-      const slot = job.slot
-      if (!slot || !slot.jobs.includes(job) || job.cancelled) return
-      job.cancelled = true
-      slot.worker.postMessage({ type: 'cancel', jobId: job.id } satisfies StatsWorkerRequest)
-      // A worker stuck inside one long chunk is terminated and replaced.
-      slot.killTimer ??= setTimeout(() => {
-        slot.killTimer = null
-        if (slot.jobs.some((j) => j.cancelled)) this.replaceWorker(slot, abortError())
-      }, CANCEL_GRACE_MS)
+  private async persist(key: string, stats: TensorStats): Promise<void> {
+    try {
+      await this.disk!.set(key, stats)
+    } catch (err) {
+      // The disk cache is an optimisation; a full or read-only disk must not fail the job.
+      console.warn(`stats cache: could not write to ${this.disk!.folder}: ${(err as Error).message}`)
     }
-    return { promise, cancel }
-  }
-
-  /** Hands queued jobs to workers, up to PER_WORKER_DEPTH each; starts workers as needed. */
-  private pump(): void {
-    if (this.closed) return
-    const busy = this.slots.filter((s) => s.jobs.length > 0).length
-    while (this.slots.length < this.threads && this.slots.length < busy + this.queue.length) this.slots.push(this.spawn())
-    // Fill idle workers first, then give each a second job to start right after the first.
-    for (let depth = 1; depth <= PER_WORKER_DEPTH; depth++) {
-      for (const slot of this.slots) {
-        if (this.queue.length === 0) return
-        if (slot.jobs.length >= depth) continue
-        const job = this.queue.shift()!
-        slot.jobs.push(job)
-        job.slot = slot
-        slot.worker.ref()
-        slot.worker.postMessage({ ...job.payload, jobId: job.id } as StatsWorkerRequest)
-      }
-    }
-  }
-
-  private spawn(): Slot {
-    const worker = spawnEngineWorker('stats', this.kernel ? { kernel: this.kernel } : {})
-    const slot: Slot = { worker, jobs: [], killTimer: null }
-    worker.unref()
-    worker.on('message', (msg: StatsWorkerMessage) => this.onMessage(slot, msg))
-    worker.on('error', (err) => this.replaceWorker(slot, err))
-    worker.on('exit', (code) => {
-      if (this.slots.includes(slot)) this.replaceWorker(slot, new Error(`stats worker exited with code ${code}`))
-    })
-    return slot
-  }
-
-  private onMessage(slot: Slot, msg: StatsWorkerMessage): void {
-    const i = slot.jobs.findIndex((j) => j.id === msg.jobId)
-    if (i < 0) return // a late message of a job already settled
-    const job = slot.jobs[i]!
-    if (msg.type === 'progress') {
-      job.onProgress(msg.done, msg.total)
-      return
-    }
-    slot.jobs.splice(i, 1)
-    this.settled(slot)
-    if (msg.type === 'error') job.reject(deserializeError(msg.error))
-    else job.resolve(msg)
-    this.pump()
-  }
-
-  private settled(slot: Slot): void {
-    if (slot.killTimer && !slot.jobs.some((j) => j.cancelled)) {
-      clearTimeout(slot.killTimer)
-      slot.killTimer = null
-    }
-    if (slot.jobs.length === 0) slot.worker.unref()
-  }
-
-  /**
-   * Drops a crashed or stuck worker. Its cancelled jobs reject with AbortError; the job it was
-   * running rejects with `err` (unless cancelled); jobs still waiting behind it are requeued.
-   */
-  private replaceWorker(slot: Slot, err: Error): void {
-    const i = this.slots.indexOf(slot)
-    if (i < 0) return
-    this.slots.splice(i, 1)
-    if (slot.killTimer) clearTimeout(slot.killTimer)
-    slot.killTimer = null
-    void slot.worker.terminate()
-    const [running, ...waiting] = slot.jobs
-    slot.jobs = []
-    if (running) running.cancelled ? running.reject(abortError()) : running.reject(err)
-    for (const job of waiting) {
-      job.slot = null
-      if (job.cancelled) job.reject(abortError())
-      else this.queue.unshift(job)
-    }
-    this.pump()
   }
 }
 
-function cacheKey(summary: ModelSummary, tensor: string, o: StatsOptions): string {
-  return JSON.stringify([CACHE_VERSION, summary.path, summary.fingerprint, tensor, o.bins, o.topK, o.heatmapSize])
+const tensorIndex = new WeakMap<StatsModelSummary, Map<string, StatsModelSummary['tensors'][number]>>()
+
+/** The summary's tensors by name, built once per summary (not once per request). */
+function tensorsByName(summary: StatsModelSummary): Map<string, StatsModelSummary['tensors'][number]> {
+  let index = tensorIndex.get(summary)
+  if (!index) tensorIndex.set(summary, (index = new Map(summary.tensors.map((t) => [t.name, t]))))
+  return index
 }
 
-function diskName(key: string): string {
-  return `${createHash('sha256').update(key).digest('hex').slice(0, 40)}.json`
+function cacheKey(summary: Pick<StatsModelSummary, 'path' | 'fingerprint'>, tensor: string, o: StatsOptions): string {
+  return JSON.stringify([CACHE_KEY_VERSION, summary.path, summary.fingerprint, tensor, o.bins, o.topK, o.heatmapSize])
 }
 
-/** Rejects with an AbortError as soon as `signal` fires; `p` keeps running. */
-function withAbort<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return p
-  if (signal.aborted) return Promise.reject(abortError())
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(abortError())
-    signal.addEventListener('abort', onAbort, { once: true })
-    p.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort)
-        resolve(v)
-      },
-      (e) => {
-        signal.removeEventListener('abort', onAbort)
-        reject(e)
-      },
-    )
-  })
+/** Approximate bytes a result holds (8 per number). */
+function statsBytes(s: TensorStats): number {
+  return 8 * (64 + s.histogram.counts.length + s.rowAbsmax.length + s.colAbsmax.length + s.heatmap.values.length + 4 * s.topK.length)
+}
+
+/**
+ * Worker jobs for `names`: one per large tensor, largest first, then batches of small ones
+ * (up to BATCH_MAX_BYTES / BATCH_MAX_TENSORS each), so thousands of tiny tensors cost a few
+ * round trips instead of thousands.
+ */
+export function planBatches(names: string[], bytesOf: (name: string) => number): string[][] {
+  const sorted = [...names].sort((a, b) => bytesOf(b) - bytesOf(a))
+  const jobs: string[][] = []
+  let batch: string[] = []
+  let batchBytes = 0
+  for (const name of sorted) {
+    const bytes = bytesOf(name)
+    if (bytes >= BATCH_TENSOR_BYTES) {
+      jobs.push([name])
+      continue
+    }
+    if (batch.length >= BATCH_MAX_TENSORS || (batch.length > 0 && batchBytes + bytes > BATCH_MAX_BYTES)) {
+      jobs.push(batch)
+      batch = []
+      batchBytes = 0
+    }
+    batch.push(name)
+    batchBytes += bytes
+  }
+  if (batch.length) jobs.push(batch)
+  return jobs
+}
+
+/** Runs `fn` over `items` with at most `limit` calls in flight. */
+async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0
+  const lane = async () => {
+    while (next < items.length) await fn(items[next++]!)
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane))
 }

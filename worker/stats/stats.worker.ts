@@ -1,42 +1,29 @@
-import { parentPort, workerData } from 'node:worker_threads'
+import { workerData } from 'node:worker_threads'
 import type { OpenedModel } from '../formats/contract'
 import { openModel } from '../formats/open-model'
-import { packedTransferList, type StatsKernelKind } from './stats-accumulator'
-import {
-  modelFingerprint,
-  serializeError,
-  type ModelSummary,
-  type StatsWorkerMessage,
-  type StatsWorkerRequest,
-} from './stats-protocol'
-import { abortError, computeTensorStatsPacked, FileHandleCache } from './tensor-stats'
+import { serveJobs, type JobContext } from '../jobs/job-worker'
+import { packedTransferList, type PackedTensorStats, type StatsKernelKind } from './stats-accumulator'
+import { modelFingerprint, type ComputeParams, type ComputeResult, type DescribedModel, type StatsJobs, type StatsModelSummary } from './stats-protocol'
+import { computeTensorStatsPacked, FileHandleCache } from './tensor-stats'
 
 /**
- * Stats worker thread: opens models by path (kept open for the next job on the same model),
- * runs 'describe' and 'compute' jobs one at a time in arrival order and posts progress,
- * result or error. 'cancel' drops a queued job or aborts the running one at its next chunk.
+ * Stats worker thread: serves StatsJobs (stats-protocol.ts) through serveJobs, which runs them
+ * one at a time and handles cancel. Models are opened by path and kept open for the next job
+ * on the same model.
  */
-if (!parentPort) throw new Error('stats.worker must run in a worker thread')
-const port = parentPort
 const defaultKernel = (workerData?.kernel as StatsKernelKind | undefined) ?? undefined
 
 interface OpenEntry {
   fingerprint: string
   model: OpenedModel
   files: FileHandleCache
+  /** Stored bytes by tensor name (progress weights), built once per open model. */
+  bytesByName: Map<string, number>
 }
 
 /** Open models by path; two at most, least recently used closed first. */
 const open = new Map<string, Promise<OpenEntry>>()
 const MAX_OPEN = 2
-
-type Job = Extract<StatsWorkerRequest, { type: 'describe' } | { type: 'compute' }>
-const queue: Job[] = []
-let running: { jobId: number; controller: AbortController } | null = null
-
-function post(msg: StatsWorkerMessage, transfer: ArrayBuffer[] = []): void {
-  port.postMessage(msg, transfer)
-}
 
 async function closeEntry(pending: Promise<OpenEntry>): Promise<void> {
   const e = await pending.catch(() => null)
@@ -48,7 +35,8 @@ async function closeEntry(pending: Promise<OpenEntry>): Promise<void> {
 async function openFresh(path: string): Promise<OpenEntry> {
   const model = await openModel(path)
   try {
-    return { model, fingerprint: await modelFingerprint(model.files), files: new FileHandleCache() }
+    const bytesByName = new Map(model.tensors.map((t) => [t.name, t.byteLength]))
+    return { model, fingerprint: await modelFingerprint(model.files), files: new FileHandleCache(), bytesByName }
   } catch (err) {
     await model.close()
     throw err
@@ -84,71 +72,33 @@ async function getModel(path: string, expected?: string): Promise<OpenEntry> {
   return pending
 }
 
-async function describe(jobId: number, path: string): Promise<void> {
+async function describe({ path }: { path: string }): Promise<DescribedModel> {
   const { model, fingerprint } = await getModel(path)
-  const summary: ModelSummary = {
-    path,
-    fingerprint,
-    files: model.files,
-    tensors: model.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, byteLength: t.byteLength, decodable: t.decodable })),
-  }
-  post({ type: 'described', jobId, model: summary })
+  const tensors: StatsModelSummary['tensors'] = model.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, byteLength: t.byteLength, decodable: t.decodable }))
+  return { path, fingerprint, files: model.files, tensorsJson: JSON.stringify(tensors) }
 }
 
-async function compute(msg: Extract<Job, { type: 'compute' }>, signal: AbortSignal): Promise<void> {
-  const { model, fingerprint, files } = await getModel(msg.path, msg.fingerprint)
-  let lastPost = 0
-  const stats = await computeTensorStatsPacked(model, msg.tensor, msg.options, {
-    kernel: msg.kernel ?? defaultKernel,
-    signal,
-    files,
-    onProgress(done, total) {
-      // At most ~20 messages a second per job; the last one always goes out.
-      const now = performance.now()
-      if (done < total && now - lastPost < 50) return
-      lastPost = now
-      post({ type: 'progress', jobId: msg.jobId, done, total })
-    },
-  })
-  post({ type: 'result', jobId: msg.jobId, stats, fingerprint }, packedTransferList(stats))
+async function compute(params: ComputeParams, ctx: JobContext): Promise<ComputeResult> {
+  const { model, fingerprint, files, bytesByName } = await getModel(params.path, params.fingerprint)
+  // Progress in stored bytes over the batch, like the service counts it.
+  const weights = params.tensors.map((n) => Math.max(1, bytesByName.get(n) ?? 1))
+  const totalBytes = weights.reduce((a, b) => a + b, 0)
+  let before = 0
+  const stats: PackedTensorStats[] = []
+  for (let i = 0; i < params.tensors.length; i++) {
+    const w = weights[i]!
+    const one = await computeTensorStatsPacked(model, params.tensors[i]!, params.options, {
+      kernel: params.kernel ?? defaultKernel,
+      signal: ctx.signal,
+      files,
+      onProgress: (done, total) => ctx.progress(before + (total > 0 ? Math.floor((done / total) * w) : 0), totalBytes),
+    })
+    stats.push(one)
+    ctx.transfer(packedTransferList(one))
+    before += w
+    ctx.progress(before, totalBytes)
+  }
+  return { stats, fingerprint }
 }
 
-let draining = false
-async function drain(): Promise<void> {
-  if (draining) return
-  draining = true
-  try {
-    for (let job = queue.shift(); job; job = queue.shift()) {
-      const controller = new AbortController()
-      running = { jobId: job.jobId, controller }
-      try {
-        if (job.type === 'describe') await describe(job.jobId, job.path)
-        else await compute(job, controller.signal)
-      } catch (err) {
-        post({ type: 'error', jobId: job.jobId, error: serializeError(err) })
-      } finally {
-        running = null
-      }
-    }
-  } finally {
-    draining = false
-  }
-}
-
-port.on('message', (msg: StatsWorkerRequest) => {
-  switch (msg.type) {
-    case 'describe':
-    case 'compute':
-      queue.push(msg)
-      void drain()
-      break
-    case 'cancel': {
-      const i = queue.findIndex((j) => j.jobId === msg.jobId)
-      if (i >= 0) {
-        queue.splice(i, 1)
-        post({ type: 'error', jobId: msg.jobId, error: serializeError(abortError()) })
-      } else if (running?.jobId === msg.jobId) running.controller.abort()
-      break
-    }
-  }
-})
+serveJobs<StatsJobs>({ describe, compute })

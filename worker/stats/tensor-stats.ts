@@ -70,8 +70,17 @@ export function createStatsAccumulator(kind: StatsKernelKind | undefined, rows: 
   return useWasm ? new WasmStatsAccumulator(rows, cols, options) : new ReferenceStatsAccumulator(rows, cols, options)
 }
 
+/** Tensors by name per open model: a linear find per tensor made a whole model cost O(n²). */
+const tensorIndex = new WeakMap<OpenedModel, { of: readonly TensorEntry[]; byName: Map<string, TensorEntry> }>()
+
 export function findTensor(model: OpenedModel, name: string): TensorEntry {
-  const entry = model.tensors.find((t) => t.name === name)
+  let index = tensorIndex.get(model)
+  if (index?.of !== model.tensors) {
+    const byName = new Map<string, TensorEntry>()
+    for (const t of model.tensors) if (!byName.has(t.name)) byName.set(t.name, t)
+    tensorIndex.set(model, (index = { of: model.tensors, byName }))
+  }
+  const entry = index.byName.get(name)
   if (!entry) throw new ModelFormatError(model.files[0] ?? '(model)', name, 'no such tensor in this model')
   if (!entry.decodable) throw new ModelFormatError(entry.file, name, `stored type ${entry.dtype} cannot be decoded by this build`)
   return entry
@@ -165,7 +174,7 @@ export async function computeTensorStatsPacked(
  * A tensor with no elements costs nothing, whatever its other dims say (a [2^29, 0] header
  * must not allocate 2^29 per-row entries): its per-channel arrays and heatmap are empty.
  */
-function emptyStats(tensor: string, rows: number, cols: number, options: StatsOptions): PackedTensorStats {
+export function emptyStats(tensor: string, rows: number, cols: number, options: StatsOptions): PackedTensorStats {
   const heatmap = heatmapGeometry(0, 0, options.heatmapSize)
   return finalizeStats(tensor, {
     rows,
