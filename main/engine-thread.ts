@@ -4,10 +4,11 @@
  * thread dies, pending calls fail with a readable error and the next call starts a new one
  * (opened models are then gone; the UI reopens them).
  */
-import { Worker } from 'node:worker_threads'
+import type { Worker } from 'node:worker_threads'
 import type { ApiEvent, ApiFunctions, ApiMethod, ApiParams, ApiResult, ServerMessage } from '../worker/api/contract'
 import type { ApiBackend } from './api-dispatcher'
 import { API_METHOD_NAMES } from '../worker/api/method-names'
+import { spawnWorkerThread } from '../worker/jobs/spawn-worker'
 import type { EngineThreadData } from './engine.worker'
 
 export interface EngineThread extends ApiBackend {
@@ -19,16 +20,12 @@ export interface EngineThreadOptions extends EngineThreadData {
   onModelOpened?(): void
 }
 
-const runningFromSource = import.meta.url.endsWith('.ts')
-
 function spawnEngineThread(data: EngineThreadData): Worker {
-  if (runningFromSource) {
-    // tsx's loader hooks do not reach a worker's entry on Node 20: go through the bootstrap.
-    const entry = new URL('./engine.worker.ts', import.meta.url).href
-    return new Worker(new URL('../worker/jobs/ts-worker-bootstrap.mjs', import.meta.url), { workerData: { ...data, __entry: entry } })
-  }
   // Built: emitted as engine.worker.js beside the main entry (electron.vite.config.ts).
-  return new Worker(new URL('./engine.worker.js', import.meta.url), { workerData: data })
+  return spawnWorkerThread(
+    { source: () => new URL('./engine.worker.ts', import.meta.url), built: () => new URL('./engine.worker.js', import.meta.url) },
+    { ...data },
+  )
 }
 
 interface Pending {

@@ -27,7 +27,7 @@ import type { AddressInfo } from 'node:net'
 import { pipeline, type Duplex } from 'node:stream'
 import { extname, join, normalize, resolve, sep } from 'node:path'
 import { WebSocketServer, type WebSocket } from 'ws'
-import type { ApiEvent, ServerMessage } from '../../worker/api/contract'
+import type { ApiEvent, ApiWebSocketPath, ServerMessage } from '../../worker/api/contract'
 import { dispatchRequest, type ApiBackend } from '../api-dispatcher'
 
 export interface BrowserHostOptions {
@@ -53,7 +53,7 @@ export interface BrowserHost {
   close(): Promise<void>
 }
 
-export const WS_PATH = '/api/ws'
+export const WS_PATH: ApiWebSocketPath = '/api/ws'
 const HOST = '127.0.0.1'
 /** Largest WebSocket message accepted; a bigger one closes the connection with 1009. */
 export const MAX_MESSAGE_BYTES = 1 << 20

@@ -265,6 +265,13 @@ export interface JobProgressDetail {
   text?: string
 }
 
+/**
+ * Path of the browser-mode WebSocket. A literal type rather than a constant, because the UI
+ * imports only types from this file: the host and the UI each write the literal, and this
+ * type makes any other value a compile error on either side.
+ */
+export type ApiWebSocketPath = '/api/ws'
+
 /** Messages from engine to UI on the WebSocket. */
 export type ServerMessage = ({ kind: 'response' } & ApiResponse) | { kind: 'event'; event: ApiEvent }
 

@@ -14,13 +14,25 @@ export type EngineWorkerName = keyof typeof ENGINE_WORKERS
 
 const runningFromSource = import.meta.url.endsWith('.ts')
 
-/** Starts an engine worker thread, from TypeScript sources or from the built bundle. */
-export function spawnEngineWorker(name: EngineWorkerName, workerData: Record<string, unknown> = {}): Worker {
+/**
+ * Starts a worker thread from its TypeScript source or from its built file: the one place
+ * that knows how (the engine's workers below, and the app's engine thread in main/).
+ * `source` and `built` are thunks so each side only builds the URL it uses.
+ */
+export function spawnWorkerThread(entry: { source: () => URL; built: () => URL }, workerData: Record<string, unknown> = {}): Worker {
   if (runningFromSource) {
-    const entry = new URL(`../${ENGINE_WORKERS[name]}.ts`, import.meta.url).href
+    // tsx's loader hooks do not reach a worker's entry on Node 20: go through the bootstrap.
     return new Worker(new URL('./ts-worker-bootstrap.mjs', import.meta.url), {
-      workerData: { ...workerData, __entry: entry },
+      workerData: { ...workerData, __entry: entry.source().href },
     })
   }
-  return new Worker(new URL(`./${name}.worker.js`, import.meta.url), { workerData })
+  return new Worker(entry.built(), { workerData })
+}
+
+/** Starts an engine worker thread, from TypeScript sources or from the built bundle. */
+export function spawnEngineWorker(name: EngineWorkerName, workerData: Record<string, unknown> = {}): Worker {
+  return spawnWorkerThread(
+    { source: () => new URL(`../${ENGINE_WORKERS[name]}.ts`, import.meta.url), built: () => new URL(`./${name}.worker.js`, import.meta.url) },
+    workerData,
+  )
 }

@@ -3,11 +3,12 @@
  * token comes in the page URL (?token=…); it is kept in sessionStorage and removed from the
  * address bar so it does not end up in screenshots or copied links. Reconnects after drops.
  */
-import type { ApiEvent, ApiMethod, ApiParams, ApiResult, ServerMessage } from '../../../worker/api/contract'
+import type { ApiEvent, ApiMethod, ApiParams, ApiResult, ApiWebSocketPath, ServerMessage } from '../../../worker/api/contract'
 import { ApiCallError, type ApiClient, type ConnectionState } from './client'
 
 const TOKEN_KEY = 'quantscope.token'
-const WS_PATH = '/api/ws'
+/** Typed by the contract, so host and UI cannot drift apart. */
+const WS_PATH: ApiWebSocketPath = '/api/ws'
 
 export function takeToken(): string | null {
   const url = new URL(window.location.href)
