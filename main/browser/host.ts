@@ -219,6 +219,7 @@ export async function startBrowserHost(options: BrowserHostOptions): Promise<Bro
 
   function sendTo(ws: WebSocket, message: ServerMessage): void {
     if (ws.readyState !== ws.OPEN) return
+    // Pongs need no check here: ws itself drops a client with 60 unsent automatic pongs.
     if (ws.bufferedAmount > maxBuffered) {
       log(`quantscope host: dropping a client that has ${ws.bufferedAmount} bytes unread`)
       return void ws.terminate()

@@ -270,6 +270,32 @@ describe('browser host: one bad client cannot take it down', () => {
     await expectHealthy(target, bystander)
   })
 
+  it('drops a client that floods pings without reading its pongs (ws bounds unsent pongs)', async () => {
+    const slow = await authenticatedRaw(target)
+    slow.socket.pause()
+    const ping = encodeFrame({ opcode: 0x9, payload: Buffer.alloc(125, 0x70) })
+    const burst = Buffer.concat(Array.from({ length: 256 }, () => ping))
+    let sent = 0
+    try {
+      while (sent < 64 * MIB && !slow.socket.destroyed) {
+        // Once the host drops us, our next write fails and the socket closes without a drain.
+        if (!slow.socket.write(burst)) {
+          await new Promise((r) => {
+            slow.socket.once('drain', r)
+            slow.socket.once('close', r)
+          })
+        }
+        sent += burst.length
+      }
+      // Dropped long before 64 MiB of pings: the host stopped answering this one client.
+      expect(slow.socket.destroyed).toBe(true)
+      expect(sent).toBeLessThan(64 * MIB)
+    } finally {
+      slow.socket.destroy()
+    }
+    await expectHealthy(target, bystander)
+  })
+
   it(`limits in-flight requests per connection to ${MAX_IN_FLIGHT_PER_CONNECTION} and frees slots as they finish`, async () => {
     const ws = await openClient(target)
     try {
