@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import type { ApiEvent } from '../worker/api/contract'
 import { modelFileExtensions } from '../worker/formats/registry'
+import { defaultCacheDir } from '../worker/io/private-dir'
 import { resolveDefaultModel } from './default-model'
 import { startEngineThread } from './engine-thread'
 import { IPC_CHOOSE_MODEL_PATH } from './ipc-channels'
@@ -135,7 +136,8 @@ async function main(): Promise<void> {
   // The engine runs on its own thread (and stats on its pool): this thread only routes.
   const engine = startEngineThread({
     recentFile,
-    cacheDir: join(userData, 'stats-cache'),
+    // Same cache root as browser mode and the CLI (worker/io/private-dir.ts), made private on first use.
+    cacheDir: join(defaultCacheDir(), 'stats'),
     statsThreads: null,
     defaultModel: await resolveDefaultModel(app.getAppPath(), modelArgument(process.argv)),
     // Keep File → Open Recent current.

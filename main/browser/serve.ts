@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url'
 import { resolveDefaultModel } from '../default-model'
 import { startEngineThread } from '../engine-thread'
 import { defaultStateDir } from '../recent-models'
+import { defaultCacheDir } from '../../worker/io/private-dir'
 import { startBrowserHost } from './host'
 import { ensureRendererBuilt } from './renderer-build'
 
@@ -53,7 +54,8 @@ async function main(): Promise<void> {
   // The engine runs on its own thread; this one only serves HTTP and the WebSocket.
   const engine = startEngineThread({
     statsThreads: args.threads ?? null,
-    cacheDir: args.cacheDir ?? join(args.stateDir, 'stats-cache'),
+    // One cache root for every cache (worker/io/private-dir.ts); made private (0700) on first use.
+    cacheDir: args.cacheDir ?? join(defaultCacheDir(), 'stats'),
     recentFile: join(args.stateDir, 'recent-models.json'),
     defaultModel,
   })

@@ -42,8 +42,14 @@ export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
 export async function ensurePrivateDir(path: string): Promise<string> {
   const dir = resolve(path)
   // mkdir's mode applies to every folder it creates, parents included, before any file exists.
-  await mkdir(dir, { recursive: true, mode: 0o700 })
-  const info = await lstat(dir)
+  const made = await mkdir(dir, { recursive: true, mode: 0o700 }).then(
+    () => null,
+    (err: NodeJS.ErrnoException) => err,
+  )
+  // EEXIST (a file, a dangling symlink) gets its own message below.
+  const info = await lstat(dir).catch(() => {
+    throw made ?? new PrivateDirError(dir, 'cannot be created')
+  })
   if (info.isSymbolicLink()) throw new PrivateDirError(dir, 'is a symbolic link; refusing to follow it (remove it or choose another folder)')
   if (!info.isDirectory()) throw new PrivateDirError(dir, 'exists and is not a folder')
   if (process.platform === 'win32') return dir

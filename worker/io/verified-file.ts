@@ -53,7 +53,7 @@ export function decodeVerifiedEntry(bytes: Uint8Array, id: EntryIdentity): Verif
   if (header.kind !== id.kind) return { status: 'invalid', reason: `kind ${String(header.kind)}, expected ${id.kind}` }
   if (header.version !== id.version) return { status: 'invalid', reason: `version ${String(header.version)}, expected ${id.version}` }
   if (header.key !== id.key) return { status: 'invalid', reason: 'written for another key' }
-  const payload = buf.subarray(eol + 1)
+  const payload = new Uint8Array(buf.buffer, buf.byteOffset + eol + 1, buf.length - eol - 1)
   if (header.length !== payload.length) return { status: 'invalid', reason: `payload is ${payload.length} bytes, header says ${String(header.length)} (truncated?)` }
   if (createHash('sha256').update(payload).digest('hex') !== header.sha256) return { status: 'invalid', reason: 'checksum mismatch' }
   return { status: 'ok', payload }
