@@ -69,6 +69,8 @@ export class WorkerPool<S extends JobSpec<S>> {
   private head = 0
   private nextId = 1
   private closed = false
+  /** Workers started and workers dropped (crashed, or terminated after a cancel's grace period). */
+  readonly counters = { started: 0, replaced: 0 }
 
   constructor(options: WorkerPoolOptions) {
     const threads = options.threads ?? 2
@@ -184,6 +186,7 @@ export class WorkerPool<S extends JobSpec<S>> {
 
   private spawn(): Slot {
     const worker = spawnEngineWorker(this.opts.worker, this.opts.workerData ?? {})
+    this.counters.started++
     const slot: Slot = { worker, jobs: [], killTimer: null }
     worker.unref()
     worker.on('message', (msg: WorkerToPool<S>) => this.onMessage(slot, msg))
@@ -227,6 +230,7 @@ export class WorkerPool<S extends JobSpec<S>> {
     const i = this.slots.indexOf(slot)
     if (i < 0) return
     this.slots.splice(i, 1)
+    this.counters.replaced++
     if (slot.killTimer) clearTimeout(slot.killTimer)
     slot.killTimer = null
     void slot.worker.terminate()
