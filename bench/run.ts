@@ -4,6 +4,7 @@
 // be read against (measured in the same run, on the same machine).
 import { readdir } from 'node:fs/promises'
 import { cpus, totalmem } from 'node:os'
+import { parseCommandLine, UsageError } from '../worker/cli/args'
 import type { BenchRow, BenchSection } from './bench-types'
 
 interface Args {
@@ -12,21 +13,19 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, only: [] }
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!
-    if (a === '--quick') args.quick = true
-    else if (a === '--only') {
-      const v = argv[++i]
-      if (!v) throw new Error('--only needs a section name')
-      args.only.push(...v.split(','))
-    } else if (a.startsWith('--only=')) args.only.push(...a.slice(7).split(','))
-    else if (a === '--help' || a === '-h') {
-      console.log('usage: npm run bench -- [--quick] [--only <section>[,<section>…]]')
-      process.exit(0)
-    } else throw new Error(`unknown argument ${a} (try --help)`)
+  const { values, positionals } = parseCommandLine(argv, {
+    quick: { type: 'boolean' },
+    only: { type: 'string', multiple: true },
+    help: { type: 'boolean', short: 'h' },
+  })
+  if (values.help) {
+    console.log('usage: npm run bench -- [--quick] [--only <section>[,<section>…]]')
+    process.exit(0)
   }
-  return args
+  if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]} (try --help)`)
+  const only = (values.only ?? []).flatMap((v) => v.split(',')).filter(Boolean)
+  if (values.only && only.length === 0) throw new UsageError('--only needs a section name')
+  return { quick: values.quick ?? false, only }
 }
 
 async function loadSections(): Promise<BenchSection[]> {

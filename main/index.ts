@@ -14,6 +14,7 @@ import { defaultCacheDir } from '../worker/io/private-dir'
 import { resolveDefaultModel } from './default-model'
 import { startEngineThread } from './engine-thread'
 import { IPC_CHOOSE_MODEL_PATH } from './ipc-channels'
+import { modelArgument } from './model-argument'
 import { registerIpcTransport } from './ipc-transport'
 import { RecentModelsFile } from './recent-models'
 
@@ -24,9 +25,8 @@ const rendererIndex = join(here, '../renderer/index.html')
 let mainWindow: BrowserWindow | null = null
 
 /** A model path among the command-line arguments (`electron . PATH` or the packaged `app PATH`). */
-function modelArgument(argv: string[]): string | null {
-  const rest = argv.slice(app.isPackaged ? 1 : 2)
-  return rest.find((a) => !a.startsWith('-') && a !== '.') ?? null
+function modelPathArgument(argv: string[]): string | null {
+  return modelArgument(argv.slice(app.isPackaged ? 1 : 2))
 }
 
 function sendEvent(event: ApiEvent): void {
@@ -139,7 +139,7 @@ async function main(): Promise<void> {
     // Same cache root as browser mode and the CLI (worker/io/private-dir.ts), made private on first use.
     cacheDir: join(defaultCacheDir(), 'stats'),
     statsThreads: null,
-    defaultModel: await resolveDefaultModel(app.getAppPath(), modelArgument(process.argv)),
+    defaultModel: await resolveDefaultModel(app.getAppPath(), modelPathArgument(process.argv)),
     // Keep File → Open Recent current.
     onModelOpened: () => void buildMenu(recent),
   })
@@ -164,7 +164,7 @@ async function main(): Promise<void> {
     if (!mainWindow) return
     if (mainWindow.isMinimized()) mainWindow.restore()
     mainWindow.focus()
-    const path = modelArgument(argv)
+    const path = modelPathArgument(argv)
     if (path) requestOpen(path)
   })
   app.on('window-all-closed', () => app.quit())

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm start [-- MODEL] [--browser] [--port N]`
+// `npm start [-- MODEL] [--browser] [--port N] [--state-dir DIR] [--cache-dir DIR] [--threads N]`
 //
 // Starts the desktop app when the Electron binary is available, otherwise browser mode (a
 // local host serving the same UI; it prints the URL to open). With no MODEL the app opens
@@ -7,11 +7,22 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { browserArgs, desktopArgs, parseStartArgs, START_USAGE, StartUsageError } from './start-args.mjs'
 
 const appRoot = join(dirname(fileURLToPath(import.meta.url)), '..')
-const argv = process.argv.slice(2)
-const forceBrowser = argv.includes('--browser') || process.env.QUANTSCOPE_BROWSER === '1'
-const args = argv.filter((a) => a !== '--browser')
+let start
+try {
+  start = parseStartArgs(process.argv.slice(2))
+} catch (err) {
+  if (!(err instanceof StartUsageError)) throw err
+  console.error(`error: ${err.message}\n${START_USAGE}`)
+  process.exit(2)
+}
+if (start.help) {
+  console.log(START_USAGE)
+  process.exit(0)
+}
+const forceBrowser = start.browser || process.env.QUANTSCOPE_BROWSER === '1'
 
 /**
  * Path of the Electron binary, or null. `require('electron')` tries to download a missing
@@ -41,8 +52,10 @@ if (electron) {
     stdio: 'inherit',
   })
   if (build.status !== 0) process.exit(build.status ?? 1)
-  run(electron, [appRoot, ...args])
+  const desktop = desktopArgs(start)
+  for (const note of desktop.notes) console.log(`Note: ${note}`)
+  run(electron, [appRoot, ...desktop.args])
 } else {
   if (!forceBrowser) console.log('Electron binary not available here: starting browser mode instead.')
-  run(process.execPath, ['--import', 'tsx', join(appRoot, 'main', 'browser', 'serve.ts'), ...args])
+  run(process.execPath, ['--import', 'tsx', join(appRoot, 'main', 'browser', 'serve.ts'), ...browserArgs(start)])
 }

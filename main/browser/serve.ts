@@ -12,41 +12,12 @@ import { defaultStateDir } from '../recent-models'
 import { defaultCacheDir } from '../../worker/io/private-dir'
 import { startBrowserHost } from './host'
 import { ensureRendererBuilt } from './renderer-build'
-
-interface ServeArgs {
-  model: string | null
-  port: number
-  stateDir: string
-  cacheDir: string | null
-  threads: number | undefined
-  exitWithStdin: boolean
-}
-
-function parseArgs(argv: string[]): ServeArgs {
-  const args: ServeArgs = { model: null, port: 0, stateDir: defaultStateDir(), cacheDir: null, threads: undefined, exitWithStdin: false }
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!
-    const value = (): string => {
-      const v = argv[++i]
-      if (v === undefined) throw new Error(`${a} needs a value`)
-      return v
-    }
-    if (a === '--port') args.port = Number(value())
-    else if (a === '--state-dir') args.stateDir = resolve(value())
-    else if (a === '--cache-dir') args.cacheDir = resolve(value())
-    else if (a === '--threads') args.threads = Number(value())
-    else if (a === '--exit-with-stdin') args.exitWithStdin = true
-    else if (a.startsWith('--')) throw new Error(`unknown option ${a}`)
-    else if (args.model === null) args.model = a
-    else throw new Error(`unexpected argument ${a} (one model path at most)`)
-  }
-  if (!Number.isInteger(args.port) || args.port < 0 || args.port > 65535) throw new Error('--port must be 0..65535')
-  return args
-}
+import { parseServeArgs } from './serve-args'
 
 async function main(): Promise<void> {
   const appRoot = resolve(fileURLToPath(new URL('../..', import.meta.url)))
-  const args = parseArgs(process.argv.slice(2))
+  const args = parseServeArgs(process.argv.slice(2))
+  const stateDir = args.stateDir ?? defaultStateDir()
   const defaultModel = await resolveDefaultModel(appRoot, args.model)
   if (defaultModel.message) console.log(`Note: ${defaultModel.message}`)
 
@@ -56,7 +27,7 @@ async function main(): Promise<void> {
     statsThreads: args.threads ?? null,
     // One cache root for every cache (worker/io/private-dir.ts); made private (0700) on first use.
     cacheDir: args.cacheDir ?? join(defaultCacheDir(), 'stats'),
-    recentFile: join(args.stateDir, 'recent-models.json'),
+    recentFile: join(stateDir, 'recent-models.json'),
     defaultModel,
   })
   const host = await startBrowserHost({ backend: engine, port: args.port, staticDir })
