@@ -24,12 +24,14 @@ import type {
   TensorInfo,
   TensorScalarStats,
   TensorStats,
+  OrientedTensorStats,
 } from './contract'
 import { elementCount, type OpenedModel } from '../formats/contract'
 import { ModelFormatError } from '../common/errors'
 import { openModel } from '../formats/open-model'
 import { classifyTensor, describeModel, LINEAR_ROLES, type LogicalModel } from '../model/logical-model'
 import { StatsService } from '../stats/stats-service'
+import { orientationPlan, orientStats } from '../stats/orientation'
 import { EngineError } from './errors'
 import { EvaluateService, type EvalRunsBackend, type InferenceApi, type VariantCatalog } from './evaluate-service'
 
@@ -167,7 +169,14 @@ export class EngineService implements ApiFunctions {
     if (!info.decodable) {
       throw new ModelFormatError(info.file, tensor, `stored type ${info.dtype} cannot be decoded by this build, so it has no statistics`)
     }
-    return this.runJob(jobId, (hooks) => this.stats.computeTensorStats(entry.path, tensor, options, hooks))
+    const stored = await this.runJob(jobId, (hooks) => this.stats.computeTensorStats(entry.path, tensor, options, hooks))
+    return this.oriented(entry, tensor, stored)
+  }
+
+  /** Statistics in HF orientation ([out, in], HF row order), whatever the format stored. */
+  private oriented(entry: OpenModelEntry, tensor: string, stats: TensorStats): OrientedTensorStats {
+    const role = entry.summary.tensors.find((t) => t.name === tensor)?.role ?? null
+    return orientStats(stats, orientationPlan(entry.model, tensor, role))
   }
 
   async layerGridStats({ modelId, jobId }: ApiParams<'layerGridStats'>): Promise<ApiResult<'layerGridStats'>> {
@@ -195,7 +204,7 @@ export class EngineService implements ApiFunctions {
     const cells: LayerGridCell[] = []
     for (const w of wanted) {
       const s = all.get(w.tensor)
-      if (s) cells.push({ ...w, stats: scalarStats(s) })
+      if (s) cells.push({ ...w, stats: scalarStats(this.oriented(entry, w.tensor, s)) })
       else skipped.push({ tensor: w.tensor, reason: 'no statistics returned' })
     }
     return {

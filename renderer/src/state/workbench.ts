@@ -11,9 +11,10 @@ import type {
   LayerGridStats,
   ModelSummary,
   RecentModel,
-  TensorStats,
+  OrientedTensorStats,
 } from '../../../worker/api/contract'
 import { asApiError, startJob, type ApiClient, type ConnectionState, type Job } from '../api'
+import { queueChartWork } from '../charts/chart-queue'
 import { createEvaluation } from './evaluation'
 
 export type Tab = 'overview' | 'grid' | 'tensor' | 'evaluate'
@@ -37,7 +38,7 @@ export interface WorkbenchState {
   recent: RecentModel[]
   tab: Tab
   selected: string | null
-  tensorStats: TensorStats | null
+  tensorStats: OrientedTensorStats | null
   tensorError: ApiError | null
   tensorJob: JobView | null
   grid: LayerGridStats | null
@@ -71,8 +72,8 @@ export function createWorkbench(client: ApiClient) {
     ready: false,
   })
   const evaluation = createEvaluation(client)
-  const statsCache = new Map<string, TensorStats>()
-  let tensorJob: Job<TensorStats> | null = null
+  const statsCache = new Map<string, OrientedTensorStats>()
+  let tensorJob: Job<OrientedTensorStats> | null = null
   let gridJob: Job<LayerGridStats> | null = null
 
   /** A progress view for a job that is about to start; `cancel` reaches it once it has. */
@@ -156,7 +157,9 @@ export function createWorkbench(client: ApiClient) {
     job.promise.then(
       (stats) => {
         statsCache.set(key, markRaw(stats))
-        if (tensorJob === job) state.tensorStats = markRaw(stats)
+        // Shown in a task of its own: the views' work (outlier threshold over up to 152k
+        // channels, envelopes, heatmap image) must not add to the task that parsed the message.
+        if (tensorJob === job) queueChartWork(() => (state.tensorStats = markRaw(stats)))
       },
       (err: unknown) => {
         const e = asApiError(err)
