@@ -12,6 +12,8 @@ import { ModelFormatError } from '../../worker/common/errors'
 import { openModel } from '../../worker/formats/open-model'
 import { onnxFormat } from '../../worker/formats/onnx/reader'
 import { tokensOf } from '../../worker/inference/text-source'
+import { computeTensorStats } from '../../worker/stats/tensor-stats'
+import { writeSafetensorsFile } from '../../worker/formats/safetensors/writer'
 import { readRegularTextFile } from '../../worker/io/regular-file'
 import { buildGguf } from '../helpers/gguf-writer'
 import { DataType, encodeModel } from '../helpers/onnx-builder'
@@ -270,4 +272,71 @@ describe('cost linear in tensor count', () => {
     expect(r.stdout).toContain('tensors       300000')
     expect(Date.now() - t0).toBeLessThan(40_000)
   }, 90_000)
+})
+
+describe('F64 values are counted in float64; tensors without finite values have null moments', () => {
+  // Beyond float32's range (±3.4e38): float32 decoding would make them ±Infinity.
+  const wide = [1e300, -1e39, -1e300, 0.5, 3e-320, -7]
+  /** Population moments in float64 of values scaled by 1e300 (a different scale than the engine's). */
+  function reference(v: number[]) {
+    const s = v.map((x) => x / 1e300)
+    const mean = s.reduce((a, b) => a + b, 0) / s.length
+    const m2 = s.reduce((a, b) => a + (b - mean) ** 2, 0) / s.length
+    const m4 = s.reduce((a, b) => a + (b - mean) ** 4, 0) / s.length
+    return { mean: mean * 1e300, std: Math.sqrt(m2) * 1e300, kurtosis: m4 / m2 ** 2 }
+  }
+  const f64 = (v: number[]) => new Uint8Array(Float64Array.from(v).buffer)
+  const f32 = (v: number[]) => new Uint8Array(Float32Array.from(v).buffer)
+
+  it('inspect --stats --json: F64 extremes, moments, and null moments for all-NaN / all-Inf / empty', async () => {
+    const path = join(dir, 'wide.safetensors')
+    const specs = [
+      { name: 'wide', dtype: 'F64', shape: [2, 3] },
+      { name: 'nan', dtype: 'F32', shape: [2, 3] },
+      { name: 'inf', dtype: 'F32', shape: [3] },
+      { name: 'empty', dtype: 'F32', shape: [4, 0] },
+    ]
+    await writeSafetensorsFile(path, specs, (spec) =>
+      spec.name === 'wide' ? f64(wide) : spec.name === 'nan' ? f32(Array(6).fill(NaN)) : spec.name === 'inf' ? f32([Infinity, -Infinity, NaN]) : new Uint8Array(0),
+    )
+    const r = await cli(['inspect', path, '--stats', '--json'])
+    expect(r.code, r.stderr).toBe(0)
+    const stats = Object.fromEntries(JSON.parse(r.stdout).tensors.map((t: { name: string; stats: unknown }) => [t.name, t.stats]))
+    const ref = reference(wide)
+    expect(stats.wide).toMatchObject({ min: -1e300, max: 1e300, absmax: 1e300, nan: 0, inf: 0 })
+    expect(stats.wide.mean / ref.mean - 1).toBeLessThan(1e-12)
+    expect(Math.abs(stats.wide.std / ref.std - 1)).toBeLessThan(1e-12)
+    expect(Math.abs(stats.wide.kurtosis / ref.kurtosis - 1)).toBeLessThan(1e-12)
+    const none = { min: null, max: null, mean: null, std: null, absmax: null, kurtosis: null }
+    expect(stats.nan).toEqual({ ...none, nan: 6, inf: 0 })
+    expect(stats.inf).toEqual({ ...none, nan: 1, inf: 2 })
+    expect(stats.empty).toEqual({ ...none, nan: 0, inf: 0 })
+  })
+
+  it('per-channel absmax, top-k and histogram stay in float64 (ONNX double_data, GGUF F64)', async () => {
+    const onnx = join(dir, 'wide.onnx')
+    await writeFile(onnx, encodeModel({ initializers: [{ name: 'w', dataType: DataType.DOUBLE, dims: [2, 3], doubleData: wide }] }))
+    const gguf = join(dir, 'wide.gguf')
+    await writeFile(gguf, buildGguf({ tensors: [{ name: 'w', ne: [3, 2], type: 28 /* F64 */, data: f64(wide) }] }))
+    for (const path of [onnx, gguf]) {
+      const m = await openModel(path)
+      try {
+        expect(Array.from(await m.readRows64!('w', 1, 2))).toEqual(wide.slice(3))
+        const s = await computeTensorStats(m, 'w', { bins: 4, topK: 2 })
+        expect([s.min, s.max, s.inf, s.nan, s.count]).toEqual([-1e300, 1e300, 0, 0, 6])
+        expect(s.rowAbsmax).toEqual([1e300, 7])
+        expect(s.colAbsmax).toEqual([1e300, 1e39, 1e300])
+        expect(s.topK.map((e) => [e.value, e.index])).toEqual([[1e300, 0], [-1e300, 2]])
+        // The documented bin rule floor((x − lo)·bins/(hi − lo)) in float64: the four small
+        // values land in bin 2, since −1e39 − (−1e300) rounds to 1e300.
+        const want = [0, 0, 0, 0]
+        for (const x of wide) want[Math.min(3, Math.floor((x + 1e300) * (4 / 2e300)))]!++
+        expect(want).toEqual([1, 0, 4, 1])
+        expect(s.histogram).toEqual({ lo: -1e300, hi: 1e300, counts: want })
+        expect(Math.abs(s.std / reference(wide).std - 1)).toBeLessThan(1e-12)
+      } finally {
+        await m.close()
+      }
+    }
+  })
 })

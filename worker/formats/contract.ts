@@ -81,6 +81,12 @@ export interface OpenedModel {
    * Reads only the bytes of those rows.
    */
   readRows(name: string, rowStart: number, rowEnd: number): Promise<Float32Array>
+  /**
+   * readRows in float64: F64 tensors exactly (float32 would turn 1e300 into Infinity and
+   * round the rest), every other type widened from readRows. Statistics of F64 tensors use it
+   * when present (the three file readers have it; in-memory test models need not).
+   */
+  readRows64?(name: string, rowStart: number, rowEnd: number): Promise<Float64Array>
   /** The stored bytes of a tensor, undecoded. */
   readRaw(name: string): Promise<Uint8Array>
   close(): Promise<void>

@@ -129,10 +129,11 @@ export function fp8e5m2ToF32(b: number): number {
 }
 
 /**
- * Decodes `count` little-endian elements of `dtype` from `bytes` into `out` (float32).
+ * Decodes `count` little-endian elements of `dtype` from `bytes` into `out`: float32, or
+ * float64 where F64 values must keep their range and precision (OpenedModel.readRows64).
  * `bytes` may be any slice; it need not be aligned.
  */
-export function decodePlain(dtype: PlainDType, bytes: Uint8Array, out: Float32Array, count = out.length): Float32Array {
+export function decodePlain<T extends Float32Array | Float64Array>(dtype: PlainDType, bytes: Uint8Array, out: T, count = out.length): T {
   const need = count * PLAIN_DTYPE_BYTES[dtype]
   if (bytes.length < need) throw new RangeError(`decodePlain(${dtype}): need ${need} bytes, have ${bytes.length}`)
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)

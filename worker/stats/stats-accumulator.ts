@@ -136,8 +136,14 @@ export interface RawStats {
   moments: Moments
   /** Typed arrays owned by the caller from here on (they are transferred, not copied). */
   histogram: Float64Array
-  rowAbsmax: Float32Array
-  colAbsmax: Float32Array
+  /** Float64Array for F64 tensors, whose magnitudes float32 cannot hold. */
+  rowAbsmax: Float32Array | Float64Array
+  colAbsmax: Float32Array | Float64Array
+  /**
+   * The moments are those of x / momentScale (a power of two, 1 unless given): F64 values
+   * near 1e300 have squares beyond float64, so their moments are taken of scaled values.
+   */
+  momentScale?: number
   /** Kept top-k entries in any order. */
   top: { value: number; index: number }[]
   heatmap: HeatmapGeometry
@@ -158,8 +164,8 @@ export interface RawStats {
 export interface PackedTensorStats {
   head: Omit<TensorStats, 'histogram' | 'rowAbsmax' | 'colAbsmax' | 'heatmap'>
   histogram: { lo: number; hi: number; counts: Float64Array }
-  rowAbsmax: Float32Array
-  colAbsmax: Float32Array
+  rowAbsmax: Float32Array | Float64Array
+  colAbsmax: Float32Array | Float64Array
   heatmap: { rows: number; cols: number; values: Float64Array }
 }
 
@@ -187,7 +193,9 @@ export function finalizeStats(tensor: string, raw: RawStats): PackedTensorStats 
   const { rows, cols, moments } = raw
   const finite = moments.n
   const none = finite === 0
-  const std = none ? 0 : Math.sqrt(moments.m2 / finite)
+  const scale = raw.momentScale ?? 1
+  // Kurtosis is scale-free; mean and std scale back (a power of two: exact).
+  const std = none ? 0 : Math.sqrt(moments.m2 / finite) * scale
   const kurtosis = none || moments.m2 === 0 ? 0 : (finite * moments.m4) / (moments.m2 * moments.m2)
   const min = none ? 0 : raw.min + 0 // + 0 turns -0 into 0
   const max = none ? 0 : raw.max + 0
@@ -207,7 +215,7 @@ export function finalizeStats(tensor: string, raw: RawStats): PackedTensorStats 
       count: rows * cols,
       min,
       max,
-      mean: none ? 0 : moments.mean,
+      mean: none ? 0 : moments.mean * scale,
       std,
       absmax: none ? 0 : Math.max(Math.abs(min), Math.abs(max)),
       kurtosis,
@@ -246,7 +254,7 @@ function toArray(a: ArrayLike<number>): number[] {
 }
 
 /** Checks the pass-1 row order contract shared by both kernels. */
-export function checkRowChunk(values: Float32Array, rowStart: number, nextRow: number, rows: number, cols: number): number {
+export function checkRowChunk(values: Float32Array | Float64Array, rowStart: number, nextRow: number, rows: number, cols: number): number {
   if (cols === 0 || values.length % cols !== 0) {
     throw new RangeError(`stats chunk of ${values.length} values is not a whole number of rows of ${cols}`)
   }

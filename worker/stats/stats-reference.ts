@@ -34,31 +34,43 @@ export class ReferenceStatsAccumulator implements StatsAccumulator {
   private readonly moments: Moments = { n: 0, mean: 0, m2: 0, m3: 0, m4: 0 }
   private readonly fine = new Uint32Array(FINE_BINS)
   private histogram: Float64Array | null = null
-  private readonly rowAbsmax: Float32Array
-  private readonly colAbsmax: Float32Array
+  private readonly rowAbsmax: Float32Array | Float64Array
+  private readonly colAbsmax: Float32Array | Float64Array
+  /** float64 mode: moments are taken in pass 2, of x / momentScale (see addHistogramRows). */
+  private momentScale = 1
   private readonly heat: HeatmapGeometry
   private readonly cellSum: Float64Array
   private readonly cellBad: Float64Array
   private readonly top: TopKHeap
 
+  /**
+   * `float64`: values arrive as Float64Array (F64 tensors, OpenedModel.readRows64) and are
+   * counted in float64 throughout: extremes, per-channel absmax, top-k, histogram, and moments
+   * scaled by a power of two so that values near 1e300 neither overflow nor become Inf.
+   */
   constructor(
     readonly rows: number,
     readonly cols: number,
     private readonly options: StatsOptions,
+    private readonly float64 = false,
   ) {
-    this.rowAbsmax = new Float32Array(rows)
-    this.colAbsmax = new Float32Array(cols)
+    this.rowAbsmax = float64 ? new Float64Array(rows) : new Float32Array(rows)
+    this.colAbsmax = float64 ? new Float64Array(cols) : new Float32Array(cols)
+    // No fine 16-bit-key histogram for doubles: always a second, exact histogram pass.
+    if (float64) this.lowBits = 1
     this.heat = heatmapGeometry(rows, cols, options.heatmapSize)
     this.cellSum = new Float64Array(this.heat.rows * this.heat.cols)
     this.cellBad = new Float64Array(this.heat.rows * this.heat.cols)
     this.top = new TopKHeap(options.topK)
   }
 
-  addRows(values: Float32Array, rowStart: number): void {
-    const { cols, rows } = this
+  addRows(values: Float32Array | Float64Array, rowStart: number): void {
+    if ((values instanceof Float64Array) !== this.float64) throw new TypeError(`stats accumulator expects ${this.float64 ? 'Float64Array' : 'Float32Array'} rows`)
+    const { cols, rows, float64 } = this
     const n = checkRowChunk(values, rowStart, this.nextRow, rows, cols)
-    this.chunkMoments(values)
-    const bits = new Uint32Array(values.buffer, values.byteOffset, values.length)
+    if (!float64) this.chunkMoments(values, 1)
+    // Float32 bit patterns feed the fine histogram; float64 mode has none (a dummy view).
+    const bits = float64 ? new Uint32Array(0) : new Uint32Array(values.buffer, values.byteOffset, values.length)
     const { colAbsmax, cellSum, cellBad, fine, top } = this
     const colCell = this.heat.colCell
     const hr = this.heat.rows
@@ -84,9 +96,11 @@ export class ReferenceStatsAccumulator implements StatsAccumulator {
         if (a > colAbsmax[c]!) colAbsmax[c] = a
         cellSum[cellBase + colCell[c]!]! += a
         if (x === 0) zeros++
-        const b = bits[off + c]!
-        lowBits |= b & FINE_LOW_MASK
-        fine[b >>> FINE_SHIFT]!++
+        if (!float64) {
+          const b = bits[off + c]!
+          lowBits |= b & FINE_LOW_MASK
+          fine[b >>> FINE_SHIFT]!++
+        }
         if (a > top.threshold) top.offer(x, r * cols + c)
       }
       this.rowAbsmax[r] = rowMax
@@ -100,12 +114,12 @@ export class ReferenceStatsAccumulator implements StatsAccumulator {
     this.nextRow = rowStart + n
   }
 
-  /** Two-pass central moments of the chunk's finite values, merged into the running ones. */
-  private chunkMoments(values: Float32Array): void {
+  /** Two-pass central moments of the chunk's finite values (divided by `scale`), merged into the running ones. */
+  private chunkMoments(values: Float32Array | Float64Array, scale: number): void {
     let sum = 0
     let n = 0
     for (let i = 0; i < values.length; i++) {
-      const x = values[i]!
+      const x = values[i]! / scale
       if (x - x === 0) {
         sum += x
         n++
@@ -117,7 +131,7 @@ export class ReferenceStatsAccumulator implements StatsAccumulator {
     let m3 = 0
     let m4 = 0
     for (let i = 0; i < values.length; i++) {
-      const x = values[i]!
+      const x = values[i]! / scale
       if (x - x === 0) {
         const d = x - mean
         const d2 = d * d
@@ -133,21 +147,34 @@ export class ReferenceStatsAccumulator implements StatsAccumulator {
     return this.lowBits !== 0
   }
 
-  addHistogramRows(values: Float32Array): void {
+  addHistogramRows(values: Float32Array | Float64Array): void {
     if (!this.needsHistogramPass()) throw new Error('addHistogramRows: this tensor needs no histogram pass')
     if (this.nextRow !== this.rows) throw new Error('addHistogramRows: pass 1 is not complete')
     const { bins } = this.options
     const hist = (this.histogram ??= new Float64Array(bins))
-    const lo = this.min
-    const scale = histogramScale(this.min, this.max, bins)
+    // float64 mode: dividing by a power of two near max |x| is exact and keeps max − min
+    // (up to 2 × 1.8e308) finite; float32 values never need it (s = 1).
+    const s = this.float64 ? this.scaleFor() : 1
+    if (this.float64) {
+      this.momentScale = s
+      this.chunkMoments(values, s)
+    }
+    const lo = this.min / s
+    const scale = histogramScale(lo, this.max / s, bins)
     const last = bins - 1
     for (let i = 0; i < values.length; i++) {
-      const x = values[i]!
+      const x = values[i]! / s
       if (x - x !== 0) continue
       const b = Math.floor((x - lo) * scale)
       hist[b < 0 ? 0 : b > last ? last : b]!++
     }
     this.histRows += values.length / this.cols
+  }
+
+  /** 2^floor(log2(max |x|)) (1 when there are no finite values or all are 0). */
+  private scaleFor(): number {
+    const absmax = Math.max(Math.abs(this.min), Math.abs(this.max))
+    return absmax > 0 && absmax < Infinity ? 2 ** Math.floor(Math.log2(absmax)) : 1
   }
 
   finish(tensor: string): TensorStats {
@@ -177,6 +204,7 @@ export class ReferenceStatsAccumulator implements StatsAccumulator {
       histogram,
       rowAbsmax: this.rowAbsmax.slice(),
       colAbsmax: this.colAbsmax.slice(),
+      momentScale: this.momentScale,
       top: this.top.entries(),
       heatmap: this.heat,
       cellSum: this.cellSum,

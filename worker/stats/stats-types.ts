@@ -31,9 +31,9 @@ export interface TensorStats {
   inf: number
   zeros: number
   histogram: { lo: number; hi: number; counts: number[] }
-  /** absmax of each row (output channel), length rows. */
+  /** absmax of each row (output channel), length rows; empty when the tensor has no elements. */
   rowAbsmax: number[]
-  /** absmax of each column (input channel), length cols. */
+  /** absmax of each column (input channel), length cols; empty when the tensor has no elements. */
   colAbsmax: number[]
   /** Largest |value| entries, descending, with flat index and (row, col). */
   topK: { index: number; row: number; col: number; value: number }[]

@@ -121,19 +121,19 @@ export async function computeTensorStatsPacked(
   const check = () => {
     if (signal?.aborted) throw abortError()
   }
-  const read = async (r0: number): Promise<Float32Array> => {
+  const reader = <T extends Float32Array | Float64Array>(readRows: (name: string, r0: number, r1: number) => Promise<T>) => async (r0: number): Promise<T> => {
     const r1 = Math.min(rows, r0 + chunkRows)
-    const out = await model.readRows(name, r0, r1)
+    const out = await readRows(name, r0, r1)
     if (out.length !== (r1 - r0) * cols) {
       throw new ModelFormatError(entry.file, name, `reader returned ${out.length} values for rows ${r0}..${r1}, expected ${(r1 - r0) * cols}`)
     }
     return out
   }
   /** Reads all rows in order with one chunk of read-ahead, handing each to `use`. */
-  const stream = async (use: (chunk: Float32Array, r0: number) => void) => {
-    let pending: Promise<Float32Array> | null = read(0)
+  const streamWith = async <T extends Float32Array | Float64Array>(read: (r0: number) => Promise<T>, use: (chunk: T, r0: number) => void) => {
+    let pending: Promise<T> | null = read(0)
     for (let r0 = 0; r0 < rows; r0 += chunkRows) {
-      const chunk: Float32Array = await pending!
+      const chunk: T = await pending!
       check()
       pending = r0 + chunkRows < rows ? read(r0 + chunkRows) : null
       // An abandoned read-ahead must not surface as an unhandled rejection.
@@ -145,6 +145,16 @@ export async function computeTensorStatsPacked(
   }
 
   check()
+  // F64 values are counted in float64 (float32 would turn 1e300 into Infinity): reference kernel.
+  if (entry.dtype === 'F64' && model.readRows64) {
+    const read64 = reader(model.readRows64.bind(model))
+    const acc = new ReferenceStatsAccumulator(rows, cols, opts, true)
+    await streamWith(read64, (chunk, r0) => acc.addRows(chunk, r0))
+    await streamWith(read64, (chunk) => acc.addHistogramRows(chunk))
+    return acc.finishPacked(name)
+  }
+  const read = reader(model.readRows.bind(model))
+  const stream = (use: (chunk: Float32Array, r0: number) => void) => streamWith(read, use)
   const direct = directSource(model, entry, rows * cols, ctx)
   if (direct) {
     const acc = new WasmStatsAccumulator(rows, cols, opts, direct)

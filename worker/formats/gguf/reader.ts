@@ -5,6 +5,7 @@ import { ModelFormatError } from '../../common/errors'
 import { GGML_REMOVED_TYPE_NAMES, ggmlTypeById } from './ggml-types'
 import { ggufConfig } from './config'
 import { dequantize } from './dequant'
+import { decodePlain } from '../dtypes'
 import { GGUF_MAGIC, readGgufHeader, type GgufHeader } from './header'
 
 export type { GgufArraySummary, GgufValue } from './header'
@@ -97,6 +98,19 @@ async function openGguf(path: string): Promise<OpenedModel> {
     if (!t) throw new ModelFormatError(file, name, 'no such tensor in this file')
     return t
   }
+  /** The stored bytes of rows [rowStart, rowEnd) of a decodable tensor, after checking the range. */
+  const rowBytes = async (name: string, rowStart: number, rowEnd: number) => {
+    const t = tensorOf(name)
+    if (!t.decodable) throw new ModelFormatError(file, name, `cannot decode type ${t.dtype} (listed, but this build has no dequantizer for it)`)
+    if (!Number.isInteger(rowStart) || !Number.isInteger(rowEnd) || rowStart < 0 || rowEnd < rowStart || rowEnd > t.rows) {
+      throw new ModelFormatError(file, name, `row range [${rowStart}, ${rowEnd}) is outside [0, ${t.rows})`)
+    }
+    const count = (rowEnd - rowStart) * t.cols
+    if (count > MAX_VALUES_PER_READ) {
+      throw new ModelFormatError(file, name, `rows [${rowStart}, ${rowEnd}) hold ${count} values, more than one read may decode (${MAX_VALUES_PER_READ}); read fewer rows at a time`)
+    }
+    return { t, count, bytes: await src.read(t.byteOffset + rowStart * t.rowBytes, (rowEnd - rowStart) * t.rowBytes) }
+  }
   const arch = header.metadata['general.architecture']
   return {
     format: 'gguf',
@@ -113,17 +127,13 @@ async function openGguf(path: string): Promise<OpenedModel> {
     tensors: tensors.map(({ rows: _r, cols: _c, rowBytes: _b, ...entry }) => entry),
     tokenizerPath: null,
     async readRows(name, rowStart, rowEnd) {
-      const t = tensorOf(name)
-      if (!t.decodable) throw new ModelFormatError(file, name, `cannot decode type ${t.dtype} (listed, but this build has no dequantizer for it)`)
-      if (!Number.isInteger(rowStart) || !Number.isInteger(rowEnd) || rowStart < 0 || rowEnd < rowStart || rowEnd > t.rows) {
-        throw new ModelFormatError(file, name, `row range [${rowStart}, ${rowEnd}) is outside [0, ${t.rows})`)
-      }
-      const count = (rowEnd - rowStart) * t.cols
-      if (count > MAX_VALUES_PER_READ) {
-        throw new ModelFormatError(file, name, `rows [${rowStart}, ${rowEnd}) hold ${count} values, more than one read may decode (${MAX_VALUES_PER_READ}); read fewer rows at a time`)
-      }
-      const bytes = await src.read(t.byteOffset + rowStart * t.rowBytes, (rowEnd - rowStart) * t.rowBytes)
+      const { t, bytes, count } = await rowBytes(name, rowStart, rowEnd)
       return dequantize(t.dtype, bytes, count)
+    },
+    async readRows64(name, rowStart, rowEnd) {
+      const { t, bytes, count } = await rowBytes(name, rowStart, rowEnd)
+      // F64 stays exact; every other type dequantizes to float32 values, exact in float64.
+      return t.dtype === 'F64' ? decodePlain('F64', bytes, new Float64Array(count)) : new Float64Array(dequantize(t.dtype, bytes, count))
     },
     async readRaw(name) {
       const t = tensorOf(name)

@@ -335,6 +335,21 @@ function createModel(
       if (s.storage.kind === 'nbits') return dequantMatMulNBitsRows(s.storage.q, rowStart, rowEnd, operands)
       return readElements(s, rowStart * cols, (rowEnd - rowStart) * cols)
     },
+    async readRows64(name, rowStart, rowEnd) {
+      const s = slot(name)
+      const st = s.storage
+      // DOUBLE tensors (raw_data or double_data: both little-endian float64) are read exactly.
+      if (s.entry.dtype === 'F64' && (st.kind === 'bytes' || (st.kind === 'packed' && TYPED_FIELDS[st.field]!.wire === 'f64'))) {
+        const { rows, cols } = matrixShape(s.entry.shape)
+        if (!(Number.isInteger(rowStart) && Number.isInteger(rowEnd) && 0 <= rowStart && rowStart <= rowEnd && rowEnd <= rows)) {
+          throw new ModelFormatError(s.entry.file, name, `row range [${rowStart}, ${rowEnd}) outside [0, ${rows})`)
+        }
+        const count = (rowEnd - rowStart) * cols
+        const bytes = await sourceOf(st.kind === 'bytes' ? st.file : abs).read(st.offset + rowStart * cols * 8, count * 8)
+        return decodePlain('F64', bytes, new Float64Array(count))
+      }
+      return new Float64Array(await this.readRows(name, rowStart, rowEnd))
+    },
     readRaw: (name) => readRaw(slot(name)),
     async close() {
       await src.close()

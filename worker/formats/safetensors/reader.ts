@@ -227,6 +227,16 @@ function createSafetensorsModel(files: string[], tensors: TensorEntry[], metadat
     if (!t) throw new ModelFormatError(files[0]!, name, 'no such tensor')
     return t
   }
+  const rowBytes = async (name: string, rowStart: number, rowEnd: number) => {
+    const t = entry(name)
+    const { rows, cols } = matrixShape(t.shape)
+    if (!(Number.isInteger(rowStart) && Number.isInteger(rowEnd) && 0 <= rowStart && rowStart <= rowEnd && rowEnd <= rows)) {
+      throw new ModelFormatError(t.file, name, `row range [${rowStart}, ${rowEnd}) outside [0, ${rows})`)
+    }
+    const size = PLAIN_DTYPE_BYTES[t.dtype as PlainDType]
+    const count = (rowEnd - rowStart) * cols
+    return { t, count, bytes: await (await source(t.file)).read(t.byteOffset + rowStart * cols * size, count * size) }
+  }
   return {
     format: 'safetensors',
     files,
@@ -236,14 +246,12 @@ function createSafetensorsModel(files: string[], tensors: TensorEntry[], metadat
     tensors,
     tokenizerPath: null,
     async readRows(name, rowStart, rowEnd) {
-      const t = entry(name)
-      const { rows, cols } = matrixShape(t.shape)
-      if (!(Number.isInteger(rowStart) && Number.isInteger(rowEnd) && 0 <= rowStart && rowStart <= rowEnd && rowEnd <= rows)) {
-        throw new ModelFormatError(t.file, name, `row range [${rowStart}, ${rowEnd}) outside [0, ${rows})`)
-      }
-      const size = PLAIN_DTYPE_BYTES[t.dtype as PlainDType]
-      const bytes = await (await source(t.file)).read(t.byteOffset + rowStart * cols * size, (rowEnd - rowStart) * cols * size)
-      return decodePlain(t.dtype as PlainDType, bytes, new Float32Array((rowEnd - rowStart) * cols))
+      const { t, bytes, count } = await rowBytes(name, rowStart, rowEnd)
+      return decodePlain(t.dtype as PlainDType, bytes, new Float32Array(count))
+    },
+    async readRows64(name, rowStart, rowEnd) {
+      const { t, bytes, count } = await rowBytes(name, rowStart, rowEnd)
+      return decodePlain(t.dtype as PlainDType, bytes, new Float64Array(count))
     },
     async readRaw(name) {
       const t = entry(name)
