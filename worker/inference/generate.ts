@@ -1,6 +1,6 @@
-import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { OpenedModel } from '../formats/contract'
+import { readRegularTextFile } from '../io/regular-file'
 import { InferenceInputError, NonFiniteResultError } from './errors'
 import { sampleToken, seededRandom, type SamplingOptions } from './sampler'
 import type { DecoderSession } from './session'
@@ -98,7 +98,8 @@ export async function declaredStopTokens(model: OpenedModel): Promise<number[]> 
   if (dir) {
     for (const name of ['config.json', 'generation_config.json']) {
       try {
-        add((JSON.parse(await readFile(join(dir, name), 'utf8')) as Record<string, unknown>).eos_token_id)
+        // Regular files only: a FIFO under this name would block the open forever.
+        add((JSON.parse(await readRegularTextFile(join(dir, name), 64 * 1024 * 1024)) as Record<string, unknown>).eos_token_id)
       } catch {
         /* absent or unreadable: no stop tokens from it */
       }
