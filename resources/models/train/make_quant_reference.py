@@ -51,6 +51,7 @@ REFERENCE_JSON = REPO_ROOT / "test" / "fixtures" / "reference" / "reference.json
 OUT_JSON = REPO_ROOT / "test" / "fixtures" / "reference" / "quant-reference.json"
 MIN_CALIBRATION_WINDOWS = 64
 SEED = 0
+SPREAD_SEEDS = (1, 2, 3, 4)  # k-means methods are re-run with these seeds: how much of a ppl is the seed
 NF4_VALUES = [  # bitsandbytes functional.py get_4bit_type('nf4')
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
     -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
@@ -148,8 +149,10 @@ def kmeans_rows(x: torch.Tensor, s: torch.Tensor, k: int, seed: int, max_iter: i
     while it < max_iter and bool(active.any()):
         it += 1
         a = (x[:, :, None] - centres[:, None, :]).abs().argmin(-1)
-        sums = torch.zeros_like(centres).scatter_add_(1, a, s * x)
-        mass = torch.zeros_like(centres).scatter_add_(1, a, s)
+        # one-hot sums, not scatter_add_: CUDA atomics add in a varying order (not reproducible)
+        member = (a[..., None] == torch.arange(k, device=x.device)).to(x.dtype)  # [R, n, k]
+        sums = (member * (s * x)[..., None]).sum(1)
+        mass = (member * s[..., None]).sum(1)
         new = torch.where(mass > 0, sums / mass.clamp(min=1e-300), centres).sort(1).values
         shift = ((new - centres) ** 2).sum(1)
         centres = torch.where(active[:, None], new, centres)
@@ -179,7 +182,7 @@ def any_n(w: torch.Tensor, bits: int, group: int, weighting: str, xbar: torch.Te
         s = xbar.double().abs()[None, :].expand_as(ws)
         if weighting == "activations-scale":
             s = s * alpha.expand_as(x).reshape(w.shape)
-    lut, it = kmeans_rows(ws, s, k, SEED)
+    lut, it = kmeans_rows(ws, s, k, info.get("seed", SEED))
     info["max_iterations"] = max(info.get("max_iterations", 0), it)
     lut16 = f16(lut).float()  # [R, k]
     levels = (lut16[:, None, :] * f16(alpha).float()) + f16(lo).float()  # [R, groups, k]
@@ -194,7 +197,7 @@ def kmeans_kllm(w: torch.Tensor, bits: int, outliers: float, info: dict) -> torc
     s = torch.ones_like(w, dtype=torch.float64)
     idx = torch.argsort(-w.abs(), dim=1, stable=True)[:, :n_out]
     s.scatter_(1, idx, 0.0)
-    book, it = kmeans_rows(w.double(), s, 2 ** bits, SEED)
+    book, it = kmeans_rows(w.double(), s, 2 ** bits, info.get("seed", SEED))
     info["max_iterations"] = max(info.get("max_iterations", 0), it)
     deq = nearest_of(w.float(), f16(book).float())
     return deq.scatter(1, idx, f16(w.float().gather(1, idx)))
@@ -389,6 +392,12 @@ def methods() -> list[dict]:
     for b in (4, 3):
         out.append(dict(key=f"awq{b}_g128", spec=f"awq:bits={b},group=128", store=("awq", b, 128, 0), doc=awq.__doc__,
                         fn=lambda w, n, c, i, b=b: awq(w, c["calib"][n]["mean_abs"], c["calib"][n]["gram"], b, 128, i)))
+    for m in out:
+        m["calibration"] = {"rtn": "none", "nf4": "none", "fp4": "none", "kmeans": "none",
+                            "anyn": "any4-prompt.txt x̄ (fast mode)" if "weighting=weights" not in m["spec"] else "none",
+                            "gptq": "calibration.txt Σ xᵀx of the full-precision model (non-sequential)",
+                            "awq": "calibration.txt Σ xᵀx and mean |x| of the full-precision model (non-sequential)",
+                            }[m["store"][0]]
     return out
 
 
@@ -473,7 +482,7 @@ def run(out: Path, smoke: bool, log=print) -> dict:
                          "statistic": "Σ xᵀx and mean |x| of each linear's inputs from the FULL-PRECISION model "
                                       "(non-sequential: the reference GPTQ/AWQ use the quantized earlier layers)"},
         },
-        "seed": SEED,
+        "seed": SEED, "spread_seeds": list(SPREAD_SEEDS),
         "storage_rule": "codes packed contiguously over the tensor (ceil(rows·cols·bits/8) bytes); scales, minima, "
                         "LUTs, codebooks and outlier values fp16; integer zero points (GPTQ, AWQ) packed at `bits` bits "
                         "(ceil(groups·bits/8)); outlier column indices uint16; AWQ also stores s as fp16 per input "
@@ -488,13 +497,17 @@ def run(out: Path, smoke: bool, log=print) -> dict:
                     "the 'rtn4_g128' method below rounds both to fp16 as the TS quantizer stores them"},
         "methods": {},
     }
-    for m in methods():
-        t0, info = time.time(), {}
+    def quantize_all(m: dict, info: dict) -> dict:
         deq = {}
         for name, w in planned.items():
             deq[name] = m["fn"](w, name, cal, info).to(w.dtype)
             assert deq[name].shape == w.shape and torch.isfinite(deq[name]).all(), (m["key"], name)
         torch.cuda.synchronize()
+        return deq
+
+    for m in methods():
+        t0, info = time.time(), {}
+        deq = quantize_all(m, info)
         seconds_quant = time.time() - t0
         nll = evaluate_with(model, originals, deq, heldout)
         bpw, storage = bits_per_weight(m["store"], shapes)
@@ -503,15 +516,24 @@ def run(out: Path, smoke: bool, log=print) -> dict:
         entry = {"spec": m["spec"], "ppl": math.exp(float(nll.mean())), "nll": float(nll.mean()),
                  "windows": int(nll.shape[0]), "bitsPerWeight": bpw, "storageBytes": storage,
                  "weightMse": mse, "windowNllFirst16": nll[:16].tolist(),
-                 "secondsQuantize": round(seconds_quant, 2),
+                 "secondsQuantize": round(seconds_quant, 2), "calibration": m["calibration"],
                  "definition": " ".join(m["doc"].split())}
         if "max_iterations" in info:
             entry["kmeansMaxIterations"] = info["max_iterations"]
+            entry["pplOtherSeeds"] = {}
+            for seed in SPREAD_SEEDS:
+                other = evaluate_with(model, originals, quantize_all(m, {"seed": seed}), heldout)
+                entry["pplOtherSeeds"][str(seed)] = math.exp(float(other.mean()))
+            every = [entry["ppl"], *entry["pplOtherSeeds"].values()]
+            entry["pplSeeds"] = {"mean": float(np.mean(every)), "min": min(every), "max": max(every),
+                                 "seeds": [SEED, *SPREAD_SEEDS]}
         if "alpha" in info:
             entry["awqAlpha"] = dict(zip(planned, info["alpha"]))
         result["methods"][m["key"]] = entry
         log(f"{m['key']:32s} {m['spec']:44s} ppl {entry['ppl']:9.4f}  bpw {bpw:.4f}  mse {mse:.3e}  "
-            f"{seconds_quant:.1f}s" + (f"  iters {info['max_iterations']}" if "max_iterations" in info else ""))
+            f"{seconds_quant:.1f}s" + (f"  iters {info['max_iterations']}  other seeds "
+                                       + " ".join(f"{v:.4f}" for v in entry["pplOtherSeeds"].values())
+                                       if "max_iterations" in info else ""))
         result["seconds"] = round(time.time() - t_start, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")  # partial results survive a crash
