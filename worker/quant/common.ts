@@ -9,18 +9,23 @@ import { QuantParamError, type LayerCalibration, type QuantizeHooks } from './co
 
 /** Weight length and finiteness; the first NaN/Inf is named by row and column. */
 export function checkWeight(weight: Float32Array, rows: number, cols: number): void {
-  if (!Number.isInteger(rows) || rows < 1 || !Number.isInteger(cols) || cols < 1) {
-    throw new QuantParamError(null, `shape must be two positive integers, got [${rows}, ${cols}]`)
-  }
-  if (weight.length !== rows * cols) {
-    throw new QuantParamError(null, `weight has ${weight.length} values, shape [${rows}, ${cols}] needs ${rows * cols}`)
-  }
+  checkWeightShape(weight, rows, cols)
   for (let i = 0; i < weight.length; i++) {
     const x = weight[i]!
     // x - x is 0 for finite x and NaN for ±Inf and NaN: one compare per element.
     if (x - x !== 0) {
       throw new QuantParamError(null, `weight[${Math.floor(i / cols)}, ${i % cols}] is ${x}: NaN/Inf weights cannot be quantized`)
     }
+  }
+}
+
+/** checkWeight without the finiteness scan (for kernels that detect NaN/Inf themselves). */
+export function checkWeightShape(weight: Float32Array, rows: number, cols: number): void {
+  if (!Number.isInteger(rows) || rows < 1 || !Number.isInteger(cols) || cols < 1) {
+    throw new QuantParamError(null, `shape must be two positive integers, got [${rows}, ${cols}]`)
+  }
+  if (weight.length !== rows * cols) {
+    throw new QuantParamError(null, `weight has ${weight.length} values, shape [${rows}, ${cols}] needs ${rows * cols}`)
   }
 }
 

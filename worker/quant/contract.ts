@@ -81,6 +81,11 @@ export interface QuantizeHooks {
   signal?: AbortSignal
   /** Rows done / rows. */
   onProgress?(done: number, total: number): void
+  /**
+   * Hot loops in plain TS or WASM SIMD (quant/wasm-kernels.ts); unset = WASM when it loads.
+   * Both give bit-identical results; this is for tests and the benchmark.
+   */
+  kernel?: 'ts' | 'wasm'
 }
 
 export interface QuantMethod<P extends object = Record<string, unknown>> {
@@ -120,6 +125,15 @@ export function groupColumns(cols: number, group: number): number {
   if (!Number.isInteger(group) || group < 1) throw new QuantParamError(null, `group must be a positive integer or 0 (per row), got ${group}`)
   if (cols % group !== 0) throw new QuantParamError(null, `group ${group} does not divide the row length ${cols}`)
   return group
+}
+
+/** groupColumns, or 0 where it would throw (for callers that leave the error to a later check). */
+export function groupColumnsOrZero(cols: number, group: number): number {
+  try {
+    return groupColumns(cols, group)
+  } catch {
+    return 0
+  }
 }
 
 /** Bytes of n codes of `bits` bits each, packed contiguously over the whole tensor. */

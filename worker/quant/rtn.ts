@@ -18,10 +18,11 @@
  * never worse than none on the weight's own squared error.
  */
 import * as v from 'valibot'
-import { groupColumns, packedBytes, type QuantMethod, type QuantizeHooks, type StorageBreakdown } from './contract'
-import { F16Array, bitsSchema, checkWeight, forEachRow, groupSchema, sortedUnique } from './common'
+import { groupColumns, groupColumnsOrZero, packedBytes, type QuantMethod, type QuantizeHooks, type StorageBreakdown } from './contract'
+import { F16Array, bitsSchema, checkRowRange, checkWeight, checkWeightShape, forEachRow, groupSchema, sortedUnique } from './common'
 import { packCodes } from './packing'
 import { PackedCodesTensor } from './packed-tensor'
+import { dequantizeWasm, rtnQuantizeWasm, useWasmKernels, type QuantKernelKind } from './wasm-kernels'
 
 export const rtnSchema = v.strictObject({
   bits: bitsSchema(2, 8, 4),
@@ -67,8 +68,19 @@ export class RtnTensor extends PackedCodesTensor {
     readonly scales: F16Array,
     /** fp16 minimum per (row, group); null when symmetric. */
     readonly mins: F16Array | null,
+    /** Which dequantization loop to run (same values either way); unset = WASM when it loads. */
+    readonly kernel?: QuantKernelKind,
   ) {
     super('rtn', rows, cols, params.bits, codes, rtnStorage(rows, cols, params))
+  }
+
+  override dequantizeRows(r0: number, r1: number): Float32Array {
+    if (!useWasmKernels(this.kernel)) return super.dequantizeRows(r0, r1)
+    checkRowRange(this.rows, r0, r1)
+    const grid = this.mins
+      ? { mode: 0 as const, offsets: this.mins.values, offset: 0 }
+      : { mode: 1 as const, offsets: null, offset: (1 << (this.params.bits - 1)) - 1 }
+    return dequantizeWasm(this.codes, this.params.bits, this.cols, r0, r1, { ...grid, groupCols: this.groupCols, scales: this.scales.values, colDiv: null })
   }
 
   protected decodeRow(row: number, codes: Uint8Array, out: Float32Array): void {
@@ -105,6 +117,19 @@ export class RtnTensor extends PackedCodesTensor {
 }
 
 export function quantizeRtn(weight: Float32Array, rows: number, cols: number, params: RtnParams, hooks?: QuantizeHooks): RtnTensor {
+  if (params.clip === 'none' && useWasmKernels(hooks?.kernel)) {
+    // The kernel finds NaN/Inf and fp16 overflow itself and then leaves the errors to the TS
+    // loop below, so bad input fails exactly as there (a bad group is checked first there too).
+    checkWeightShape(weight, rows, cols)
+    const g = groupColumnsOrZero(cols, params.group)
+    if (g > 0) {
+      const perRow = cols / g
+      const scales = new F16Array(rows * perRow)
+      const mins = params.sym ? null : new F16Array(rows * perRow)
+      const packed = rtnQuantizeWasm(weight, rows, cols, params.bits, g, params.sym, scales, mins, hooks)
+      if (packed) return new RtnTensor(rows, cols, params, g, packed, scales, mins, hooks?.kernel)
+    }
+  }
   checkWeight(weight, rows, cols)
   const g = groupColumns(cols, params.group)
   const perRow = cols / g
@@ -165,7 +190,7 @@ export function quantizeRtn(weight: Float32Array, rows: number, cols: number, pa
       }
     }
   })
-  return new RtnTensor(rows, cols, params, g, packCodes(codes, params.bits), scales, mins)
+  return new RtnTensor(rows, cols, params, g, packCodes(codes, params.bits), scales, mins, hooks?.kernel)
 }
 
 export const rtnMethod: QuantMethod<RtnParams> = {
