@@ -1,11 +1,12 @@
 /**
  * Recently opened models, remembered in a small JSON file (Electron: userData; browser mode:
- * $XDG_CONFIG_HOME/quantscope or a --state-dir). Newest first, one entry per path, entries
- * whose path has disappeared are dropped when listed.
+ * $XDG_CONFIG_HOME/quantscope or a --state-dir). Newest first, one entry per model, entries
+ * whose path has disappeared are dropped when listed. Paths are kept normalised (absolute,
+ * `~` expanded, no `..`, no trailing slash), so one model typed two ways is one entry.
  */
 import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises'
 import { homedir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import * as v from 'valibot'
 import type { RecentModel } from '../worker/api/contract'
 import type { RecentModelsBackend } from '../worker/api/engine-service'
@@ -19,6 +20,26 @@ export function defaultStateDir(): string {
   return join(base, 'quantscope')
 }
 
+/** '~/m', './m/', '/a/../m' → one absolute spelling of the path (symlinks are left alone). */
+export function normaliseModelPath(path: string): string {
+  const trimmed = path.trim()
+  const expanded = trimmed === '~' ? homedir() : /^~[\\/]/.test(trimmed) ? join(homedir(), trimmed.slice(2)) : trimmed
+  return resolve(expanded)
+}
+
+/** Normalised paths, first (newest) entry of each path kept. */
+function normaliseEntries(entries: RecentModel[]): RecentModel[] {
+  const seen = new Set<string>()
+  const out: RecentModel[] = []
+  for (const e of entries) {
+    const path = normaliseModelPath(e.path)
+    if (seen.has(path)) continue
+    seen.add(path)
+    out.push(path === e.path ? e : { ...e, path })
+  }
+  return out
+}
+
 export class RecentModelsFile implements RecentModelsBackend {
   /** Writes are chained so two quick opens never interleave a read-modify-write. */
   private queue: Promise<unknown> = Promise.resolve()
@@ -30,7 +51,8 @@ export class RecentModelsFile implements RecentModelsBackend {
   ) {}
 
   async list(): Promise<RecentModel[]> {
-    const entries = await this.read()
+    // Files written before paths were normalised may hold one model under two spellings.
+    const entries = normaliseEntries(await this.read())
     const alive: RecentModel[] = []
     for (const e of entries) {
       if (await stat(e.path).then(() => true, () => false)) alive.push(e)
@@ -40,8 +62,7 @@ export class RecentModelsFile implements RecentModelsBackend {
 
   add(entry: RecentModel): Promise<void> {
     const next = this.queue.then(async () => {
-      const entries = (await this.read()).filter((e) => e.path !== entry.path)
-      entries.unshift(entry)
+      const entries = normaliseEntries([{ ...entry, path: normaliseModelPath(entry.path) }, ...(await this.read())])
       await this.write(entries.slice(0, MAX_RECENT))
     })
     this.queue = next.catch(() => {})

@@ -51,6 +51,22 @@ export class EvalRunsFile implements EvalRunsBackend {
     return next
   }
 
+  remove(modelPath: string, id: string): Promise<boolean> {
+    const next = this.queue.then(async () => {
+      const doc = await this.read()
+      const key = resolve(modelPath)
+      const runs = doc.models[key] ?? []
+      const kept = runs.filter((r) => r.id !== id)
+      if (kept.length === runs.length) return false
+      if (kept.length) doc.models[key] = kept
+      else delete doc.models[key]
+      await this.write(doc)
+      return true
+    })
+    this.queue = next.catch(() => {})
+    return next
+  }
+
   private async read(): Promise<RunsDocument> {
     let text: string
     try {

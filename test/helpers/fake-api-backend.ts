@@ -48,6 +48,9 @@ export class FakeBackend implements ApiBackend {
   async listRuns(): Promise<ApiResult<'listRuns'>> {
     return []
   }
+  async deleteRun(): Promise<ApiResult<'deleteRun'>> {
+    return { deleted: false }
+  }
   async listVariants(): Promise<ApiResult<'listVariants'>> {
     return []
   }

@@ -49,6 +49,7 @@ const VALID: { [M in ApiMethod]: ApiParams<M> } = {
   },
   listBackends: {},
   listRuns: { modelId: 'm1' },
+  deleteRun: { modelId: 'm1', runId: 'r1' },
   listVariants: { modelId: 'm1' },
 }
 

@@ -209,6 +209,8 @@ export interface ApiMethods {
   listBackends: { params: ParamsOf<'listBackends'>; result: InferenceBackendInfo[] }
   /** Runs kept for the model's path, newest first (they survive restarts). */
   listRuns: { params: ParamsOf<'listRuns'>; result: EvalRun[] }
+  /** Forgets one kept run of the model; `deleted` is false when there was no such run. */
+  deleteRun: { params: ParamsOf<'deleteRun'>; result: { deleted: boolean } }
   /** Variants of the model evaluation and generation can run ('base' first). */
   listVariants: { params: ParamsOf<'listVariants'>; result: VariantInfo[] }
 }

@@ -229,6 +229,9 @@ export class EngineService implements ApiFunctions {
   async listRuns({ modelId }: ApiParams<'listRuns'>): Promise<ApiResult<'listRuns'>> {
     return this.evaluation.listRuns(this.model(modelId))
   }
+  async deleteRun({ modelId, runId }: ApiParams<'deleteRun'>): Promise<ApiResult<'deleteRun'>> {
+    return { deleted: await this.evaluation.deleteRun(this.model(modelId), runId) }
+  }
   async listVariants({ modelId }: ApiParams<'listVariants'>): Promise<ApiResult<'listVariants'>> {
     return this.evaluation.listVariants(this.model(modelId))
   }

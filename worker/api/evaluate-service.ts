@@ -40,6 +40,8 @@ export interface EvalRunsBackend {
   /** Runs of the model at this path, newest first. */
   list(modelPath: string): Promise<EvalRun[]>
   add(run: EvalRun): Promise<void>
+  /** Removes run `id` of the model at this path; false when there was none. */
+  remove(modelPath: string, id: string): Promise<boolean>
 }
 
 /** Runs kept for the life of the process only (when no state folder is configured). */
@@ -51,6 +53,13 @@ export class MemoryEvalRuns implements EvalRunsBackend {
   async add(run: EvalRun): Promise<void> {
     const key = resolve(run.modelPath)
     this.runs.set(key, [run, ...(this.runs.get(key) ?? [])])
+  }
+  async remove(modelPath: string, id: string): Promise<boolean> {
+    const key = resolve(modelPath)
+    const runs = this.runs.get(key) ?? []
+    const kept = runs.filter((r) => r.id !== id)
+    this.runs.set(key, kept)
+    return kept.length < runs.length
   }
 }
 
@@ -131,6 +140,10 @@ export class EvaluateService {
 
   listRuns(model: ModelHandle): Promise<EvalRun[]> {
     return this.runs.list(resolve(model.path))
+  }
+
+  deleteRun(model: ModelHandle, runId: string): Promise<boolean> {
+    return this.runs.remove(resolve(model.path), runId)
   }
 
   async evaluate(model: ModelHandle, params: EvaluateParams): Promise<EvalRun> {

@@ -16,6 +16,7 @@ export const API_METHOD_NAMES = [
   'generate',
   'listBackends',
   'listRuns',
+  'deleteRun',
   'listVariants',
 ] as const
 

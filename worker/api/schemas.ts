@@ -141,6 +141,7 @@ export const apiParamSchemas = {
   generate: generateParamsSchema,
   listBackends: noParams,
   listRuns: v.strictObject({ modelId: name() }),
+  deleteRun: v.strictObject({ modelId: name(), runId: name() }),
   listVariants: v.strictObject({ modelId: name() }),
 } satisfies { [M in ApiMethodName]: v.GenericSchema }
 
