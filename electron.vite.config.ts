@@ -13,14 +13,15 @@ import { fileURLToPath } from 'node:url'
 import { defineConfig } from 'electron-vite'
 import type { Plugin } from 'vite'
 import { rendererViteConfig } from './main/browser/renderer-vite-config'
-import { ENGINE_WORKERS } from './worker/jobs/spawn-worker'
+import { ENGINE_MODULES, ENGINE_WORKERS } from './worker/jobs/spawn-worker'
 
 // import.meta.url (not import.meta.dirname): electron-vite's config bundler rewrites it per file.
 const root = fileURLToPath(new URL('.', import.meta.url))
 
-const workerInputs = Object.fromEntries(
-  Object.entries(ENGINE_WORKERS).map(([name, entry]) => [`${name}.worker`, join(root, 'worker', `${entry}.ts`)]),
-)
+const workerInputs = Object.fromEntries([
+  ...Object.entries(ENGINE_WORKERS).map(([name, entry]) => [`${name}.worker`, join(root, 'worker', `${entry}.ts`)]),
+  ...Object.entries(ENGINE_MODULES).map(([name, entry]) => [name, join(root, 'worker', `${entry}.ts`)]),
+])
 
 /** Copies worker/kernels/build/*.wasm next to the built workers. */
 function copyWasmKernels(): Plugin {

@@ -12,6 +12,18 @@ export const ENGINE_WORKERS = {
 
 export type EngineWorkerName = keyof typeof ENGINE_WORKERS
 
+/**
+ * Engine modules a worker imports at run time by URL (an `overridesModule` of an inference
+ * job), so a lower layer runs code of a higher one without importing it: the inference worker
+ * builds a quantized variant with plan/apply.ts's createOverrides. Bundled like the workers,
+ * as `<name>.js` beside them.
+ */
+export const ENGINE_MODULES = {
+  'plan-overrides': 'plan/apply',
+} as const
+
+export type EngineModuleName = keyof typeof ENGINE_MODULES
+
 const runningFromSource = import.meta.url.endsWith('.ts')
 
 /**
@@ -35,4 +47,9 @@ export function spawnEngineWorker(name: EngineWorkerName, workerData: Record<str
     { source: () => new URL(`../${ENGINE_WORKERS[name]}.ts`, import.meta.url), built: () => new URL(`./${name}.worker.js`, import.meta.url) },
     workerData,
   )
+}
+
+/** File URL of an engine module, from TypeScript sources or from the built bundle. */
+export function engineModuleUrl(name: EngineModuleName): string {
+  return runningFromSource ? new URL(`../${ENGINE_MODULES[name]}.ts`, import.meta.url).href : new URL(`./${name}.js`, import.meta.url).href
 }
