@@ -49,7 +49,8 @@ export function serveJobs<S extends JobSpec<S>>(handlers: JobHandlers<S>): void 
       const handler = handlers[job.kind as JobName<S>] as (params: unknown, ctx: JobContext) => Promise<unknown>
       if (!handler) throw new Error(`this worker has no job '${String(job.kind)}'`)
       const result = await handler(job.params, ctx)
-      post({ type: 'result', jobId: job.jobId, kind: job.kind, result } as WorkerToPool<S>, transfer)
+      // postMessage refuses a buffer listed twice (results of a batch may share one).
+      post({ type: 'result', jobId: job.jobId, kind: job.kind, result } as WorkerToPool<S>, [...new Set(transfer)])
     } catch (err) {
       post({ type: 'error', jobId: job.jobId, error: serializeError(err) })
     } finally {
