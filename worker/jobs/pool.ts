@@ -14,6 +14,10 @@ import { spawnEngineWorker, type EngineWorkerName } from './spawn-worker'
  * worker is terminated and replaced if it has not answered within `cancelGraceMs` (a kernel
  * stuck inside one long chunk). A worker that crashes rejects the job it was running and
  * hands the jobs queued behind it to the others.
+ *
+ * A new kind of worker: add its entry to ENGINE_WORKERS (spawn-worker.ts; the build picks it
+ * up from there), declare its JobSpec, call `serveJobs<Spec>({ kind: handler, … })` in the
+ * worker (job-worker.ts), and run jobs with `new WorkerPool<Spec>({ worker: name })`.
  */
 
 export interface WorkerPoolOptions {
