@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest'
 import * as v from 'valibot'
 import { QuantParamError, type QuantizeHooks } from '../../worker/quant/contract'
 import { type GptqParams, gptqParamsSchema, gptqQuantize } from '../../worker/quant/gptq'
-import type { IntGroupTensor } from '../../worker/quant/int-grid'
+import { IntGroupTensor } from '../../worker/quant/int-grid'
+import { F16Array } from '../../worker/quant/common'
 import { packCodes, unpackCodes } from '../../worker/quant/packing'
 import { type RtnParams, type RtnTensor, quantizeRtn, rtnSchema } from '../../worker/quant/rtn'
 import { quantWasmAvailable } from '../../worker/quant/wasm-kernels'
@@ -213,6 +214,45 @@ describe.runIf(quantWasmAvailable())('GPTQ: WASM column loop = TS loop, bit for 
       expect(b.zeros === null).toBe(a.zeros === null)
       if (a.zeros) expectSameBytes(b.zeros!, a.zeros, 'packed zero points')
       expectSameBits(b.dequantizeRows(0, c.rows), a.dequantizeRows(0, c.rows), 'dequantized')
+    })
+  }
+})
+
+describe.runIf(quantWasmAvailable())('integer-grid dequantization (GPTQ/AWQ storage) in WASM = decodeRow', () => {
+  for (const [bits, sym, withColumns] of [
+    [4, false, true],
+    [3, true, false],
+    [8, false, false],
+    [2, false, true],
+  ] as const) {
+    it(`${bits} bits, ${sym ? 'implicit zero' : 'stored zeros'}${withColumns ? ', per-column divisors (AWQ)' : ''}`, () => {
+      const rand = seededRandom(bits * 7 + (sym ? 1 : 0))
+      const rows = 11
+      const cols = 60
+      const g = 12
+      const groups = rows * (cols / g)
+      const codes = Uint8Array.from({ length: rows * cols }, () => Math.floor(rand() * (1 << bits)))
+      const scales = new F16Array(groups)
+      for (let i = 0; i < groups; i++) scales.set(i, rand() * 0.01 + (i % 5 === 0 ? 2 ** -24 : 0), () => 'scale')
+      const zeros = sym ? null : Uint8Array.from({ length: groups }, () => Math.floor(rand() * (1 << bits)))
+      let columnScales: F16Array | null = null
+      if (withColumns) {
+        columnScales = new F16Array(cols)
+        for (let j = 0; j < cols; j++) columnScales.set(j, 0.1 + 3 * rand(), () => 's')
+      }
+      const make = (kernel: 'ts' | 'wasm') => new IntGroupTensor('awq', rows, cols, bits, g, codes, scales, zeros, columnScales, kernel)
+      const full = make('ts').dequantizeRows(0, rows)
+      // Independent decode from the stored values.
+      for (const i of [0, 13, 59, 61, 655]) {
+        const r = Math.floor(i / cols)
+        const gi = r * (cols / g) + Math.floor((i % cols) / g)
+        const z = zeros ? zeros[gi]! : 2 ** (bits - 1)
+        const want = Math.fround((scales.values[gi]! * (codes[i]! - z)) / (columnScales ? columnScales.values[i % cols]! : 1))
+        expect(full[i]).toBe(want)
+      }
+      expectSameBits(make('wasm').dequantizeRows(0, rows), full, 'all rows')
+      expectSameBits(make('wasm').dequantizeRows(3, 8), full.subarray(3 * cols, 8 * cols), 'rows 3..8')
+      expectSameBits(make('wasm').dequantizeRows(10, 11), full.subarray(10 * cols), 'last row')
     })
   }
 })

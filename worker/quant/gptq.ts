@@ -24,7 +24,8 @@ import { type LayerCalibration, type QuantMethod, type QuantizeHooks, groupColum
 import { requireGram } from './gram'
 import { inverseHessianFactor } from './hessian-inverse'
 import { F16Array, bitsSchema, checkWeight, groupSchema } from './common'
-import { IntGroupTensor, fitIntGrid, intGroupStorage, newGroupGrid, quantizeToGrid, storeGridScale } from './int-grid'
+import { IntGroupTensor, fitIntGrid, intGroupStorage, newGroupGrid, quantizeToGrid, scaleOverflowError, storeGridScale } from './int-grid'
+import { gptqColumnsWasm, useWasmKernels } from './wasm-kernels'
 
 export const gptqParamsSchema = v.strictObject({
   bits: bitsSchema(2, 8, 4),
@@ -105,6 +106,13 @@ export function gptqQuantize(weight: Float32Array, rows: number, cols: number, p
   let bs = Math.min(p.blocksize, n)
   if (g < n && bs % g !== 0 && g % bs !== 0) bs = Math.ceil(bs / g) * g
   const codes = new Uint8Array(rows * n)
+  if (useWasmKernels(hooks.kernel)) {
+    // The same block loop in WASM SIMD (bit-identical; quant/wasm-kernels.ts).
+    const input = { W, U, rows, n, perm, groupCols: g, bits: p.bits, sym: p.sym, blocksize: bs, staticGroups }
+    const bad = gptqColumnsWasm(input, scales, zeroOf, codes, hooks)
+    if (bad !== null) throw scaleOverflowError(bad)
+    return new IntGroupTensor('gptq', rows, cols, p.bits, g, codes, scales, p.sym ? null : zeroOf, null, hooks.kernel)
+  }
   const err = new Float64Array(rows * bs)
   const grid = newGroupGrid()
 
@@ -144,7 +152,7 @@ export function gptqQuantize(weight: Float32Array, rows: number, cols: number, p
     onProgress?.(Math.round((rows * i2) / n), rows)
   }
 
-  return new IntGroupTensor('gptq', rows, cols, p.bits, g, codes, scales, p.sym ? null : zeroOf, null)
+  return new IntGroupTensor('gptq', rows, cols, p.bits, g, codes, scales, p.sym ? null : zeroOf, null, hooks.kernel)
 }
 
 export const gptqMethod: QuantMethod<GptqParams> = {

@@ -19,9 +19,10 @@
  */
 import { f16ToF32, f32ToF16 } from '../formats/dtypes'
 import { QuantParamError, type StorageBreakdown, packedBytes } from './contract'
-import { type F16Array, sortedUnique } from './common'
+import { type F16Array, checkRowRange, sortedUnique } from './common'
 import { packCodes, unpackCodes } from './packing'
 import { PackedCodesTensor } from './packed-tensor'
+import { dequantizeWasm, useWasmKernels, type QuantKernelKind } from './wasm-kernels'
 
 export type IntGridRule = 'gptq' | 'awq'
 
@@ -47,6 +48,11 @@ export function roundHalfEven(x: number): number {
 
 const SMALLEST_F16 = 2 ** -24
 
+/** The error of a group whose step does not fit an fp16 scale. */
+export function scaleOverflowError(scale: number): QuantParamError {
+  return new QuantParamError(null, `a group spans ${scale.toExponential(3)} per step, beyond an fp16 scale (weights larger than ~65504·2^bits)`)
+}
+
 /** Rounds a positive scale to fp16; underflow becomes the smallest subnormal, overflow an error. */
 function storeScale(scale: number, out: GroupGrid): void {
   let bits = f32ToF16(scale)
@@ -55,7 +61,7 @@ function storeScale(scale: number, out: GroupGrid): void {
     bits = 1
     s = SMALLEST_F16
   }
-  if (!Number.isFinite(s)) throw new QuantParamError(null, `a group spans ${scale.toExponential(3)} per step, beyond an fp16 scale (weights larger than ~65504·2^bits)`)
+  if (!Number.isFinite(s)) throw scaleOverflowError(scale)
   out.scale = s
   out.scaleBits = bits
 }
@@ -134,9 +140,29 @@ export class IntGroupTensor extends PackedCodesTensor {
     zeros: Uint8Array | null,
     /** fp16 divisor per input column (AWQ's s), or null. */
     readonly columnScales: F16Array | null,
+    /** Which dequantization loop to run (same values either way); unset = WASM when it loads. */
+    readonly kernel?: QuantKernelKind,
   ) {
     super(method, rows, cols, bits, packCodes(codes, bits), intGroupStorage(rows, cols, bits, groupCols, zeros === null, columnScales !== null))
     this.zeros = zeros ? packCodes(zeros, bits) : null
+  }
+
+  override dequantizeRows(r0: number, r1: number): Float32Array {
+    if (!useWasmKernels(this.kernel)) return super.dequantizeRows(r0, r1)
+    checkRowRange(this.rows, r0, r1)
+    const perRow = this.cols / this.groupCols
+    const zeros = this.zeros ? Float32Array.from(unpackCodes(this.zeros, this.bits, r0 * perRow, (r1 - r0) * perRow, new Uint8Array((r1 - r0) * perRow))) : null
+    // The kernel indexes offsets from the tensor's first group: place the slice accordingly.
+    const offsets = zeros ? new Float32Array(this.rows * perRow) : null
+    offsets?.set(zeros!, r0 * perRow)
+    return dequantizeWasm(this.codes, this.bits, this.cols, r0, r1, {
+      mode: 1,
+      groupCols: this.groupCols,
+      scales: this.scales.values,
+      offsets,
+      offset: 2 ** (this.bits - 1),
+      colDiv: this.columnScales?.values ?? null,
+    })
   }
 
   /** Zero point of group slot `gi` (row·groupsPerRow + group). */

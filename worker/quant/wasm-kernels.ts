@@ -137,8 +137,11 @@ export function rtnQuantizeWasm(
 ): Uint8Array | null {
   const x = wasm()
   const perRow = cols / groupCols
-  // Rows per chunk: a multiple of 8, so every chunk's packed codes start on a byte.
-  const chunkRows = Math.min(rows, Math.max(8, Math.floor(CHUNK_FLOATS / cols / 8) * 8))
+  // Rows per chunk: about rows/100 (progress as often as forEachRow gives it), at most
+  // CHUNK_FLOATS, and a multiple of `unit` so that every chunk's packed codes start on a byte.
+  const unit = 8 / gcd((cols * bits) % 8, 8)
+  const wanted = Math.min(Math.max(1, Math.floor(rows / 100)), Math.max(1, Math.floor(CHUNK_FLOATS / cols)))
+  const chunkRows = Math.min(rows, Math.ceil(wanted / unit) * unit)
   const L = new Layout()
   const n = chunkRows * cols
   const src = L.take(n * 4)
@@ -160,7 +163,7 @@ export function rtnQuantizeWasm(
       const status = x.rtnQuantize(src, r1 - r0, cols, groupCols, bits, sym ? 1 : 0, codes, sBits, sVals, mBits, mVals)
       if (status !== 0) return null
       x.packCodes(codes, m, bits, packed)
-      const at = (r0 * cols * bits) / 8
+      const at = (r0 * cols * bits) / 8 // an integer: r0 is a multiple of `unit`
       out.set(new Uint8Array(mem, packed, packedBytes(m, bits)), at)
       const g0 = r0 * perRow
       const ng = (r1 - r0) * perRow
@@ -177,6 +180,10 @@ export function rtnQuantizeWasm(
   }
   hooks?.onProgress?.(rows, rows)
   return out
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b)
 }
 
 // ---- dequantize --------------------------------------------------------------------------------
