@@ -79,6 +79,46 @@ describe('1-D k-means on sorted data', () => {
     for (const c of a) expect(p.x.includes(c)).toBe(true)
   })
 
+  it('k-means++ equals scikit-learn\'s greedy algorithm written out with full passes', () => {
+    // _kmeans_plusplus: first centre ∝ s, then 2 + ⌊ln K⌋ candidates ∝ s·D², keep the lowest Σ s·D².
+    const brute = (x: Float64Array, w: Float64Array, K: number, seed: number) => {
+      const rand = seededRandom(seed)
+      const pick = (weights: number[]) => {
+        const total = weights.reduce((a, b) => a + b, 0)
+        const r = rand() * total
+        let acc = 0
+        for (let i = 0; i < weights.length; i++) if ((acc += weights[i]!) >= r) return i
+        return weights.length - 1
+      }
+      const c = [x[pick(Array.from(w))]!]
+      let d2 = Array.from(x, (xi) => (xi - c[0]!) ** 2)
+      for (let k = 1; k < K; k++) {
+        const probs = d2.map((d, i) => d * w[i]!)
+        const total = probs.reduce((a, b) => a + b, 0)
+        let best: number[] | null = null
+        let bestPot = Infinity
+        let bestX = 0
+        for (let t = 0; t < 2 + Math.floor(Math.log(K)); t++) {
+          let acc = 0
+          const r = rand() * total
+          let idx = probs.length - 1
+          for (let i = 0; i < probs.length; i++) if ((acc += probs[i]!) >= r) ((idx = i), (i = probs.length))
+          const nd = d2.map((d, i) => Math.min(d, (x[i]! - x[idx]!) ** 2))
+          const pot = nd.reduce((a, d, i) => a + d * w[i]!, 0)
+          if (pot < bestPot) ((bestPot = pot), (best = nd), (bestX = x[idx]!))
+        }
+        c.push(bestX)
+        d2 = best!
+      }
+      return c
+    }
+    for (const seed of [1, 2, 3, 4]) {
+      const rand = seededRandom(seed)
+      const p = sortPoints(gaussianWeights(300, seed), Float64Array.from({ length: 300 }, () => rand()))
+      expect(Array.from(kmeansPlusPlus(p, 16, seed))).toEqual(brute(p.x, p.w, 16, seed))
+    }
+  })
+
   it('k-means++ draws ∝ weight: a point holding almost all weight is the first centre', () => {
     const x = Float32Array.from({ length: 100 }, (_, i) => i)
     const w = new Float64Array(100).fill(1e-9)

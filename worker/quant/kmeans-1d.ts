@@ -175,31 +175,49 @@ export function kmeansPlusPlus(p: SortedPoints, K: number, seed: number): Float6
     }
     return lo
   }
-  centers[0] = p.x[draw(cumulate((i) => p.w[i]!))]!
-  const d2 = new Float64Array(n)
-  let pot = 0
-  for (let i = 0; i < n; i++) pot += p.w[i]! * (d2[i] = (p.x[i]! - centers[0]!) ** 2)
+  // In 1-D a new centre c only captures the points between the midpoints to its existing
+  // neighbours: walking out from c while (x − c)² < D² visits exactly those, so scoring a
+  // candidate costs its captured run, not a pass over all points.
+  const capture = (idx: number, apply: boolean): number => {
+    const c = p.x[idx]!
+    let gain = 0
+    for (let i = idx; i < n; i++) {
+      const d = (p.x[i]! - c) ** 2
+      if (d >= d2[i]!) break
+      gain += p.w[i]! * (d2[i]! - d)
+      if (apply) d2[i] = d
+    }
+    for (let i = idx - 1; i >= 0; i--) {
+      const d = (p.x[i]! - c) ** 2
+      if (d >= d2[i]!) break
+      gain += p.w[i]! * (d2[i]! - d)
+      if (apply) d2[i] = d
+    }
+    return gain
+  }
+  const d2 = new Float64Array(n).fill(Infinity)
+  const first = draw(cumulate((i) => p.w[i]!))
+  centers[0] = p.x[first]!
+  for (let i = 0; i < n; i++) d2[i] = (p.x[i]! - centers[0]!) ** 2
   for (let k = 1; k < K; k++) {
-    if (!(pot > 0)) {
+    // Σ s·D² is the last cumulative value: recomputed exactly each round, no drift.
+    const total = cumulate((i) => p.w[i]! * d2[i]!)
+    if (!(total > 0)) {
       centers.fill(centers[k - 1]!, k)
       break
     }
-    const total = cumulate((i) => p.w[i]! * d2[i]!)
     let best = -1
-    let bestPot = Infinity
+    let bestGain = -Infinity
     for (let t = 0; t < trials; t++) {
       const idx = draw(total)
-      const c = p.x[idx]!
-      let cpot = 0
-      for (let i = 0; i < n; i++) cpot += p.w[i]! * Math.min(d2[i]!, (p.x[i]! - c) ** 2)
-      if (cpot < bestPot) {
-        bestPot = cpot
+      const gain = capture(idx, false)
+      if (gain > bestGain) {
+        bestGain = gain
         best = idx
       }
     }
-    const c = (centers[k] = p.x[best]!)
-    for (let i = 0; i < n; i++) d2[i] = Math.min(d2[i]!, (p.x[i]! - c) ** 2)
-    pot = bestPot
+    centers[k] = p.x[best]!
+    capture(best, true)
   }
   return centers
 }
