@@ -6,7 +6,7 @@ import { writeSafetensorsFile } from '../../worker/formats/safetensors/writer'
 import { BoundedCacheDir } from '../../worker/io/bounded-cache-dir'
 import { defaultCacheDir, ensurePrivateDir, PrivateDirError } from '../../worker/io/private-dir'
 import { decodeVerifiedEntry, encodeVerifiedEntry } from '../../worker/io/verified-file'
-import { parseByteSize, STATS_CACHE_BYTES_ENV, statsCacheBytesFromEnv } from '../../worker/stats/disk-cache'
+import { parseByteSize, STATS_CACHE_BYTES_ENV, StatsDiskCache, statsCacheBytesFromEnv } from '../../worker/stats/disk-cache'
 import { MemoryLru } from '../../worker/stats/memory-cache'
 import { StatsService } from '../../worker/stats/stats-service'
 import type { StatsOptions } from '../../worker/stats/stats-types'
@@ -108,6 +108,31 @@ describe('statistics disk cache', () => {
     } finally {
       await fourth.close()
     }
+  })
+
+  it('round-trips non-finite numbers, and a tensor named "NaN"', async () => {
+    const path = join(dir, 'nonfinite.safetensors')
+    const v = Float32Array.from([1, Infinity, -2, NaN, -Infinity, 3])
+    await writeSafetensorsFile(path, [{ name: 'NaN', dtype: 'F32', shape: [2, 3] }], () => new Uint8Array(v.buffer))
+    const cacheDir = join(dir, 'nonfinite-cache')
+    const first = new StatsService({ threads: 1, cacheDir, diskMinTensorBytes: 0 })
+    const fresh = await first.computeTensorStats(path, 'NaN', OPTS).finally(() => first.close())
+    expect([fresh.nan, fresh.inf]).toEqual([1, 2])
+    const second = new StatsService({ threads: 1, cacheDir, diskMinTensorBytes: 0 })
+    try {
+      expect(await second.computeTensorStats(path, 'NaN', OPTS)).toEqual(fresh)
+      expect(second.counters).toMatchObject({ diskHits: 1, computed: 0 })
+    } finally {
+      await second.close()
+    }
+
+    // Statistics hold no non-finite numbers today; a future one that does keeps them.
+    const disk = new StatsDiskCache(join(dir, 'nonfinite-direct'))
+    const synthetic = { ...fresh, tensor: 'x', kurtosis: NaN, absmax: Infinity, min: -Infinity }
+    await disk.set('k', synthetic)
+    expect(await disk.get('k', 'x')).toEqual(synthetic)
+    // Not for another tensor, even under the same key.
+    expect(await disk.get('k', 'y')).toBeNull()
   })
 
   it('refuses a cache folder that is a symlink: computes without it and writes nothing through it', async () => {

@@ -80,15 +80,19 @@ export class StatsDiskCache {
   }
 }
 
-// JSON has no NaN or ±Infinity (it writes null); keep them so a cached result equals a fresh one.
-const NON_FINITE: Record<string, number> = { NaN: NaN, Infinity: Infinity, '-Infinity': -Infinity }
+// JSON has no NaN or ±Infinity (it writes null); keep them, tagged so that no string (a
+// tensor named "NaN") is ever mistaken for one, and a cached result equals a fresh one.
+const NON_FINITE_TAG = '$nonFinite'
 
 function keepNonFinite(_key: string, value: unknown): unknown {
-  return typeof value === 'number' && !Number.isFinite(value) ? String(value) : value
+  return typeof value === 'number' && !Number.isFinite(value) ? { [NON_FINITE_TAG]: String(value) } : value
 }
 
 function reviveNonFinite(_key: string, value: unknown): unknown {
-  return typeof value === 'string' && value in NON_FINITE ? NON_FINITE[value] : value
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return value
+  const tag = (value as Record<string, unknown>)[NON_FINITE_TAG]
+  if (tag === undefined || Object.keys(value).length !== 1) return value
+  return tag === 'NaN' ? NaN : tag === 'Infinity' ? Infinity : tag === '-Infinity' ? -Infinity : value
 }
 
 const isNum = (x: unknown): x is number => typeof x === 'number'
