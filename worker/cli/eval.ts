@@ -5,12 +5,19 @@ import { evalPerplexity } from '../inference/inference-service'
 import type { KldCacheMode } from '../inference/kld'
 import type { BackendKind } from '../inference/ort-backend'
 import { DEFAULT_CTX, type PerplexityResult } from '../inference/perplexity'
+import { openModel } from '../formats/open-model'
+import { engineModuleUrl } from '../jobs/spawn-worker'
+import type { PlanOverridesOptions } from '../plan/apply'
+import { planSize, type PlanSize } from '../plan/size'
+import { planArgument } from './plan-args'
 
 /**
- * `eval MODEL --text FILE [--ctx 256] [--max-windows N] [--backend wasm|native] [--threads N]
- *  [--kld [--base PATH] [--kld-cache auto|on|off]] [--tokenizer FILE] [--json]`
+ * `eval MODEL --text FILE [--quant SPEC | --plan FILE [--calib FILE]] [--ctx 256] [--max-windows N]
+ *  [--backend wasm|native] [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]] [--tokenizer FILE] [--json]`
  * Perplexity by the project protocol; with --kld also the KL divergence against the base
- * model (default: MODEL itself, which checks the pipeline: KL 0, top-1 agreement 1).
+ * model (default: MODEL itself, which checks the pipeline: KL 0, top-1 agreement 1). With
+ * --quant/--plan the evaluated variant is MODEL with the plan's tensors quantized and
+ * dequantised (the KLD base stays MODEL as stored); the plan is checked before any work.
  */
 export async function runEval(args: ParsedArgs): Promise<number> {
   const model = args.positionals[0]
@@ -28,6 +35,18 @@ export async function runEval(args: ParsedArgs): Promise<number> {
   const base = args.flags.get('base')
   const tokenizer = args.flags.get('tokenizer')
 
+  const tokenizerPath = typeof tokenizer === 'string' ? resolve(tokenizer) : undefined
+  let planned: { size: PlanSize; options: PlanOverridesOptions } | null = null
+  if (args.flags.has('quant') || args.flags.has('plan') || args.flags.has('calib')) {
+    const opened = await openModel(model)
+    try {
+      const p = await planArgument(opened, args, tokenizerPath)
+      if (p) planned = { size: planSize(opened, p.entries), options: { plan: p.plan, source: p.source, calibration: p.calibration } }
+    } finally {
+      await opened.close()
+    }
+  }
+
   const controller = new AbortController()
   process.once('SIGINT', () => controller.abort())
   const result = await evalPerplexity(
@@ -38,7 +57,10 @@ export async function runEval(args: ParsedArgs): Promise<number> {
       maxWindows,
       backend,
       threads,
-      tokenizer: typeof tokenizer === 'string' ? resolve(tokenizer) : undefined,
+      tokenizer: tokenizerPath,
+      ...(planned
+        ? { variant: { label: planned.options.source, overridesModule: { module: engineModuleUrl('plan-overrides'), exportName: 'createOverrides', options: planned.options } } }
+        : {}),
       kld: kldOn ? { base: typeof base === 'string' ? { model: resolve(base) } : undefined, cache: cache as KldCacheMode } : null,
     },
     {
@@ -50,8 +72,8 @@ export async function runEval(args: ParsedArgs): Promise<number> {
     },
   )
   for (const warning of result.warnings) process.stderr.write(`warning: ${warning}\n`)
-  if (args.flags.has('json')) process.stdout.write(JSON.stringify(evalReport(result)) + '\n')
-  else process.stdout.write(renderEval(result))
+  if (args.flags.has('json')) process.stdout.write(JSON.stringify(evalReport(result, planned?.size)) + '\n')
+  else process.stdout.write(renderEval(result, planned?.size))
   return 0
 }
 
@@ -62,8 +84,10 @@ export function backendFlag(args: ParsedArgs): BackendKind {
 }
 
 /** The --json document: the contract's fields first, then details. */
-export function evalReport(r: PerplexityResult): Record<string, unknown> {
+export function evalReport(r: PerplexityResult, size?: PlanSize): Record<string, unknown> {
   const out: Record<string, unknown> = { ppl: r.ppl, tokens: r.tokens, windows: r.windows, ctx: r.ctx, seconds: r.seconds }
+  // With a plan: the whole model's exact bytes as planned, and bits per weight over the quantized tensors.
+  if (size) Object.assign(out, { bytes: size.bytes, bitsPerWeight: size.bitsPerWeight })
   if (r.kld) {
     const k = r.kld
     out.kld = { mean: k.mean, median: k.median, p99: k.p99, top1: k.top1, deltaPpl: k.deltaPpl, basePpl: k.basePpl, baseSource: k.baseSource }
@@ -81,8 +105,9 @@ export function evalReport(r: PerplexityResult): Record<string, unknown> {
   return out
 }
 
-function renderEval(r: PerplexityResult): string {
+function renderEval(r: PerplexityResult, size?: PlanSize): string {
   const lines = [
+    ...(size ? [`model size    ${size.bytes} bytes as planned (${size.bitsPerWeight?.toFixed(3) ?? '–'} bits per quantized weight, ${size.planned.tensors} tensors)`] : []),
     `perplexity    ${r.ppl.toFixed(4)}  (mean NLL ${r.nll.toFixed(5)} nats)`,
     `windows       ${r.windows} × ${r.ctx} tokens (${r.predicted} predicted; text has ${r.textTokens} tokens)`,
     `backend       ${r.backend}, ${r.threads} threads`,

@@ -7,6 +7,7 @@ import { parseArgs, UsageError, type ParsedArgs } from './args'
 import { inspectModel, type InspectReport } from './inspect'
 import { runEval } from './eval'
 import { runGenerate } from './generate'
+import { runQuantize } from './quantize'
 import { formatBytes, formatCount, progressLine } from './format'
 
 const USAGE = `usage: npm run cli -- <command> [options]
@@ -15,10 +16,17 @@ commands:
   inspect PATH [--stats] [--threads N] [--json]
       PATH: a Hugging Face folder, a .safetensors file, a *.safetensors.index.json,
       a .gguf or an .onnx file. --stats computes per-tensor statistics.
-  eval MODEL --text FILE [--ctx 256] [--max-windows N] [--backend wasm|native]
-       [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]] [--tokenizer FILE] [--json]
+  eval MODEL --text FILE [--quant SPEC | --plan FILE [--calib FILE]] [--ctx 256] [--max-windows N]
+       [--backend wasm|native] [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]]
+       [--tokenizer FILE] [--json]
       Perplexity on the text (windows of ctx tokens, remainder dropped); --kld adds the KL
-      divergence against the base model (default: MODEL itself).
+      divergence against the base model (default: MODEL itself). --quant applies one method
+      to every decoder linear weight (e.g. rtn:bits=4,group=128,sym=false, nf4:group=64,
+      any4:group=128, kmeans:bits=3,per=row,outliers=0.005, gptq:bits=3,group=128,
+      awq:bits=4,group=128); --plan FILE applies a plan; --calib replaces the calibration text.
+  quantize MODEL (--quant SPEC | --plan FILE) [--calib FILE] [--tokenizer FILE] [--json]
+      Quantizes every planned tensor without evaluating: per tensor method, bytes, MSE,
+      SQNR and seconds, plus totals.
   generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
        [--compare MODEL2] [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
       Continues the prompt (greedy unless --temperature > 0); --compare runs a second model
@@ -31,6 +39,8 @@ const VALUE_FLAGS = new Set([
   'threads',
   // eval / generate
   'text', 'ctx', 'max-windows', 'backend', 'base', 'kld-cache', 'tokenizer',
+  // quantization
+  'quant', 'plan', 'calib',
   'prompt', 'max-tokens', 'temperature', 'top-p', 'seed', 'compare',
 ])
 
@@ -47,6 +57,8 @@ async function main(argv: string[]): Promise<number> {
       return runEval(args)
     case 'generate':
       return runGenerate(args)
+    case 'quantize':
+      return runQuantize(args)
     default:
       throw new UsageError(`unknown command '${args.command}'`)
   }

@@ -39,6 +39,31 @@ export async function readOrientedWeight(model: OpenedModel, entry: ResolvedEntr
   return isTransposed(model, entry.tensor) ? transpose(stored, entry.cols, entry.rows) : stored
 }
 
+/** Rows read per step of the finiteness scan (~16 MB of float32). */
+const SCAN_VALUES = 4 << 20
+
+/**
+ * Refuses NaN/Inf in any planned weight before any work starts (a quantizer would fail on it
+ * minutes later, or a scale would silently become NaN). One streaming read per tensor.
+ */
+export async function checkPlannedWeightsFinite(model: OpenedModel, entries: readonly ResolvedEntry[], signal?: AbortSignal): Promise<void> {
+  for (const e of entries) {
+    const [rows, cols] = e.tensor.shape as [number, number]
+    const step = Math.max(1, Math.floor(SCAN_VALUES / cols))
+    for (let r0 = 0; r0 < rows; r0 += step) {
+      signal?.throwIfAborted()
+      const r1 = Math.min(rows, r0 + step)
+      const part = await model.readRows(e.tensor.name, r0, r1)
+      for (let i = 0; i < part.length; i++) {
+        const x = part[i]!
+        if (x - x !== 0) {
+          throw new PlanError(e.tensor.file, e.tensor.name, `stored value [${r0 + Math.floor(i / cols)}, ${i % cols}] is ${x}: NaN/Inf weights cannot be quantized`)
+        }
+      }
+    }
+  }
+}
+
 /** Quantizes one planned tensor; errors name the tensor. */
 export function quantizeEntry(entry: ResolvedEntry, weight: Float32Array, calibration: LayerCalibration | undefined, hooks?: QuantizeHooks): QuantizedTensor {
   const method = QUANT_METHODS.get(entry.methodId)!
@@ -68,6 +93,7 @@ export interface PlanOverridesOptions {
  */
 export async function createOverrides(model: OpenedModel, options: PlanOverridesOptions): Promise<WeightOverrides> {
   const entries = resolvePlanFor(model, options.plan, options.source, options.allowOtherModel)
+  await checkPlannedWeightsFinite(model, entries)
   const calibration = await captureCalibration(model, entries, options.calibration)
   const overrides = new Map<string, RowProducer>()
   for (const entry of entries) {
