@@ -102,6 +102,17 @@ describe('tensor inspector views', () => {
       }),
     )
     await mkdir(ARTIFACTS, { recursive: true })
+    // Two kept runs of this model on the same windows: a base run and a variant's (no KLD).
+    const run = (id: string, createdAt: number, variant: object, variantLabel: string, ppl: number) => ({
+      id, modelPath: modelDir, createdAt, variant, variantLabel, text: { kind: 'heldout' }, textLabel: 'held-out text', ctx: 128,
+      maxWindows: 4, windows: 4, tokens: 512, textTokens: 9000, backend: 'wasm', threads: 2, ppl, nll: Math.log(ppl), kld: null,
+      seconds: 2, tokensPerSecond: 256,
+    })
+    await mkdir(join(dir, 'state'))
+    await writeFile(join(dir, 'state', 'eval-runs.json'), JSON.stringify({
+      version: 1,
+      models: { [modelDir]: [run('run-base', Date.UTC(2026, 0, 5, 10, 0), { kind: 'listed', id: 'base' }, 'base', 12.5), run('run-q4', Date.UTC(2026, 0, 5, 11, 0), { kind: 'model', path: '/models/q4.gguf' }, 'q4.gguf', 13.25)] },
+    }))
     host = await startHostProcess([modelDir, '--state-dir', join(dir, 'state'), '--cache-dir', join(dir, 'cache')])
     ;({ browser, page } = await launchChromiumPage(join(dir, 'chromium'), pageProblems))
     await page.addInitScript(() => {
@@ -141,6 +152,34 @@ describe('tensor inspector views', () => {
     console.log(`long tasks (ms) opening ${name}:`, attempts)
     return Math.min(...attempts.map((a) => Math.max(0, ...a)))
   }
+
+  it('shows a running job on every tab, and says "cancelled" when it is cancelled there', async () => {
+    await page.goto(host.url)
+    await page.waitForSelector('.app[data-ready="true"]', { timeout: 60_000 })
+    await page.waitForSelector('[data-testid="overview-name"]:has-text("wide-embedding")')
+    // Start the embedding's statistics (272 MB), go back to the overview and cancel from the
+    // top bar, all in one go, so the job cannot have finished first.
+    const seen = await page.evaluate(async (name) => {
+      const q = (sel: string) => document.querySelector(sel) as HTMLElement | null
+      q(`[data-testid="tree-tensor"][data-name="${name}"]`)!.click()
+      await new Promise((r) => requestAnimationFrame(() => r(null)))
+      q('[data-testid="tab-overview"]')!.click()
+      await new Promise((r) => requestAnimationFrame(() => r(null)))
+      const indicator = q('[data-testid="job-indicator"][data-job="tensor"]')
+      const text = indicator?.innerText ?? ''
+      const onOverview = q('[data-testid="overview-name"]') !== null
+      q('[data-testid="job-cancel"]')?.click()
+      return { text, onOverview }
+    }, EMBED)
+    expect(seen.onOverview).toBe(true)
+    expect(seen.text).toContain(`Computing statistics of ${EMBED}`)
+    const notice = page.locator('[data-testid="job-cancelled"]')
+    await notice.waitFor({ timeout: 30_000 })
+    expect(await notice.innerText()).toContain(`Computing statistics of ${EMBED}: cancelled`)
+    expect(await page.locator('[data-testid="job-indicator"]').count()).toBe(0)
+    await page.screenshot({ path: join(ARTIFACTS, 'views-cancelled.png') })
+    await page.click('[data-testid="job-cancelled"] button')
+  })
 
   it('opens the 151936 × 896 embedding and a 2M-element weight without a long task over 200 ms', async () => {
     expect(await longestTaskOpening(EMBED, null)).toBeLessThan(200)
@@ -204,6 +243,59 @@ describe('tensor inspector views', () => {
     await page.screenshot({ path: join(ARTIFACTS, 'views-grid-mean.png') })
     await page.click('[data-testid="grid-stat-absmax"]')
     await page.waitForSelector('[data-testid="grid-chart"][data-colour-map="sequential"]')
+    expect(pageProblems).toEqual([])
+  })
+
+  it('keeps model, tab and tensor in the URL: Back, Forward and reload restore the view', async () => {
+    await page.goto(host.url)
+    await page.waitForSelector('.app[data-ready="true"]', { timeout: 60_000 })
+    await page.waitForSelector('[data-testid="overview-name"]:has-text("wide-embedding")')
+    const hash = () => new URLSearchParams(new URL(page.url()).hash.slice(1))
+    expect(hash().get('model')).toBe(modelDir)
+    expect(hash().get('tab')).toBe('overview')
+    // ε of the config (1e-6) with significant digits, not a float expansion.
+    expect(await page.locator('.kv tr:has-text("RMSNorm") td').innerText()).toBe('1e-6')
+    await page.click('[data-testid="tree-block"]:has-text("Block 0")')
+    await openTensor(Q)
+    expect([hash().get('tab'), hash().get('tensor')]).toEqual(['tensor', Q])
+    await page.click('[data-testid="tab-grid"]')
+    await page.waitForSelector('[data-testid="layer-grid"]')
+    expect(hash().get('tab')).toBe('grid')
+
+    await page.goBack()
+    await page.waitForSelector(`[data-testid="inspector-name"]:has-text("${Q}")`)
+    expect(await page.getAttribute('[data-testid="tab-tensor"]', 'aria-selected')).toBe('true')
+    await page.goBack()
+    await page.waitForSelector('[data-testid="overview-name"]')
+    await page.goForward()
+    await page.waitForSelector(`[data-testid="inspector-name"]:has-text("${Q}")`)
+
+    // A reload reopens the same model and tensor (the access token was kept by the page).
+    await page.reload()
+    await page.waitForSelector('.app[data-ready="true"]', { timeout: 60_000 })
+    await page.waitForSelector(`[data-testid="inspector-name"]:has-text("${Q}")`, { timeout: 30_000 })
+    await page.waitForSelector('[data-testid="histogram-chart"][data-rendered="true"]', { timeout: 60_000 })
+    expect(await page.locator('.conn.open').count()).toBe(1)
+    expect(hash().get('tensor')).toBe(Q)
+    expect(pageProblems).toEqual([])
+  })
+
+  it('names the base of each ΔPPL and deletes runs', async () => {
+    await page.click('[data-testid="tab-evaluate"]')
+    await page.waitForSelector('[data-testid="runs-table"]', { timeout: 30_000 })
+    expect(await page.locator('[data-testid="run-row"]').count()).toBe(2)
+    const q4 = page.locator('[data-testid="run-row"][data-run-id="run-q4"]')
+    expect(await q4.locator('[data-testid="run-delta"]').innerText()).toContain('+0.750')
+    expect(await q4.locator('[data-testid="run-delta-base"]').innerText()).toMatch(/^vs base run of .+ \(ppl 12\.500\)$/)
+    await page.screenshot({ path: join(ARTIFACTS, 'views-runs.png') })
+    await q4.locator('[data-testid="run-delete"]').click()
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="run-row"]').length === 1)
+    // Deleted in the engine's runs file too: still gone after a reload.
+    await page.reload()
+    await page.waitForSelector('.app[data-ready="true"]', { timeout: 60_000 })
+    await page.waitForSelector('[data-testid="runs-table"]', { timeout: 30_000 })
+    expect(await page.locator('[data-testid="run-row"]').count()).toBe(1)
+    expect(await page.getAttribute('[data-testid="run-row"]', 'data-run-id')).toBe('run-base')
     expect(pageProblems).toEqual([])
   })
 })

@@ -57,6 +57,8 @@ export interface RateJobView {
   ppl: number | null
   /** Generation: the variant being generated (index). */
   variant: number | null
+  /** The user asked to cancel it. */
+  cancelRequested?: boolean
   cancel(): void
 }
 
@@ -112,7 +114,8 @@ export function deltaPpl(run: EvalRun, runs: readonly EvalRun[]): number | null 
   return base ? run.ppl - base.ppl : null
 }
 
-export function createEvaluation(client: ApiClient) {
+/** `onCancelled(label)`: a job the user cancelled has stopped (the workbench says so). */
+export function createEvaluation(client: ApiClient, onCancelled: (label: string) => void = () => {}) {
   const state = reactive<EvaluationState>({
     modelId: null,
     backend: 'wasm',
@@ -143,7 +146,20 @@ export function createEvaluation(client: ApiClient) {
   let loaded: string | null = null
 
   function rateView(label: string, cancel: () => void): RateJobView {
-    return reactive({ label, stage: 'starting', done: 0, total: 0, tokensPerSecond: null, ppl: null, variant: null, cancel })
+    const view: RateJobView = reactive({
+      label,
+      stage: 'starting',
+      done: 0,
+      total: 0,
+      tokensPerSecond: null,
+      ppl: null,
+      variant: null,
+      cancel: () => {
+        view.cancelRequested = true
+        cancel()
+      },
+    })
+    return view
   }
 
   function applyProgress(view: RateJobView, done: number, total: number, detail?: JobProgressDetail): void {
@@ -247,6 +263,7 @@ export function createEvaluation(client: ApiClient) {
         (err: unknown) => {
           const e = asApiError(err)
           if (evalJob === job && !e.cancelled) state.evalError = e
+          if (e.cancelled && view.cancelRequested) onCancelled(view.label)
         },
       )
       .finally(() => {
@@ -255,6 +272,18 @@ export function createEvaluation(client: ApiClient) {
           state.evalJob = null
         }
       })
+  }
+
+  /** Deletes a kept run (engine and table); a failure shows where evaluation errors do. */
+  async function deleteRun(runId: string): Promise<void> {
+    const modelId = state.modelId
+    if (!modelId) return
+    try {
+      await client.call('deleteRun', { modelId, runId })
+      if (state.modelId === modelId) state.runs = state.runs.filter((r) => r.id !== runId)
+    } catch (err) {
+      state.evalError = asApiError(err)
+    }
   }
 
   function runGeneration(): void {
@@ -286,6 +315,7 @@ export function createEvaluation(client: ApiClient) {
         },
         (err: unknown) => {
           const e = asApiError(err)
+          if (e.cancelled && view.cancelRequested) onCancelled(view.label)
           if (genJob !== job || e.cancelled) return
           state.genError = e
           state.streaming = []
@@ -299,5 +329,5 @@ export function createEvaluation(client: ApiClient) {
       })
   }
 
-  return { state, setModel, load, runEvaluation, runGeneration, variantLabel }
+  return { state, setModel, load, runEvaluation, runGeneration, deleteRun, variantLabel }
 }

@@ -16,13 +16,26 @@ import type {
 import { asApiError, startJob, type ApiClient, type ConnectionState, type Job } from '../api'
 import { queueChartWork } from '../charts/chart-queue'
 import { createEvaluation } from './evaluation'
+import { parseUrlState, writeUrlState, type Tab, type UrlState } from './url-state'
 
-export type Tab = 'overview' | 'grid' | 'tensor' | 'evaluate'
+export type { Tab }
 
 export interface JobView {
   label: string
   done: number
   total: number
+  /** The user asked to cancel it (then a "cancelled" notice replaces the progress). */
+  cancelRequested?: boolean
+  cancel(): void
+}
+
+/** A running job as the top bar lists it, whichever tab started it. */
+export interface RunningJob {
+  id: 'tensor' | 'grid' | 'evaluate' | 'generate'
+  label: string
+  /** 0..1, or null while the total is unknown. */
+  fraction: number | null
+  tab: Tab
   cancel(): void
 }
 
@@ -45,6 +58,8 @@ export interface WorkbenchState {
   gridError: ApiError | null
   gridJob: JobView | null
   gridStatistic: GridStatistic
+  /** "… cancelled" after the user cancelled a job, until dismissed or the next job. */
+  cancelled: string | null
   /** Start-up finished (default model opened or explained): tests wait for it. */
   ready: boolean
 }
@@ -69,16 +84,63 @@ export function createWorkbench(client: ApiClient) {
     gridError: null,
     gridJob: null,
     gridStatistic: 'absmax',
+    cancelled: null,
     ready: false,
   })
-  const evaluation = createEvaluation(client)
+  const evaluation = createEvaluation(client, (label) => (state.cancelled = `${label}: cancelled`))
+  /** True while the view is being set from the URL (Back, reload): no new history entries then. */
+  let restoring = false
   const statsCache = new Map<string, OrientedTensorStats>()
   let tensorJob: Job<OrientedTensorStats> | null = null
   let gridJob: Job<LayerGridStats> | null = null
 
   /** A progress view for a job that is about to start; `cancel` reaches it once it has. */
   function jobView(label: string, cancel: () => void): JobView {
-    return reactive({ label, done: 0, total: 0, cancel })
+    state.cancelled = null
+    const view: JobView = reactive({
+      label,
+      done: 0,
+      total: 0,
+      cancel: () => {
+        view.cancelRequested = true
+        cancel()
+      },
+    })
+    return view
+  }
+
+  /** The address bar follows the view: model, tab, tensor (url-state.ts). */
+  function syncUrl(push: boolean): void {
+    if (restoring) return
+    writeUrlState({ model: state.model?.path ?? null, tab: state.model ? state.tab : null, tensor: state.selected }, push)
+  }
+
+  /** Shows what a URL names: opens its model if another is open, then its tensor and tab. */
+  async function applyUrl(u: UrlState): Promise<void> {
+    restoring = true
+    try {
+      if (u.model && u.model !== state.model?.path) await openModel(u.model)
+      const model = state.model
+      if (!model) return
+      if (u.tensor && model.tensors.some((t) => t.name === u.tensor)) selectTensor(u.tensor)
+      else state.selected = null
+      showTab(u.tab ?? 'overview')
+    } finally {
+      restoring = false
+    }
+    syncUrl(false)
+  }
+
+  /** Every job in flight, for the top bar's indicator. */
+  function runningJobs(): RunningJob[] {
+    const out: RunningJob[] = []
+    const frac = (done: number, total: number): number | null => (total > 0 ? Math.min(1, done / total) : null)
+    if (state.tensorJob) out.push({ id: 'tensor', label: state.tensorJob.label, fraction: frac(state.tensorJob.done, state.tensorJob.total), tab: 'tensor', cancel: state.tensorJob.cancel })
+    if (state.gridJob) out.push({ id: 'grid', label: state.gridJob.label, fraction: frac(state.gridJob.done, state.gridJob.total), tab: 'grid', cancel: state.gridJob.cancel })
+    const e = evaluation.state
+    if (e.evalJob) out.push({ id: 'evaluate', label: e.evalJob.label, fraction: frac(e.evalJob.done, e.evalJob.total), tab: 'evaluate', cancel: e.evalJob.cancel })
+    if (e.genJob) out.push({ id: 'generate', label: e.genJob.label, fraction: frac(e.genJob.done, e.genJob.total), tab: 'evaluate', cancel: e.genJob.cancel })
+    return out
   }
 
   async function refreshRecent(): Promise<void> {
@@ -119,6 +181,7 @@ export function createWorkbench(client: ApiClient) {
       evaluation.setModel(summary)
       if (previous) void client.call('closeModel', { modelId: previous.modelId }).catch(() => {})
       void refreshRecent()
+      syncUrl(true)
     } catch (err) {
       state.openError = asApiError(err)
     } finally {
@@ -131,6 +194,7 @@ export function createWorkbench(client: ApiClient) {
     if (!model) return
     state.selected = name
     state.tab = 'tensor'
+    syncUrl(true)
     if (state.tensorStats?.tensor === name && state.tensorJob === null) return
     tensorJob?.cancel()
     tensorJob = null
@@ -164,6 +228,7 @@ export function createWorkbench(client: ApiClient) {
       (err: unknown) => {
         const e = asApiError(err)
         if (tensorJob === job && !e.cancelled) state.tensorError = e
+        if (e.cancelled && view.cancelRequested) state.cancelled = `${view.label}: cancelled`
       },
     ).finally(() => {
       if (tensorJob === job) {
@@ -190,6 +255,7 @@ export function createWorkbench(client: ApiClient) {
       (err: unknown) => {
         const e = asApiError(err)
         if (gridJob === job && !e.cancelled) state.gridError = e
+        if (e.cancelled && view.cancelRequested) state.cancelled = `${view.label}: cancelled`
       },
     ).finally(() => {
       if (gridJob === job) {
@@ -201,6 +267,7 @@ export function createWorkbench(client: ApiClient) {
 
   function showTab(tab: Tab): void {
     state.tab = tab
+    syncUrl(true)
     if (tab === 'grid' && !state.grid && !state.gridJob && !state.gridError) computeGrid()
     if (tab === 'evaluate') void evaluation.load()
   }
@@ -215,10 +282,23 @@ export function createWorkbench(client: ApiClient) {
       if (event.type === 'open-model-request') void openModel(event.path)
     })
     void refreshRecent()
+    window.addEventListener('popstate', () => void applyUrl(parseUrlState(window.location.hash)))
     try {
-      const start = await client.call('defaultModelPath', {})
-      if (start.message) state.notice = start.message
-      if (start.path) await openModel(start.path)
+      // A reload (or a shared link) names its model: open that one instead of the default.
+      const fromUrl = parseUrlState(window.location.hash)
+      if (fromUrl.model) {
+        await applyUrl(fromUrl)
+      } else {
+        const start = await client.call('defaultModelPath', {})
+        if (start.message) state.notice = start.message
+        restoring = true
+        try {
+          if (start.path) await openModel(start.path)
+        } finally {
+          restoring = false
+        }
+        syncUrl(false)
+      }
     } catch (err) {
       state.openError = asApiError(err)
     } finally {
@@ -226,5 +306,5 @@ export function createWorkbench(client: ApiClient) {
     }
   }
 
-  return { state, client, evaluation, init, openModel, selectTensor, computeGrid, showTab, reportDropWithoutPath, refreshRecent }
+  return { state, client, evaluation, init, openModel, selectTensor, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs }
 }
