@@ -43,6 +43,8 @@ describe.each(SPECS)('%s', (spec) => {
     expect(q.bytes).toBe(totalBytes(q.storage))
     expect(q.storage.codes).toBe(Math.ceil((ROWS * COLS * method.bits(params)) / 8))
     expect(q.method).toBe(method.id)
+    expect(() => method.storage(0, COLS, params)).toThrow(/shape must be two positive integers, got \[0, 256\]/)
+    expect(() => method.storage(ROWS, 2.5, params)).toThrow(/shape must be two positive integers/)
   })
 
   it('dequantizeRows(r0, r1) equals the slices of the full dequantisation', () => {

@@ -5,7 +5,7 @@
  */
 import * as v from 'valibot'
 import { groupColumns, packedBytes, type QuantMethod, type QuantizeHooks, type StorageBreakdown } from './contract'
-import { F16Array, checkWeight, forEachRow, groupSchema, sortedUnique } from './common'
+import { F16Array, checkShape, checkWeight, forEachRow, groupSchema, sortedUnique } from './common'
 import { packCodes } from './packing'
 import { PackedCodesTensor } from './packed-tensor'
 
@@ -92,6 +92,7 @@ export class AbsmaxTableTensor extends PackedCodesTensor {
 }
 
 export function absmaxStorage(rows: number, cols: number, params: AbsmaxParams): StorageBreakdown {
+  checkShape(rows, cols)
   const g = groupColumns(cols, params.group)
   return { codes: packedBytes(rows * cols, 4), scales: rows * (cols / g) * 2, zeros: 0, tables: 0, outliers: 0 }
 }

@@ -15,7 +15,7 @@
  */
 import * as v from 'valibot'
 import { QuantParamError, groupColumns, packedBytes, type LayerCalibration, type QuantMethod, type QuantizeHooks, type StorageBreakdown } from './contract'
-import { F16Array, checkWeight, forEachRow, groupSchema, requireActivationMeans, seedSchema, sortedUnique } from './common'
+import { F16Array, checkShape, checkWeight, forEachRow, groupSchema, requireActivationMeans, seedSchema, sortedUnique } from './common'
 import { KMEANS_INITS, kmeans1D, midpoints, nearestLevel, sortPoints } from './kmeans-1d'
 import { packCodes } from './packing'
 import { PackedCodesTensor } from './packed-tensor'
@@ -35,6 +35,7 @@ export type AnyNParams = v.InferOutput<typeof anynSchema>
 const f = Math.fround
 
 export function anynStorage(bits: number, rows: number, cols: number, params: { group: number }): StorageBreakdown {
+  checkShape(rows, cols)
   const g = groupColumns(cols, params.group)
   return { codes: packedBytes(rows * cols, bits), scales: rows * (cols / g) * 4, zeros: 0, tables: rows * (1 << bits) * 2, outliers: 0 }
 }

@@ -21,11 +21,16 @@ export function checkWeight(weight: Float32Array, rows: number, cols: number): v
 
 /** checkWeight without the finiteness scan (for kernels that detect NaN/Inf themselves). */
 export function checkWeightShape(weight: Float32Array, rows: number, cols: number): void {
-  if (!Number.isInteger(rows) || rows < 1 || !Number.isInteger(cols) || cols < 1) {
-    throw new QuantParamError(null, `shape must be two positive integers, got [${rows}, ${cols}]`)
-  }
+  checkShape(rows, cols)
   if (weight.length !== rows * cols) {
     throw new QuantParamError(null, `weight has ${weight.length} values, shape [${rows}, ${cols}] needs ${rows * cols}`)
+  }
+}
+
+/** A [rows, cols] shape of positive integers (storage() sizes a shape before any weight exists). */
+export function checkShape(rows: number, cols: number): void {
+  if (!Number.isInteger(rows) || rows < 1 || !Number.isInteger(cols) || cols < 1) {
+    throw new QuantParamError(null, `shape must be two positive integers, got [${rows}, ${cols}]`)
   }
 }
 

@@ -13,8 +13,8 @@
  * stored. Their dense codes still exist (nearest codebook value, overwritten on dequantisation).
  */
 import * as v from 'valibot'
-import { groupColumns, packedBytes, type QuantMethod, type QuantizeHooks, type StorageBreakdown } from './contract'
-import { F16Array, bitsSchema, checkWeight, forEachRow, seedSchema, sortedUnique } from './common'
+import { packedBytes, type QuantMethod, type QuantizeHooks, type StorageBreakdown } from './contract'
+import { F16Array, bitsSchema, checkShape, checkWeight, forEachRow, seedSchema, sortedUnique } from './common'
 import { KMEANS_INITS, kmeans1D, midpoints, nearestLevel, sortPoints, type SortedPoints } from './kmeans-1d'
 import { packCodes } from './packing'
 import { PackedCodesTensor } from './packed-tensor'
@@ -43,7 +43,7 @@ export function outlierIndexBytes(cols: number): number {
 }
 
 export function kmeansStorage(rows: number, cols: number, params: Pick<KMeansParams, 'bits' | 'per' | 'outliers'>): StorageBreakdown {
-  groupColumns(cols, 0)
+  checkShape(rows, cols)
   const K = 1 << params.bits
   return {
     codes: packedBytes(rows * cols, params.bits),

@@ -19,7 +19,7 @@
  */
 import * as v from 'valibot'
 import { groupColumns, groupColumnsOrZero, packedBytes, type QuantMethod, type QuantizeHooks, type StorageBreakdown } from './contract'
-import { F16Array, bitsSchema, checkRowRange, checkWeight, checkWeightShape, forEachRow, groupSchema, sortedUnique } from './common'
+import { F16Array, checkShape, bitsSchema, checkRowRange, checkWeight, checkWeightShape, forEachRow, groupSchema, sortedUnique } from './common'
 import { packCodes } from './packing'
 import { PackedCodesTensor } from './packed-tensor'
 import { dequantizeWasm, rtnQuantizeWasm, useWasmKernels, type QuantKernelKind } from './wasm-kernels'
@@ -52,6 +52,7 @@ function symCode(w: number, s: number, qmax: number): number {
 }
 
 export function rtnStorage(rows: number, cols: number, params: RtnParams): StorageBreakdown {
+  checkShape(rows, cols)
   const g = groupColumns(cols, params.group)
   const groups = rows * (cols / g)
   return { codes: packedBytes(rows * cols, params.bits), scales: groups * (params.sym ? 2 : 4), zeros: 0, tables: 0, outliers: 0 }
