@@ -144,6 +144,32 @@ describe('resource bounds from header numbers', () => {
   })
 })
 
+describe('counts and lengths in GGUF and ONNX headers are bounded by the file size', () => {
+  it('ONNX: a field length of 2^50 bytes in a 12-byte file fails at once, naming the field', async () => {
+    // ModelProto field 7 (graph, wire type 2): tag 0x3a, then a varint length of 2^50.
+    const bytes = [0x08, 0x08, 0x3a]
+    let n = 2n ** 50n
+    while (n >= 0x80n) {
+      bytes.push(Number(n & 0x7fn) | 0x80)
+      n >>= 7n
+    }
+    bytes.push(Number(n))
+    const path = join(dir, 'long-field.onnx')
+    await writeFile(path, Uint8Array.from(bytes))
+    await expectFormatError(onnxFormat.open(path), `${path}: field 7 in ModelProto at byte 2 needs 1125899906842624 bytes`, /truncated\?/)
+  })
+
+  it('GGUF: tensor count 2^40 in a small file fails before allocating, through the CLI', async () => {
+    const b = buildGguf({ tensors: [{ name: 'w', ne: [1], type: F32, data: new Uint8Array(4) }] })
+    new DataView(b.buffer, b.byteOffset).setBigUint64(8, 2n ** 40n, true)
+    const path = join(dir, 'count.gguf')
+    await writeFile(path, b)
+    const r = await cli(['inspect', path, '--stats', '--json'])
+    expect([r.code, r.signal]).toEqual([1, null])
+    expect(r.stderr.trim()).toMatch(new RegExp(`^error: ${path}: header declares 1099511627776 tensors .* cannot fit in a file of \\d+ bytes`))
+  })
+})
+
 describe('only regular files are opened', () => {
   const fifo = (path: string) => execFileSync('mkfifo', [path])
   const FIFO = /not a regular file \(a FIFO\)/

@@ -1,4 +1,5 @@
-import { open, type FileHandle } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
+import { FileAccessError, openRegularFile } from '../io/regular-file'
 import { matrixShape, type OpenedModel, type TensorEntry } from '../formats/contract'
 import { ModelFormatError } from '../common/errors'
 import { RAW_DTYPES, WasmStatsAccumulator, isRawDType, wasmStatsAvailable, type RawDType } from './wasm-accumulator'
@@ -47,7 +48,8 @@ export class FileHandleCache {
   get(path: string): Promise<FileHandle> {
     let h = this.handles.get(path)
     if (!h) {
-      h = open(path, 'r')
+      // A model file swapped for a FIFO since it was opened must not block this open.
+      h = openRegularFile(path).then((r) => r.handle)
       this.handles.set(path, h)
       h.catch(() => this.handles.delete(path))
     }
@@ -237,9 +239,9 @@ async function directStats(acc: WasmStatsAccumulator, entry: TensorEntry, ctx: D
   let done = 0
   let fh: FileHandle
   try {
-    fh = await (ctx.files ? ctx.files.get(entry.file) : open(entry.file, 'r'))
+    fh = await (ctx.files ? ctx.files.get(entry.file) : openRegularFile(entry.file).then((r) => r.handle))
   } catch (err) {
-    throw new ModelFormatError(entry.file, entry.name, `cannot open file: ${(err as Error).message}`)
+    throw new ModelFormatError(entry.file, entry.name, `cannot open file: ${err instanceof FileAccessError ? err.problem : (err as Error).message}`)
   }
   const readChunk = async (slot: 0 | 1, r0: number): Promise<number> => {
     const n = Math.min(chunkRows, rows - r0)
