@@ -13,6 +13,7 @@ import type { BrowserContext, Page } from 'playwright-core'
 import { f32ToF16 } from '../../worker/formats/dtypes'
 import { writeSafetensorsFile, type SafetensorsTensorSpec } from '../../worker/formats/safetensors/writer'
 import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
+import { DataType, encodeModel, f32Bytes } from '../helpers/onnx-builder'
 import { launchChromiumPage } from '../helpers/chromium-page'
 
 const ARTIFACTS = resolve(import.meta.dirname, '..', '..', 'test-artifacts')
@@ -286,7 +287,8 @@ describe('tensor inspector views', () => {
     expect(await page.locator('[data-testid="run-row"]').count()).toBe(2)
     const q4 = page.locator('[data-testid="run-row"][data-run-id="run-q4"]')
     expect(await q4.locator('[data-testid="run-delta"]').innerText()).toContain('+0.750')
-    expect(await q4.locator('[data-testid="run-delta-base"]').innerText()).toMatch(/^vs base run of .+ \(ppl 12\.500\)$/)
+    expect(await q4.locator('[data-testid="run-delta-base"]').innerText()).toMatch(/^vs base run \S/)
+    expect(await q4.locator('[data-testid="run-delta"]').getAttribute('title')).toContain('(ppl 12.500)')
     await page.screenshot({ path: join(ARTIFACTS, 'views-runs.png') })
     await q4.locator('[data-testid="run-delete"]').click()
     await page.waitForFunction(() => document.querySelectorAll('[data-testid="run-row"]').length === 1)
@@ -296,6 +298,30 @@ describe('tensor inspector views', () => {
     await page.waitForSelector('[data-testid="runs-table"]', { timeout: 30_000 })
     expect(await page.locator('[data-testid="run-row"]').count()).toBe(1)
     expect(await page.getAttribute('[data-testid="run-row"]', 'data-run-id')).toBe('run-base')
+    expect(pageProblems).toEqual([])
+  })
+
+  it('shows an ONNX MatMul weight (stored [in, out]) as [out, in] and says so', async () => {
+    const [outF, inF] = [24, 40]
+    const stored = Float32Array.from({ length: inF * outF }, (_, i) => Math.sin(i) * 0.1)
+    for (let o = 0; o < outF; o++) stored[7 * outF + o] = 1 + o / 100 // input channel 7 is the outlier
+    const file = join(dir, 'k-proj.onnx')
+    await writeFile(file, encodeModel({
+      initializers: [{ name: 'onnx::MatMul_7', dataType: DataType.FLOAT, dims: [inF, outF], raw: f32Bytes(stored) }],
+      nodes: [{ opType: 'MatMul', inputs: ['x', 'onnx::MatMul_7'], outputs: ['y'], name: 'model.layers.0.self_attn.k_proj' }],
+      inputs: ['x'],
+      outputs: ['y'],
+    }))
+    await page.fill('[data-testid="model-path"]', file)
+    await page.click('[data-testid="open-model"]')
+    await page.waitForSelector('[data-testid="overview-name"]:has-text("k-proj.onnx")')
+    await page.click('[data-testid="tree-block"]:has-text("Block 0")')
+    await openTensor('onnx::MatMul_7')
+    expect(await page.innerText('[data-testid="orientation-note"]')).toContain('Shown as [out, in], HF orientation; stored transposed')
+    expect(await page.innerText('[data-testid="channel-axis-rows"]')).toBe(`output (${outF})`)
+    await page.click('[data-testid="channel-axis-cols"]')
+    await page.waitForSelector('[data-testid="outlier-summary"]:has-text("#7 ")')
+    await page.screenshot({ path: join(ARTIFACTS, 'views-onnx-orientation.png') })
     expect(pageProblems).toEqual([])
   })
 })
