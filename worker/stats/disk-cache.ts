@@ -12,7 +12,7 @@ import type { TensorStats } from './stats-types'
 export const STATS_CACHE_BYTES_ENV = 'QUANTSCOPE_STATS_CACHE_BYTES'
 export const DEFAULT_STATS_CACHE_BYTES = 1 << 30
 /** Bump when TensorStats or any statistic's definition changes: old entries then miss. */
-export const STATS_CACHE_VERSION = 2
+export const STATS_CACHE_VERSION = 3
 
 /** The bound from QUANTSCOPE_STATS_CACHE_BYTES, or undefined when unset; a bad value throws. */
 export function statsCacheBytesFromEnv(env: NodeJS.ProcessEnv = process.env): number | undefined {

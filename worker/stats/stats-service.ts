@@ -32,7 +32,7 @@ export interface StatsHooks {
 }
 
 /** Bump when TensorStats or any statistic's definition changes: old cache keys then miss. */
-const CACHE_KEY_VERSION = 2
+const CACHE_KEY_VERSION = 3
 const MEMORY_CACHE_BYTES = 256 << 20
 /**
  * Reading a cache file costs about what recomputing a tensor this small costs, and thousands
