@@ -73,6 +73,23 @@ describe.each(SPECS)('%s', (spec) => {
     expect(outside).toBe(outliersPerRow * ROWS)
   })
 
+  it('refuses NaN/Inf (naming row and column), a wrong length and a group that does not divide the row', () => {
+    const bad = weight.slice()
+    bad[3 * COLS + 5] = NaN
+    expect(() => method.quantize(bad, ROWS, COLS, params, calibration)).toThrow(/weight\[3, 5\] is NaN/)
+    bad[3 * COLS + 5] = 0
+    bad[11 * COLS + 255] = Infinity
+    expect(() => method.quantize(bad, ROWS, COLS, params, calibration)).toThrow(/weight\[11, 255\] is Infinity/)
+    expect(() => method.quantize(weight.subarray(1), ROWS, COLS, params, calibration)).toThrow(/3071 values, shape \[12, 256\] needs 3072/)
+    const group = (params as { group?: number }).group
+    if (group) {
+      // 200 columns: no group of these specs (32 … 256) divides it.
+      const w200 = weight.subarray(0, 10 * 200)
+      const c200 = { ...calibration, mean: means.subarray(0, 200) }
+      expect(() => method.quantize(w200, 10, 200, params, c200)).toThrow(new RegExp(`group ${group} does not divide the row length 200`))
+    }
+  })
+
   it('is a quantization: error well below the weights, at most 2^bits levels a group', () => {
     let e2 = 0
     let w2 = 0
