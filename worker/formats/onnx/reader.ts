@@ -1,6 +1,6 @@
-import { stat } from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve, sep, win32 } from 'node:path'
 import { FileByteSource } from '../../io/byte-source'
+import { isRegularFile } from '../../io/regular-file'
 import { elementCount, matrixShape, shapeProblem, type ModelFormat, type OpenedModel, type TensorEntry } from '../contract'
 import { decodePlain } from '../dtypes'
 import { ModelFormatError } from '../../common/errors'
@@ -129,12 +129,8 @@ async function readModel(abs: string, src: FileByteSource, external: Map<string,
   }
   if (graph.sparseInitializers) metadata.sparseInitializersSkipped = graph.sparseInitializers
 
-  let tokenizerPath: string | null = join(dirname(abs), 'tokenizer.json')
-  try {
-    if (!(await stat(tokenizerPath)).isFile()) tokenizerPath = null
-  } catch {
-    tokenizerPath = null
-  }
+  const beside = join(dirname(abs), 'tokenizer.json')
+  const tokenizerPath = (await isRegularFile(beside)) ? beside : null
   return createModel(abs, src, external, slots, metadata, architecture, tokenizerPath)
 }
 
