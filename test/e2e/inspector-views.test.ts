@@ -321,6 +321,11 @@ describe('tensor inspector views', () => {
     expect(await page.innerText('[data-testid="channel-axis-rows"]')).toBe(`output (${outF})`)
     await page.click('[data-testid="channel-axis-cols"]')
     await page.waitForSelector('[data-testid="outlier-summary"]:has-text("#7 ")')
+    // Pointing at the heatmap reads out a cell of the shown [out, in] matrix: row 0, input channel 7.
+    const heat = (await page.locator('[data-testid="heatmap-chart"]').boundingBox())!
+    const plot = { left: 64, top: 24, width: heat.width - 64 - 16, height: heat.height - 24 - 36 } // heatmap grid
+    await page.mouse.move(heat.x + plot.left + (7.5 / inF) * plot.width, heat.y + plot.top + (0.5 / outF) * plot.height)
+    await page.waitForSelector('[data-testid="heatmap-cell"]:has-text("row 0, col 7: mean |w| 1")')
     await page.screenshot({ path: join(ARTIFACTS, 'views-onnx-orientation.png') })
     expect(pageProblems).toEqual([])
   })
