@@ -54,6 +54,24 @@ export class FakeBackend implements ApiBackend {
   async listVariants(): Promise<ApiResult<'listVariants'>> {
     return []
   }
+  async listQuantMethods(): Promise<ApiResult<'listQuantMethods'>> {
+    return []
+  }
+  async planSize(): Promise<ApiResult<'planSize'>> {
+    throw new Error('not used')
+  }
+  async quantizePreview(): Promise<ApiResult<'quantizePreview'>> {
+    throw new Error('not used')
+  }
+  async listPlans(): Promise<ApiResult<'listPlans'>> {
+    return []
+  }
+  async savePlan(): Promise<ApiResult<'savePlan'>> {
+    throw new Error('not used')
+  }
+  async deletePlan(): Promise<ApiResult<'deletePlan'>> {
+    return { deleted: false }
+  }
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
     this.cancelled.push(jobId)
     const stop = this.running.get(jobId)

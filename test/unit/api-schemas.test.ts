@@ -16,6 +16,13 @@ import { API_METHOD_NAMES } from '../../worker/api/method-names'
 import { API_METHODS, parseApiParams, parseApiRequest } from '../../worker/api/parse-request'
 import { apiParamSchemas } from '../../worker/api/schemas'
 
+const PLAN = {
+  format: 'quantscope-plan',
+  version: 1,
+  model: { name: 'tiny', fingerprint: 'abc' },
+  tensors: { 'model.layers.0.mlp.down_proj.weight': { method: 'rtn', params: { bits: 4, group: 32 } }, 'model.layers.0.mlp.up_proj.weight': 'keep' },
+} as const satisfies ApiParams<'planSize'>['plan']
+
 /** One valid call per method; a method added to the table without one here fails to compile. */
 const VALID: { [M in ApiMethod]: ApiParams<M> } = {
   openModel: { path: '/models/tiny' },
@@ -51,6 +58,22 @@ const VALID: { [M in ApiMethod]: ApiParams<M> } = {
   listRuns: { modelId: 'm1' },
   deleteRun: { modelId: 'm1', runId: 'r1' },
   listVariants: { modelId: 'm1' },
+  listQuantMethods: {},
+  planSize: { modelId: 'm1', plan: PLAN },
+  quantizePreview: {
+    jobId: 'j5',
+    modelId: 'm1',
+    tensor: 'model.layers.0.mlp.down_proj.weight',
+    methods: [{ methodId: 'rtn', params: { bits: 4, group: 32, sym: false } }, { methodId: 'nf4' }],
+    row: 3,
+    col: 40,
+    bins: 64,
+    heatmapSize: 32,
+    calibrationWindows: 2,
+  },
+  listPlans: { modelId: 'm1' },
+  savePlan: { modelId: 'm1', id: 'p1', name: 'int4 everywhere', plan: PLAN },
+  deletePlan: { modelId: 'm1', planId: 'p1' },
 }
 
 function rejection(method: ApiMethod, params: unknown): string {
@@ -140,7 +163,7 @@ describe('limits and nested keys', () => {
     for (const variants of [[], [listed, listed, listed, listed, listed]]) {
       expect(rejection('generate', { ...gen, variants })).toBe("generate: 'variants' must be a list of 1 to 4 variants")
     }
-    expect(rejection('generate', { ...gen, variants: [listed, { kind: 'other' }] })).toBe("generate: 'variants[1].kind' must be 'listed' or 'model'")
+    expect(rejection('generate', { ...gen, variants: [listed, { kind: 'other' }] })).toBe("generate: 'variants[1].kind' must be 'listed', 'model' or 'plan'")
     expect(rejection('generate', { ...gen, variants: [listed, { kind: 'listed', id: '' }] })).toBe("generate: 'variants[1].id' must be a non-empty string")
     const sample = { kind: 'sample', temperature: 1, topP: 1, seed: 0 }
     expect(rejection('generate', { ...gen, sampling: { ...sample, temperature: 0 } })).toBe("generate: 'sampling.temperature' must be a number in (0, 100]")
@@ -247,7 +270,7 @@ describe('files read through the schemas', () => {
     expect(runs[0]).not.toHaveProperty('future')
     expect(warnings).toEqual([
       `quantscope: ${file}: skipped run 1 of /m: 'ppl' must be a number`,
-      `quantscope: ${file}: skipped run 2 of /m: 'variant.kind' must be 'listed' or 'model'`,
+      `quantscope: ${file}: skipped run 2 of /m: 'variant.kind' must be 'listed', 'model' or 'plan'`,
       `quantscope: ${file}: skipped run 3 of /m: the run must be an object`,
       `quantscope: ${file}: skipped run 4 of /m: 'kld.median' is missing`,
     ])

@@ -13,11 +13,13 @@ import type * as v from 'valibot'
 import type { ModelConfig, ModelFormatId } from '../formats/contract'
 import type { KldBaseMode, KldSummary } from '../inference/kld-types'
 import type { LinearRole } from '../model/logical-model'
+import type { Plan, PlanEntry } from '../plan/plan-schema'
+import type { CalibrationNeed, StorageBreakdown } from '../quant/contract'
 import type { OrientedTensorStats, StatsOptions, StatsOrientation, TensorStats } from '../stats/stats-types'
 import type { ApiMethodName } from './method-names'
 import type * as schemas from './schemas'
 
-export type { KldBaseMode, KldSummary, LinearRole, ModelConfig, ModelFormatId, OrientedTensorStats, StatsOptions, StatsOrientation, TensorStats }
+export type { CalibrationNeed, KldBaseMode, KldSummary, LinearRole, ModelConfig, ModelFormatId, OrientedTensorStats, Plan, PlanEntry, StatsOptions, StatsOrientation, StorageBreakdown, TensorStats }
 
 /** Parameters of a method as its schema (worker/api/schemas.ts) outputs them. */
 type ParamsOf<M extends ApiMethodName> = v.InferOutput<schemas.ApiParamSchemas[M]>
@@ -185,6 +187,96 @@ export interface GenerateComparison {
   seconds: number
 }
 
+// ---- Quantization ----------------------------------------------------------------------
+
+/** One parameter of a quantization method, read from its schema (for menus and forms). */
+export interface QuantParamInfo {
+  key: string
+  /** 'enum': one of `options`; 'integer'/'number' within [min, max] when given. */
+  type: 'integer' | 'number' | 'boolean' | 'enum' | 'string'
+  default: number | boolean | string | null
+  min?: number
+  max?: number
+  options?: (string | number)[]
+}
+
+/** A method of the quantizer library (worker/quant/registry.ts). */
+export interface QuantMethodInfo {
+  id: string
+  label: string
+  /** Nominal bits per weight of the codes with the default params. */
+  bits: number
+  /** What it needs besides the weight, with the default params ('none' | 'activation-stats' | 'gram'). */
+  needs: CalibrationNeed
+  params: QuantParamInfo[]
+}
+
+/** The exact size of the open model under a plan (worker/plan/size.ts). */
+export interface PlanSizeInfo {
+  /** Whole model as planned: planned tensors at their storage, the rest as stored. */
+  bytes: number
+  /** The model as stored. */
+  storedBytes: number
+  planned: { tensors: number; params: number; bytes: number; storedBytes: number; storage: StorageBreakdown }
+  kept: { tensors: number; params: number; bytes: number }
+  /** 8·bytes/params over the planned tensors (null when none is planned). */
+  bitsPerWeight: number | null
+  /** 8·bytes/params over the whole model. */
+  modelBitsPerWeight: number
+}
+
+/** Damage of a quantized weight (worker/quant/metrics.ts), JSON-safe. */
+export interface QuantErrorInfo {
+  mse: number
+  /** null when the error is exactly 0 (SQNR +∞). */
+  sqnrDb: number | null
+  maxAbsError: number
+  /** Summed squared output error per calibration token; null without XᵀX. */
+  outputErrorPerToken: number | null
+  /** Mean squared error of one output element on the calibration activations; null without XᵀX. */
+  outputMse: number | null
+}
+
+/** One method's result on one tensor, in HF [out, in] orientation. */
+export interface QuantPreview {
+  methodId: string
+  /** Params with every default filled in. */
+  params: Record<string, number | boolean | string>
+  /** METHOD:key=value,… of the params (as the CLI and plans write it). */
+  spec: string
+  bytes: number
+  storage: StorageBreakdown
+  bitsPerWeight: number
+  metrics: QuantErrorInfo
+  /** Seconds quantize() took (reading the weight excluded). */
+  seconds: number
+  /** The values weight (row, col) can take: its group's grid or its row's table, ascending, outliers excluded. */
+  levels: { row: number; col: number; group: { index: number; col0: number; col1: number }; values: number[] }
+  /** The weights of that group of the row, original and dequantised (to draw beside the levels). */
+  groupWeights: { original: number[]; dequantized: number[] }
+  /** Histogram of w − ŵ over the tensor: `counts.length` bins over [lo, hi] (lo = min, hi = max error). */
+  errorHistogram: { lo: number; hi: number; counts: number[] }
+  /**
+   * Mean |w − ŵ| over blocks, same geometry as the stats heatmap: row r in band
+   * floor(r·rows/R), column c in cell floor(c·cols/C), rows = min(R, size), cols = min(C, size); row-major.
+   */
+  errorHeatmap: { rows: number; cols: number; values: number[] }
+}
+
+export interface QuantizePreviewResult {
+  tensor: string
+  /** HF orientation [out, in]. */
+  rows: number
+  cols: number
+  /** One per requested method, in request order. */
+  methods: QuantPreview[]
+  /** Seconds capturing calibration data (0 when no method needed it or it came from the cache). */
+  calibrationSeconds: number
+}
+
+/** A plan kept for a model (listPlans, savePlan). */
+export type SavedPlan = v.InferOutput<typeof schemas.savedPlanSchema>
+
 export type EvaluateParams = ParamsOf<'evaluate'>
 
 export type GenerateParams = ParamsOf<'generate'>
@@ -213,6 +305,17 @@ export interface ApiMethods {
   deleteRun: { params: ParamsOf<'deleteRun'>; result: { deleted: boolean } }
   /** Variants of the model evaluation and generation can run ('base' first). */
   listVariants: { params: ParamsOf<'listVariants'>; result: VariantInfo[] }
+  /** The quantizer library: every method with its params (from its schema). */
+  listQuantMethods: { params: ParamsOf<'listQuantMethods'>; result: QuantMethodInfo[] }
+  /** Exact size of the open model under a plan; a plan that does not fit the model fails with 'PlanError'. */
+  planSize: { params: ParamsOf<'planSize'>; result: PlanSizeInfo }
+  /** Job: quantize one tensor with each method (quant worker threads) and return what the inspector draws. */
+  quantizePreview: { params: ParamsOf<'quantizePreview'>; result: QuantizePreviewResult }
+  /** Plans saved for the model's path, newest first. */
+  listPlans: { params: ParamsOf<'listPlans'>; result: SavedPlan[] }
+  /** Saves (or, with `id`, replaces) a plan for the model; the plan must fit the model. */
+  savePlan: { params: ParamsOf<'savePlan'>; result: SavedPlan }
+  deletePlan: { params: ParamsOf<'deletePlan'>; result: { deleted: boolean } }
 }
 
 // Every method of the table has a schema and every schema a method: otherwise this fails to compile.
@@ -225,13 +328,13 @@ export type ApiParams<M extends ApiMethod> = ApiMethods[M]['params']
 export type ApiResult<M extends ApiMethod> = ApiMethods[M]['result']
 
 /** Methods that run as jobs (take a jobId, emit progress, can be cancelled). */
-export type JobMethod = 'tensorStats' | 'layerGridStats' | 'evaluate' | 'generate'
+export type JobMethod = 'tensorStats' | 'layerGridStats' | 'evaluate' | 'generate' | 'quantizePreview'
 
 /** A request on the wire: a discriminated union on `method`. */
 export type ApiRequest = { [M in ApiMethod]: { id: number; method: M; params: ApiParams<M> } }[ApiMethod]
 
 export interface ApiError {
-  /** 'ModelFormatError', 'NotFound', 'BadRequest', 'Cancelled', 'Error' … */
+  /** 'ModelFormatError', 'PlanError', 'NotFound', 'BadRequest', 'Cancelled', 'Error' … */
   name: string
   message: string
   /** For ModelFormatError: the file, tensor and problem as the reader reported them. */
@@ -257,7 +360,7 @@ export type ApiEvent =
  * tensors; while evaluating or generating they count tokens.
  */
 export interface JobProgressDetail {
-  stage: 'loading' | 'loading-base' | 'evaluating' | 'generating'
+  stage: 'loading' | 'loading-base' | 'evaluating' | 'generating' | 'calibrating' | 'quantizing'
   /** Tokens per second over the stage so far (evaluating, generating). */
   tokensPerSecond?: number
   /** Perplexity over the windows done so far (evaluating). */

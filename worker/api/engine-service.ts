@@ -236,6 +236,25 @@ export class EngineService implements ApiFunctions {
     return this.evaluation.listVariants(this.model(modelId))
   }
 
+  async listQuantMethods(): Promise<ApiResult<'listQuantMethods'>> {
+    throw new EngineError('Unsupported', 'listQuantMethods is not implemented yet')
+  }
+  async planSize(): Promise<ApiResult<'planSize'>> {
+    throw new EngineError('Unsupported', 'planSize is not implemented yet')
+  }
+  async quantizePreview(): Promise<ApiResult<'quantizePreview'>> {
+    throw new EngineError('Unsupported', 'quantizePreview is not implemented yet')
+  }
+  async listPlans(): Promise<ApiResult<'listPlans'>> {
+    throw new EngineError('Unsupported', 'listPlans is not implemented yet')
+  }
+  async savePlan(): Promise<ApiResult<'savePlan'>> {
+    throw new EngineError('Unsupported', 'savePlan is not implemented yet')
+  }
+  async deletePlan(): Promise<ApiResult<'deletePlan'>> {
+    throw new EngineError('Unsupported', 'deletePlan is not implemented yet')
+  }
+
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
     const controller = this.jobs.get(jobId)
     if (!controller) return { cancelled: false }

@@ -304,6 +304,7 @@ export class EvaluateService {
 
   private async resolveVariant(model: ModelHandle, ref: VariantRef): Promise<{ label: string; spec?: VariantSpec }> {
     if (ref.kind === 'model') return { label: basename(ref.path), spec: { model: resolve(ref.path) } }
+    if (ref.kind === 'plan') throw new EngineError('Unsupported', 'plan variants are not implemented yet')
     const entry = (await this.variantEntries(model)).find((v) => v.id === ref.id)
     if (!entry) throw new EngineError('NotFound', `model ${model.summary.name} has no variant '${ref.id}'`)
     return { label: entry.label, spec: entry.spec }

@@ -18,6 +18,12 @@ export const API_METHOD_NAMES = [
   'listRuns',
   'deleteRun',
   'listVariants',
+  'listQuantMethods',
+  'planSize',
+  'quantizePreview',
+  'listPlans',
+  'savePlan',
+  'deletePlan',
 ] as const
 
 export type ApiMethodName = (typeof API_METHOD_NAMES)[number]

@@ -15,6 +15,7 @@
 import * as v from 'valibot'
 import type { ModelFormatId } from '../formats/contract'
 import { KLD_BASE_MODES, type KldSummary } from '../inference/kld-types'
+import { PlanSchema } from '../plan/plan-schema'
 import type { ApiMethodName } from './method-names'
 
 /** Limits of what a call may ask for: far beyond what the UI offers, well short of absurd. */
@@ -30,6 +31,10 @@ export const API_LIMITS = {
   bins: [2, 4096],
   topK: [0, 1024],
   heatmapSize: [1, 512],
+  /** Methods compared in one quantizePreview. */
+  previewMethods: 8,
+  /** Plan names. */
+  planName: 200,
 } as const
 
 /** A path or id: non-empty, bounded, no NUL (which the file system would cut the path at). */
@@ -54,6 +59,23 @@ function aboveUpTo(lo: number, hi: number) {
   return v.pipe(v.number(message), v.finite(message), v.gtValue(lo, message), v.maxValue(hi, message))
 }
 
+/** A quantization plan (worker/plan/plan-schema.ts), checked whole; problems name the key path. */
+function planSchema() {
+  return PlanSchema
+}
+
+function planName() {
+  const message = `must be a non-empty string of at most ${API_LIMITS.planName} characters`
+  return v.pipe(v.string(message), v.minLength(1, message), v.maxLength(API_LIMITS.planName, message))
+}
+
+/** Quantization params as a plan stores them: key → number, boolean or word. */
+const quantParamsSchema = v.record(
+  v.pipe(v.string(), v.maxLength(64, 'param names are at most 64 characters')),
+  v.union([v.number(), v.boolean(), v.pipe(v.string(), v.maxLength(256))], 'must be a number, a boolean or a string'),
+  'must be an object of params',
+)
+
 export const backendSchema = v.picklist(['wasm', 'native'], "must be 'wasm' or 'native'")
 
 export const evalTextRefSchema = v.variant(
@@ -68,8 +90,16 @@ export const evalTextRefSchema = v.variant(
  */
 export const variantRefSchema = v.variant(
   'kind',
-  [v.strictObject({ kind: v.literal('listed'), id: name() }), v.strictObject({ kind: v.literal('model'), path: name() })],
-  "must be 'listed' or 'model'",
+  [
+    v.strictObject({ kind: v.literal('listed'), id: name() }),
+    v.strictObject({ kind: v.literal('model'), path: name() }),
+    /**
+     * The open model with an inline plan applied (base + dequantised plan). `name` labels the
+     * run (a saved plan's name); without it the label is the plan's uniform spec.
+     */
+    v.strictObject({ kind: v.literal('plan'), plan: planSchema(), name: v.optional(planName()) }),
+  ],
+  "must be 'listed', 'model' or 'plan'",
 )
 
 export const samplingSchema = v.variant(
@@ -128,6 +158,31 @@ export const generateParamsSchema = v.strictObject({
   backend: v.optional(backendSchema),
 })
 
+const previewMethodsMessage = `must be a list of 1 to ${API_LIMITS.previewMethods} methods`
+
+export const quantizePreviewParamsSchema = v.strictObject({
+  jobId: name(),
+  modelId: name(),
+  /** A 2-D weight of the model (as listed in the summary). */
+  tensor: name(),
+  /** Methods to compare on this tensor, each with its params (defaults filled in). */
+  methods: v.pipe(
+    v.array(v.strictObject({ methodId: name(), params: v.optional(quantParamsSchema) }), previewMethodsMessage),
+    v.minLength(1, previewMethodsMessage),
+    v.maxLength(API_LIMITS.previewMethods, previewMethodsMessage),
+  ),
+  /** Output channel (HF row) whose levels are returned; default 0. */
+  row: v.optional(integer(0, 2 ** 31)),
+  /** Input channel picking the group within the row; default 0. */
+  col: v.optional(integer(0, 2 ** 31)),
+  /** Bins of the error histogram (default 128). */
+  bins: v.optional(integer(...API_LIMITS.bins)),
+  /** Cells per side of the |error| heatmap at most (default 128). */
+  heatmapSize: v.optional(integer(...API_LIMITS.heatmapSize)),
+  /** Windows of the calibration text for methods that need XᵀX (default: all). */
+  calibrationWindows: v.optional(integer(1, API_LIMITS.windows)),
+})
+
 /** Every method's parameters. Keyed by exactly the names in method-names.ts. */
 export const apiParamSchemas = {
   openModel: v.strictObject({ path: name() }),
@@ -143,6 +198,18 @@ export const apiParamSchemas = {
   listRuns: v.strictObject({ modelId: name() }),
   deleteRun: v.strictObject({ modelId: name(), runId: name() }),
   listVariants: v.strictObject({ modelId: name() }),
+  listQuantMethods: noParams,
+  planSize: v.strictObject({ modelId: name(), plan: planSchema() }),
+  quantizePreview: quantizePreviewParamsSchema,
+  listPlans: v.strictObject({ modelId: name() }),
+  savePlan: v.strictObject({
+    modelId: name(),
+    /** Overwrites the saved plan with this id; a new id is made when absent. */
+    id: v.optional(name()),
+    name: planName(),
+    plan: planSchema(),
+  }),
+  deletePlan: v.strictObject({ modelId: name(), planId: name() }),
 } satisfies { [M in ApiMethodName]: v.GenericSchema }
 
 export type ApiParamSchemas = typeof apiParamSchemas
@@ -202,6 +269,27 @@ export const evalRunSchema = v.object({
   /** Wall time, loading included. */
   seconds: num(),
   tokensPerSecond: num(),
+  /** Plan variants: the whole model's exact bytes as planned. */
+  bytes: v.optional(num()),
+  /** Plan variants: bits per weight over the quantized tensors. */
+  bitsPerWeight: v.optional(v.nullable(num())),
+})
+
+/** One saved plan, as listPlans returns it and as it is kept per model. */
+export const savedPlanSchema = v.object({
+  id: name(),
+  name: planName(),
+  /** The model the plan was saved for (plans are kept per model path). */
+  modelPath: name(),
+  /** Milliseconds since the epoch. */
+  savedAt: num(),
+  plan: planSchema(),
+})
+
+/** The plans file: { "version": 1, "models": { "/abs/model/path": [SavedPlan, …] } }, plans checked one by one. */
+export const plansDocumentSchema = v.object({
+  version: v.optional(v.literal(1)),
+  models: v.record(v.string(), v.array(v.unknown(), 'must be a list of plans'), 'must be an object'),
 })
 
 /** The runs file: { "version": 1, "models": { "/abs/model/path": [EvalRun, …] } }, runs checked one by one. */

@@ -18,28 +18,9 @@ import { classifyTensor, LINEAR_ROLES } from '../model/logical-model'
 import { QuantParamError } from '../quant/contract'
 import { QUANT_METHODS } from '../quant/registry'
 import { parseQuantParams, parseQuantSpec } from '../quant/spec'
+import { PLAN_FORMAT, PLAN_VERSION, PlanSchema, type Plan, type PlanEntry } from './plan-schema'
 
-export const PLAN_FORMAT = 'quantscope-plan'
-export const PLAN_VERSION = 1
-
-const MethodEntrySchema = v.strictObject({
-  method: v.pipe(v.string(), v.minLength(1)),
-  params: v.optional(v.record(v.string(), v.union([v.number(), v.boolean(), v.string()])), {}),
-})
-
-export const PlanEntrySchema = v.union([v.literal('keep'), MethodEntrySchema])
-
-export const PlanSchema = v.strictObject({
-  format: v.literal(PLAN_FORMAT),
-  version: v.literal(PLAN_VERSION),
-  model: v.strictObject({ name: v.string(), fingerprint: v.pipe(v.string(), v.minLength(1)) }),
-  /** Optional free text: what the plan is for. */
-  description: v.optional(v.string()),
-  tensors: v.record(v.pipe(v.string(), v.minLength(1)), PlanEntrySchema),
-})
-
-export type PlanEntry = v.InferOutput<typeof PlanEntrySchema>
-export type Plan = v.InferOutput<typeof PlanSchema>
+export { PLAN_FORMAT, PLAN_VERSION, PlanEntrySchema, PlanSchema, type Plan, type PlanEntry } from './plan-schema'
 
 /** A plan or a plan file that does not fit the model or the library; names the file and tensor. */
 export class PlanError extends Error {
