@@ -1,6 +1,7 @@
 import type { ModelConfig, OpenedModel, TensorEntry } from '../formats/contract'
 import { ModelFormatError } from '../common/errors'
 import { classifyTensor, describeModel } from '../model/logical-model'
+import { ggufPermutesQk } from '../stats/orientation'
 
 /**
  * What the graph builder needs to know about a decoder: validated hyper-parameters and,
@@ -164,7 +165,7 @@ export function resolveDecoder(model: OpenedModel): DecoderSpec {
     tied: lmHead === embed,
     finalNorm,
     layers,
-    qkPermuted: model.format === 'gguf' && arch !== 'qwen2',
+    qkPermuted: model.format === 'gguf' && ggufPermutesQk(arch),
     ropeFreqsTensor: ropeFreqs && byName.has(ropeFreqs) ? ropeFreqs : null,
     file,
   }
