@@ -59,7 +59,8 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'quantscope-stats-'))
   modelPath = join(dir, 'model.safetensors')
   await writeModel(100)
-})
+  // Encoding 3M values in JS takes seconds when other test files share the 2 cores.
+}, 60_000)
 
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true })
