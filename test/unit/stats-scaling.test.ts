@@ -14,7 +14,8 @@ import type { StatsOptions } from '../../worker/stats/stats-types'
  * bound CPU time (this process and its worker threads), which other processes sharing the
  * machine barely change, unlike wall time: the linear implementation needs about 5.5 s (inspect: 8.5 s) of
  * CPU for 300,000 tensors, reader and worker start included; a quadratic one (300,000²
- * steps) needs hours. A looser wall-clock bound catches waiting instead of working.
+ * steps) needs hours. A loose wall-clock bound catches waiting instead of working (40 s were
+ * seen beside other test files on a busy machine).
  */
 
 const OPTS: StatsOptions = { bins: 8, topK: 3, heatmapSize: 4 }
@@ -81,7 +82,7 @@ describe('statistics cost linear in tensor count', () => {
       const all = await svc.computeAll(emptyModel, names, OPTS, { onProgress: (d, t) => progress.push([d, t]) })
       const { cpu, wall } = clock()
       expect(cpu).toBeLessThan(15)
-      expect(wall).toBeLessThan(60)
+      expect(wall).toBeLessThan(100)
 
       expect(all.size).toBe(EMPTY + 2)
       expect([...all.keys()].slice(0, 3)).toEqual(names.slice(0, 3))
@@ -109,18 +110,18 @@ describe('statistics cost linear in tensor count', () => {
     } finally {
       await svc.close()
     }
-  }, 120_000)
+  }, 180_000)
 
   it('inspect --stats over the same 300,000 tensors finishes in seconds', async () => {
     const clock = startClock()
     const report = await inspectModel(emptyModel, { stats: true, threads: 2 })
     const { cpu, wall } = clock()
     expect(cpu).toBeLessThan(20)
-    expect(wall).toBeLessThan(90)
+    expect(wall).toBeLessThan(120)
     expect(report.tensors.length).toBe(EMPTY + 2)
     expect(report.tensors[0]!.stats).toMatchObject({ nan: 0, inf: 0, min: null, max: null })
     expect(report.tensors.find((t) => t.name === 'real.b')!.stats).toMatchObject({ min: -10, max: 9, mean: 4 })
-  }, 150_000)
+  }, 180_000)
 
   it('sends thousands of tiny tensors in a few batched jobs, each result right', async () => {
     const svc = new StatsService({ threads: 2 })
