@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest'
 import * as v from 'valibot'
 import { QuantParamError, type QuantizeHooks } from '../../worker/quant/contract'
 import { type GptqParams, gptqParamsSchema, gptqQuantize } from '../../worker/quant/gptq'
+import { inverseHessianFactor } from '../../worker/quant/hessian-inverse'
 import { IntGroupTensor } from '../../worker/quant/int-grid'
 import { F16Array } from '../../worker/quant/common'
 import { packCodes, unpackCodes } from '../../worker/quant/packing'
@@ -255,4 +256,59 @@ describe.runIf(quantWasmAvailable())('integer-grid dequantization (GPTQ/AWQ stor
       expectSameBits(make('wasm').dequantizeRows(10, 11), full.subarray(10 * cols), 'last row')
     })
   }
+})
+
+describe.runIf(quantWasmAvailable())("GPTQ's inverse-Hessian factor in WASM = hessian-inverse.ts, bit for bit", () => {
+  /** XᵀX of correlated activations plus a small diagonal: positive definite, realistic conditioning. */
+  function hessian(n: number, seed: number): Float64Array {
+    const rand = seededRandom(seed)
+    const tokens = 2 * n + 5
+    const cal = calibrationOf(correlatedActivations(tokens, n, rand), tokens, n)
+    const H = Float64Array.from(cal.gram!, (x) => (2 * x) / tokens)
+    for (let i = 0; i < n; i++) H[i * n + i] += 0.01
+    return H
+  }
+  // Sizes around the kernel's panel (16), row block (4) and cancel chunk (32) boundaries.
+  for (const n of [1, 2, 5, 16, 17, 37, 64, 101]) {
+    it(`n = ${n}`, () => {
+      const H = hessian(n, n)
+      const a = inverseHessianFactor(H, n, undefined, 'ts')
+      const b = inverseHessianFactor(H, n, undefined, 'wasm')
+      const ab = new Uint32Array(a.buffer)
+      const bb = new Uint32Array(b.buffer)
+      for (let i = 0; i < ab.length; i++) if (ab[i] !== bb[i]) throw new Error(`entry ${i >> 1} differs: ${a[i >> 1]} vs ${b[i >> 1]}`)
+      // And it is the factor: (UᵀU)·H = I.
+      if (n <= 37) {
+        for (const [r, c] of [[0, 0], [n - 1, 0], [Math.floor(n / 2), n - 1]] as const) {
+          let s = 0
+          for (let k = 0; k < n; k++) {
+            let uu = 0
+            for (let m = 0; m < n; m++) uu += b[m * n + r]! * b[m * n + k]!
+            s += uu * H[k * n + c]!
+          }
+          expect(s).toBeCloseTo(r === c ? 1 : 0, 6)
+        }
+      }
+    })
+  }
+  it('a matrix that is not positive definite fails at the same column with the same pivot', () => {
+    const n = 40
+    const H = hessian(n, 3)
+    H[20 * n + 20] = -1
+    const err = (kernel: 'ts' | 'wasm') => {
+      try {
+        inverseHessianFactor(H, n, undefined, kernel)
+      } catch (e) {
+        return (e as Error).message
+      }
+      return 'no error'
+    }
+    expect(err('wasm')).toMatch(/not positive definite at column 20 /)
+    expect(err('wasm')).toBe(err('ts'))
+  })
+  it('stops when cancelled', () => {
+    const ac = new AbortController()
+    ac.abort()
+    expect(() => inverseHessianFactor(hessian(50, 1), 50, ac.signal, 'wasm')).toThrow(/abort/i)
+  })
 })

@@ -101,7 +101,7 @@ export function gptqQuantize(weight: Float32Array, rows: number, cols: number, p
   for (let i = 0; i < n; i++) meanDiag += Hp[i * n + i]!
   const lambda = (p.damp * meanDiag) / n
   for (let i = 0; i < n; i++) Hp[i * n + i] = Hp[i * n + i]! + lambda
-  const U = inverseHessianFactor(Hp, n, signal)
+  const U = inverseHessianFactor(Hp, n, signal, hooks.kernel)
 
   let bs = Math.min(p.blocksize, n)
   if (g < n && bs % g !== 0 && g % bs !== 0) bs = Math.ceil(bs / g) * g

@@ -9,6 +9,7 @@
  * Both passes take ~n³/6 multiply-adds; every inner loop walks two rows contiguously.
  */
 import { QuantParamError } from './contract'
+import { inverseHessianFactorWasm, useWasmKernels, type QuantKernelKind } from './wasm-kernels'
 
 /** Checks the signal every this many rows of a pass (a 4864² pass takes tens of seconds in TS). */
 const CANCEL_EVERY = 32
@@ -17,8 +18,14 @@ const CANCEL_EVERY = 32
  * Returns U (n×n row-major; lower triangle zero). `H` is read only. Throws QuantParamError when H
  * is not positive definite (after the caller's dampening).
  */
-export function inverseHessianFactor(H: Float64Array, n: number, signal?: AbortSignal): Float64Array {
+export function inverseHessianFactor(H: Float64Array, n: number, signal?: AbortSignal, kernel?: QuantKernelKind): Float64Array {
   if (H.length !== n * n) throw new QuantParamError(null, `Hessian has ${H.length} entries, expected ${n}×${n}`)
+  if (useWasmKernels(kernel)) {
+    // The same two passes in WASM, bit-identical (quant/wasm-kernels.ts).
+    const U = inverseHessianFactorWasm(H, n, signal)
+    if (U instanceof Float64Array) return U
+    throw notPositiveDefinite(U.column, U.pivot)
+  }
   const A = new Float64Array(H)
   // Pass 1: A's upper triangle becomes V (H = V·Vᵀ). Row j of V right of the diagonal is
   // finished before column j is computed, so each entry is one dot product over columns > j.
@@ -27,7 +34,7 @@ export function inverseHessianFactor(H: Float64Array, n: number, signal?: AbortS
     const rj = j * n
     let s = A[rj + j]!
     for (let k = j + 1; k < n; k++) s -= A[rj + k]! * A[rj + k]!
-    if (!(s > 0)) throw new QuantParamError(null, `Hessian is not positive definite at column ${j} (pivot ${s}); raise damp`)
+    if (!(s > 0)) throw notPositiveDefinite(j, s)
     const d = Math.sqrt(s)
     A[rj + j] = d
     for (let i = 0; i < j; i++) {
@@ -60,4 +67,8 @@ export function inverseHessianFactor(H: Float64Array, n: number, signal?: AbortS
     for (let j = 0; j < i; j++) A[ri + j] = 0
   }
   return A
+}
+
+function notPositiveDefinite(column: number, pivot: number): QuantParamError {
+  return new QuantParamError(null, `Hessian is not positive definite at column ${column} (pivot ${pivot}); raise damp`)
 }

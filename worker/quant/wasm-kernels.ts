@@ -43,6 +43,9 @@ interface QuantExports {
   ): number
   gptqLazy(W: number, U: number, err: number, rows: number, n: number, i1: number, i2: number, bs: number): void
   badScale: { value: number }
+  choleskyPanel(A: number, n: number, j0: number, j1: number): number
+  invertUpperRows(A: number, v: number, n: number, i0: number, i1: number): void
+  badPivot: { value: number }
 }
 
 const PAGE = 65536
@@ -306,4 +309,37 @@ export function gptqColumnsWasm(
     done(x)
   }
   return null
+}
+
+// ---- inverse-Hessian factor ---------------------------------------------------------------------
+
+/** Steps of pass 1 per call (the panel whose rows stay in cache), rows of pass 2 per call. */
+const CHOL_PANEL = 16
+const CANCEL_ROWS = 32
+
+/**
+ * hessian-inverse.ts's U (UᵀU = H⁻¹) in WASM, bit-identical. Returns U, or the column and
+ * pivot where H is not positive definite (the caller raises its error).
+ */
+export function inverseHessianFactorWasm(H: Float64Array, n: number, signal?: AbortSignal): Float64Array | { column: number; pivot: number } {
+  const x = wasm()
+  const L = new Layout()
+  const A = L.take(n * n * 8)
+  const v = L.take(n * 8)
+  try {
+    const mem = L.commit(x)
+    new Float64Array(mem, A, n * n).set(H)
+    for (let j1 = n; j1 > 0; j1 -= CHOL_PANEL) {
+      signal?.throwIfAborted()
+      const bad = x.choleskyPanel(A, n, Math.max(0, j1 - CHOL_PANEL), j1)
+      if (bad >= 0) return { column: bad, pivot: x.badPivot.value }
+    }
+    for (let i1 = n; i1 > 0; i1 -= CANCEL_ROWS) {
+      signal?.throwIfAborted()
+      x.invertUpperRows(A, v, n, Math.max(0, i1 - CANCEL_ROWS), i1)
+    }
+    return new Float64Array(mem, A, n * n).slice()
+  } finally {
+    done(x)
+  }
 }

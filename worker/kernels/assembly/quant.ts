@@ -483,3 +483,111 @@ function lazyScalar(W: usize, U: usize, err: usize, r: i32, n: i32, i1: i32, kb:
     for (let j = j0; j < j1; j++) store<f64>(row + (<usize>j << 3), load<f64>(row + (<usize>j << 3)) - e * load<f64>(u + (<usize>j << 3)))
   }
 }
+
+// ---- GPTQ's inverse-Hessian factor (worker/quant/hessian-inverse.ts) --------------------------
+
+/** The pivot that was not positive when choleskyPanel returns a column. */
+export let badPivot: f64 = 0
+
+/** Rows per block in choleskyPanel: independent dot products side by side (latency, not bandwidth). */
+const CHOL_ROWS: i32 = 4
+
+/**
+ * Pass 1 of hessian-inverse.ts (A's upper triangle becomes V with H = V·Vᵀ) for the steps
+ * j = j1 − 1 down to j0. The loops are reordered for cache reuse — the panel's own rows first,
+ * then every row above the panel through all of the panel's steps while its row segment is in
+ * cache — but each entry is the same sequence of operations as in TS: t = A[i,j], then
+ * t −= A[i,k]·A[j,k] for k = j + 1 … n − 1 in ascending order, then t / d. Returns −1, or the
+ * column whose pivot is not positive (badPivot holds the pivot).
+ */
+export function choleskyPanel(A: usize, n: i32, j0: i32, j1: i32): i32 {
+  for (let j = j1 - 1; j >= j0; j--) {
+    const rj = A + (<usize>j * <usize>n << 3)
+    let s = load<f64>(rj + (<usize>j << 3))
+    for (let k = j + 1; k < n; k++) {
+      const a = load<f64>(rj + (<usize>k << 3))
+      s -= a * a
+    }
+    if (!(s > 0)) {
+      badPivot = s
+      return j
+    }
+    const d = sqrt(s)
+    store<f64>(rj + (<usize>j << 3), d)
+    for (let i = j0; i < j; i++) dotRow(A, n, i, j, d)
+  }
+  let i = 0
+  for (; i + CHOL_ROWS <= j0; i += CHOL_ROWS) {
+    const r0 = A + (<usize>i * <usize>n << 3)
+    const r1 = r0 + (<usize>n << 3)
+    const r2 = r1 + (<usize>n << 3)
+    const r3 = r2 + (<usize>n << 3)
+    for (let j = j1 - 1; j >= j0; j--) {
+      const rj = A + (<usize>j * <usize>n << 3)
+      const oj = <usize>j << 3
+      let t0 = load<f64>(r0 + oj)
+      let t1 = load<f64>(r1 + oj)
+      let t2 = load<f64>(r2 + oj)
+      let t3 = load<f64>(r3 + oj)
+      for (let k = j + 1; k < n; k++) {
+        const o = <usize>k << 3
+        const b = load<f64>(rj + o)
+        t0 -= load<f64>(r0 + o) * b
+        t1 -= load<f64>(r1 + o) * b
+        t2 -= load<f64>(r2 + o) * b
+        t3 -= load<f64>(r3 + o) * b
+      }
+      const d = load<f64>(rj + oj)
+      store<f64>(r0 + oj, t0 / d)
+      store<f64>(r1 + oj, t1 / d)
+      store<f64>(r2 + oj, t2 / d)
+      store<f64>(r3 + oj, t3 / d)
+    }
+  }
+  for (; i < j0; i++) for (let j = j1 - 1; j >= j0; j--) dotRow(A, n, i, j, load<f64>(A + ((<usize>j * <usize>n + <usize>j) << 3)))
+  return -1
+}
+
+/** A[i,j] = (A[i,j] − Σ_{k>j} A[i,k]·A[j,k]) / d, k ascending. */
+@inline function dotRow(A: usize, n: i32, i: i32, j: i32, d: f64): void {
+  const ri = A + (<usize>i * <usize>n << 3)
+  const rj = A + (<usize>j * <usize>n << 3)
+  let t = load<f64>(ri + (<usize>j << 3))
+  for (let k = j + 1; k < n; k++) t -= load<f64>(ri + (<usize>k << 3)) * load<f64>(rj + (<usize>k << 3))
+  store<f64>(ri + (<usize>j << 3), t / d)
+}
+
+/**
+ * Pass 2 of hessian-inverse.ts (U = V⁻¹, row by row from the bottom) for rows i = i1 − 1 down
+ * to i0; `v` is scratch of n f64. Vectorised over columns only, so each entry sees the same
+ * operations in the same order as in TS.
+ */
+export function invertUpperRows(A: usize, v: usize, n: i32, i0: i32, i1: i32): void {
+  for (let i = i1 - 1; i >= i0; i--) {
+    const ri = A + (<usize>i * <usize>n << 3)
+    const d = load<f64>(ri + (<usize>i << 3))
+    for (let k = i + 1; k < n; k++) {
+      store<f64>(v + (<usize>k << 3), load<f64>(ri + (<usize>k << 3)))
+      store<f64>(ri + (<usize>k << 3), 0)
+    }
+    for (let k = i + 1; k < n; k++) {
+      const a = load<f64>(v + (<usize>k << 3))
+      if (a == 0) continue
+      const rk = A + (<usize>k * <usize>n << 3)
+      const av = f64x2.splat(a)
+      let j = k
+      for (; j + 1 < n; j += 2) {
+        const o = <usize>j << 3
+        v128.store(ri + o, f64x2.sub(v128.load(ri + o), f64x2.mul(av, v128.load(rk + o))))
+      }
+      if (j < n) store<f64>(ri + (<usize>j << 3), load<f64>(ri + (<usize>j << 3)) - a * load<f64>(rk + (<usize>j << 3)))
+    }
+    const inv = 1 / d
+    store<f64>(ri + (<usize>i << 3), inv)
+    const iv = f64x2.splat(inv)
+    let j = i + 1
+    for (; j + 1 < n; j += 2) v128.store(ri + (<usize>j << 3), f64x2.mul(v128.load(ri + (<usize>j << 3)), iv))
+    if (j < n) store<f64>(ri + (<usize>j << 3), load<f64>(ri + (<usize>j << 3)) * inv)
+    memory.fill(ri, 0, <usize>i << 3)
+  }
+}
