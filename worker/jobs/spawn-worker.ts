@@ -8,6 +8,7 @@ import { Worker } from 'node:worker_threads'
 export const ENGINE_WORKERS = {
   stats: 'stats/stats.worker',
   inference: 'inference/inference.worker',
+  quant: 'quant/quant.worker',
 } as const
 
 export type EngineWorkerName = keyof typeof ENGINE_WORKERS
