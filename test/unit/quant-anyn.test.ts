@@ -1,6 +1,7 @@
 import { describe, it, expect } from 'vitest'
 import * as v from 'valibot'
-import { any2Method, any3Method, any4Method, anynSchema, quantizeAnyN, type AnyNParams } from '../../worker/quant/anyn'
+import { any2Method, any3Method, any4Method, anynSchema, quantizeAnyN, type AnyNParams, type AnyNTensor } from '../../worker/quant/anyn'
+import { rowSeed } from '../../worker/quant/kmeans-1d'
 import { QuantParamError, type LayerCalibration } from '../../worker/quant/contract'
 import { f16ToF32, f32ToF16 } from '../../worker/formats/dtypes'
 import { seededRandom } from '../../worker/inference/sampler'
@@ -138,6 +139,18 @@ describe('anyN method contract', () => {
     expect(s).toEqual({ codes: 8_388_608, scales: 4096 * 32 * 4, zeros: 0, tables: 4096 * 16 * 2, outliers: 0 })
     expect(((s.codes + s.scales + s.tables) * 8) / 4096 ** 2).toBeCloseTo(4 + 32 / 128 + (16 * 16) / 4096, 12)
     expect(any3Method.storage(3, 8, params({ group: 0 }))).toEqual({ codes: 9, scales: 12, zeros: 0, tables: 48, outliers: 0 })
+  })
+
+  it('each row draws its own k-means++ stream: row r alone with seed rowSeed(seed, r) gives the same table', () => {
+    const w = gaussianWeights(3 * 128, 6)
+    const p = params({ weighting: 'weights', group: 0, seed: 4 })
+    const all = any4Method.quantize(w, 3, 128, p) as AnyNTensor
+    for (const r of [1, 2]) {
+      const alone = any4Method.quantize(w.subarray(r * 128, (r + 1) * 128), 1, 128, { ...p, seed: rowSeed(4, r) }) as AnyNTensor
+      expect(alone.table(0)).toEqual(all.table(r))
+    }
+    const same = any4Method.quantize(w.subarray(128, 256), 1, 128, p) as AnyNTensor
+    expect(same.table(0)).not.toEqual(all.table(1))
   })
 
   it('is deterministic for a seed and the seed reaches k-means++', () => {

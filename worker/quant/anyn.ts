@@ -16,7 +16,7 @@
 import * as v from 'valibot'
 import { QuantParamError, groupColumns, packedBytes, type LayerCalibration, type QuantMethod, type QuantizeHooks, type StorageBreakdown } from './contract'
 import { F16Array, checkShape, checkWeight, forEachRow, groupSchema, requireActivationMeans, seedSchema, sortedUnique } from './common'
-import { KMEANS_INITS, kmeans1D, midpoints, nearestLevel, sortPoints } from './kmeans-1d'
+import { KMEANS_INITS, kmeans1D, midpoints, nearestLevel, rowSeed, sortPoints } from './kmeans-1d'
 import { packCodes } from './packing'
 import { PackedCodesTensor } from './packed-tensor'
 
@@ -132,7 +132,7 @@ export function quantizeAnyN(
       }
       if (any) weights = sw
     }
-    const { centroids } = kmeans1D(sortPoints(ws, weights), K, params.init, params.seed, opts)
+    const { centroids } = kmeans1D(sortPoints(ws, weights), K, params.init, rowSeed(params.seed, r), opts)
     const stored = new Float64Array(K)
     for (let q = 0; q < K; q++) stored[q] = lut.set(r * K + q, centroids[q]!, () => `LUT entry ${q} of row ${r}`)
     const mids = midpoints(stored)

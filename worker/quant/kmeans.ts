@@ -15,7 +15,7 @@
 import * as v from 'valibot'
 import { packedBytes, type QuantMethod, type QuantizeHooks, type StorageBreakdown } from './contract'
 import { F16Array, bitsSchema, checkShape, checkWeight, forEachRow, seedSchema, sortedUnique } from './common'
-import { KMEANS_INITS, kmeans1D, midpoints, nearestLevel, sortPoints, type SortedPoints } from './kmeans-1d'
+import { KMEANS_INITS, kmeans1D, midpoints, nearestLevel, rowSeed, sortPoints, type SortedPoints } from './kmeans-1d'
 import { packCodes } from './packing'
 import { PackedCodesTensor } from './packed-tensor'
 
@@ -120,7 +120,7 @@ export function quantizeKMeans(weight: Float32Array, rows: number, cols: number,
   const mask = new Uint8Array(cols)
   const opts = { maxIter: params.maxIter, tol: params.tol }
   const cluster = (p: SortedPoints, book: number) => {
-    const { centroids } = kmeans1D(p, K, params.init, params.seed, opts)
+    const { centroids } = kmeans1D(p, K, params.init, rowSeed(params.seed, book), opts)
     for (let q = 0; q < K; q++) codebooks.set(book * K + q, centroids[q]!, () => `codebook entry ${q}${params.per === 'row' ? ` of row ${book}` : ''}`)
   }
   const encodeRow = (r: number, book: number) => {
