@@ -12,6 +12,7 @@ import type { RecentModel } from '../worker/api/contract'
 import type { RecentModelsBackend } from '../worker/api/engine-service'
 import { describeIssue } from '../worker/api/parse-request'
 import { recentModelSchema } from '../worker/api/schemas'
+import { withFileLock } from '../worker/io/file-lock'
 
 const MAX_RECENT = 12
 
@@ -62,8 +63,12 @@ export class RecentModelsFile implements RecentModelsBackend {
 
   add(entry: RecentModel): Promise<void> {
     const next = this.queue.then(async () => {
-      const entries = normaliseEntries([{ ...entry, path: normaliseModelPath(entry.path) }, ...(await this.read())])
-      await this.write(entries.slice(0, MAX_RECENT))
+      await mkdir(dirname(this.file), { recursive: true })
+      // Other processes (a second window's host, a browser host) share the file: lock across them.
+      await withFileLock(this.file, async () => {
+        const entries = normaliseEntries([{ ...entry, path: normaliseModelPath(entry.path) }, ...(await this.read())])
+        await this.write(entries.slice(0, MAX_RECENT))
+      })
     })
     this.queue = next.catch(() => {})
     return next

@@ -5,12 +5,17 @@
  * it is opened again, after a restart too. Newest first; the oldest beyond a limit are dropped.
  *
  * File: { "version": 1, "models": { "/abs/model/path": [EvalRun, …] } }
+ *
+ * Several processes may share the file (the app, a browser host, scripts): every change is a
+ * read-modify-write under a lock file (worker/io/file-lock.ts), and writes go to a temporary
+ * name renamed into place, so no writer loses another's records and no reader sees half a file.
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import * as v from 'valibot'
 import type { EvalRun } from '../worker/api/contract'
 import type { EvalRunsBackend } from '../worker/api/evaluate-service'
+import { withFileLock } from '../worker/io/file-lock'
 import { describeIssue } from '../worker/api/parse-request'
 import { evalRunSchema, runsDocumentSchema } from '../worker/api/schemas'
 
@@ -41,30 +46,39 @@ export class EvalRunsFile implements EvalRunsBackend {
   }
 
   add(run: EvalRun): Promise<void> {
-    const next = this.queue.then(async () => {
-      const doc = await this.read()
-      const key = resolve(run.modelPath)
-      doc.models[key] = [run, ...(doc.models[key] ?? []).filter((r) => r.id !== run.id)].slice(0, this.maxPerModel)
-      await this.write(doc)
-    })
+    const next = this.queue.then(() =>
+      this.locked(async () => {
+        const doc = await this.read()
+        const key = resolve(run.modelPath)
+        doc.models[key] = [run, ...(doc.models[key] ?? []).filter((r) => r.id !== run.id)].slice(0, this.maxPerModel)
+        await this.write(doc)
+      }),
+    )
     this.queue = next.catch(() => {})
     return next
   }
 
   remove(modelPath: string, id: string): Promise<boolean> {
-    const next = this.queue.then(async () => {
-      const doc = await this.read()
-      const key = resolve(modelPath)
-      const runs = doc.models[key] ?? []
-      const kept = runs.filter((r) => r.id !== id)
-      if (kept.length === runs.length) return false
-      if (kept.length) doc.models[key] = kept
-      else delete doc.models[key]
-      await this.write(doc)
-      return true
-    })
+    const next = this.queue.then(() =>
+      this.locked(async () => {
+        const doc = await this.read()
+        const key = resolve(modelPath)
+        const runs = doc.models[key] ?? []
+        const kept = runs.filter((r) => r.id !== id)
+        if (kept.length === runs.length) return false
+        if (kept.length) doc.models[key] = kept
+        else delete doc.models[key]
+        await this.write(doc)
+        return true
+      }),
+    )
     this.queue = next.catch(() => {})
     return next
+  }
+
+  private async locked<T>(body: () => Promise<T>): Promise<T> {
+    await mkdir(dirname(this.file), { recursive: true })
+    return withFileLock(this.file, body)
   }
 
   private async read(): Promise<RunsDocument> {
