@@ -230,6 +230,13 @@ describe('tensor inspector views', () => {
     }
     expect(await page.innerText('[data-testid="stat-max"] .v')).toBe('0.75')
     await page.screenshot({ path: join(ARTIFACTS, 'views-histogram-extremes.png') })
+
+    // An all-zero weight: the heatmap says it is constant instead of inventing a 0–1 legend.
+    await openTensor(ZERO)
+    expect(await page.innerText('[data-testid="heatmap-constant"]')).toBe('Constant: every cell’s mean |w| is 0.'.replace('’', "'"))
+    expect(await page.locator('[data-testid="heatmap-legend"]').count()).toBe(0)
+    expect(await page.innerText('[data-testid="histogram-constant"]')).toBe('every finite value is 0')
+    await page.screenshot({ path: join(ARTIFACTS, 'views-all-zero.png') })
   })
 
   it('colours a signed statistic of the layer grid on a diverging map centred at 0', async () => {
