@@ -24,9 +24,9 @@ commands:
       to every decoder linear weight (e.g. rtn:bits=4,group=128,sym=false, nf4:group=64,
       any4:group=128, kmeans:bits=3,per=row,outliers=0.005, gptq:bits=3,group=128,
       awq:bits=4,group=128); --plan FILE applies a plan; --calib replaces the calibration text.
-  quantize MODEL (--quant SPEC | --plan FILE) [--calib FILE] [--tokenizer FILE] [--json]
-      Quantizes every planned tensor without evaluating: per tensor method, bytes, MSE,
-      SQNR and seconds, plus totals.
+  quantize MODEL (--quant SPEC | --plan FILE) [--calib FILE] [--tokenizer FILE] [--threads N] [--json]
+      Quantizes every planned tensor without evaluating, N tensors at a time on worker
+      threads (default 2): per tensor method, bytes, MSE, SQNR and seconds, plus totals.
   generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
        [--compare MODEL2] [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
       Continues the prompt (greedy unless --temperature > 0); --compare runs a second model

@@ -1,11 +1,16 @@
 import { resolve } from 'node:path'
+import type { OpenedModel } from '../formats/contract'
 import { openModel } from '../formats/open-model'
 import { captureCalibration } from '../plan/calibration'
 import { checkPlannedWeightsFinite, quantizeEntry, readOrientedWeight } from '../plan/apply'
+import type { ResolvedEntry } from '../plan/plan'
+import type { QuantizeTensorResult } from '../plan/quant-protocol'
+import { QuantService } from '../plan/quant-service'
 import { planSize } from '../plan/size'
+import type { LayerCalibration } from '../quant/contract'
 import { quantErrorMetrics } from '../quant/metrics'
 import { formatQuantSpec } from '../quant/spec'
-import { UsageError, type ParsedArgs } from './args'
+import { intFlag, UsageError, type ParsedArgs } from './args'
 import { formatBytes, progressLine } from './format'
 import { planArgument } from './plan-args'
 
@@ -45,58 +50,71 @@ export interface QuantizeReport {
   }
 }
 
+export interface QuantizeModelOptions {
+  /** Worker threads quantizing tensors in parallel; 0: one at a time in this thread (the reference path). */
+  threads: number
+  signal?: AbortSignal
+  /** Progress lines on stderr. */
+  progress?: boolean
+}
+
 /**
- * `quantize MODEL (--quant SPEC | --plan FILE) [--calib FILE] [--tokenizer FILE] [--json]`:
- * quantizes every planned tensor without evaluating, and reports per tensor its method,
- * exact bytes, weight MSE, SQNR, max error (and output MSE where the method had XᵀX), and
- * the seconds it took. Writes no files (exporting is `export`'s).
+ * `quantize MODEL (--quant SPEC | --plan FILE) [--calib FILE] [--tokenizer FILE] [--threads N] [--json]`:
+ * quantizes every planned tensor without evaluating, N tensors at a time on worker threads
+ * (default 2), and reports per tensor (in model order) its method, exact bytes, weight MSE,
+ * SQNR, max error (and output MSE where the method had XᵀX), and the seconds it took. Writes
+ * no files (exporting is `export`'s).
  */
 export async function runQuantize(args: ParsedArgs): Promise<number> {
   const path = args.positionals[0]
   if (!path || args.positionals.length > 1) throw new UsageError('quantize takes exactly one MODEL')
-  const tokenizer = args.flags.get('tokenizer')
+  const threads = intFlag(args, 'threads', DEFAULT_THREADS, 1)
   const controller = new AbortController()
   process.once('SIGINT', () => controller.abort())
+  const report = await quantizeModel(path, args, { threads, signal: controller.signal, progress: true })
+  if (args.flags.has('json')) process.stdout.write(JSON.stringify(report) + '\n')
+  else process.stdout.write(renderQuantize(report))
+  return 0
+}
+
+const DEFAULT_THREADS = 2
+
+/** The `quantize` report of MODEL under the plan the args give (--quant/--plan/--calib/--tokenizer). */
+export async function quantizeModel(path: string, args: ParsedArgs, options: QuantizeModelOptions): Promise<QuantizeReport> {
+  const { signal } = options
+  const tokenizer = args.flags.get('tokenizer')
+  const line = options.progress ? progressLine : () => {}
   const t0 = performance.now()
   const model = await openModel(path)
   try {
     const planned = await planArgument(model, args, typeof tokenizer === 'string' ? resolve(tokenizer) : undefined)
     if (!planned) throw new UsageError('quantize needs --quant SPEC or --plan FILE')
     const { entries } = planned
-    await checkPlannedWeightsFinite(model, entries, controller.signal)
+    await checkPlannedWeightsFinite(model, entries, signal)
     const tc = performance.now()
     const calibration = await captureCalibration(model, entries, planned.calibration, {
-      signal: controller.signal,
-      onProgress: (p) => progressLine(`calibration ${p.stage}`, p.done, p.total),
+      signal,
+      onProgress: (p) => line(`calibration ${p.stage}`, p.done, p.total),
     })
     const calibrationSeconds = (performance.now() - tc) / 1000
-    const tensors: QuantizedTensorReport[] = []
-    for (const [i, entry] of entries.entries()) {
-      controller.signal.throwIfAborted()
-      const weight = await readOrientedWeight(model, entry, controller.signal)
-      const calib = calibration.get(entry.tensor.name)
-      const ts = performance.now()
-      const q = quantizeEntry(entry, weight, calib, { signal: controller.signal })
-      const seconds = (performance.now() - ts) / 1000
-      const m = quantErrorMetrics(weight, q, calib?.gram ? calib : undefined)
-      tensors.push({
-        name: entry.tensor.name,
-        method: entry.methodId,
-        spec: formatQuantSpec(entry.methodId, entry.params),
-        shape: [entry.rows, entry.cols],
-        bytes: q.bytes,
-        storedBytes: entry.tensor.byteLength,
-        bitsPerWeight: (8 * q.bytes) / (entry.rows * entry.cols),
-        mse: m.mse,
-        sqnrDb: m.sqnrDb,
-        maxAbsError: m.maxAbsError,
-        outputMse: m.outputMse,
-        seconds,
-      })
-      progressLine('tensors', i + 1, entries.length)
+    let results: TensorResult[]
+    if (options.threads === 0) {
+      results = []
+      for (const [i, entry] of entries.entries()) {
+        results.push(await quantizeHere(model, entry, calibration.get(entry.tensor.name), signal))
+        line('tensors', i + 1, entries.length)
+      }
+    } else {
+      const service = new QuantService({ threads: options.threads })
+      try {
+        results = await service.quantizeEntries(path, entries, calibration, { signal, onProgress: (done, total) => line('tensors', done, total) })
+      } finally {
+        await service.close()
+      }
     }
+    const tensors = results.map((r, i) => tensorReport(entries[i]!, r))
     const size = planSize(model, entries)
-    const report: QuantizeReport = {
+    return {
       model: resolve(path),
       plan: planned.source,
       tensors,
@@ -112,11 +130,37 @@ export async function runQuantize(args: ParsedArgs): Promise<number> {
         seconds: (performance.now() - t0) / 1000,
       },
     }
-    if (args.flags.has('json')) process.stdout.write(JSON.stringify(report) + '\n')
-    else process.stdout.write(renderQuantize(report))
-    return 0
   } finally {
     await model.close()
+  }
+}
+
+type TensorResult = Pick<QuantizeTensorResult, 'bytes' | 'metrics' | 'seconds'>
+
+/** The reference path: one tensor in this thread. */
+async function quantizeHere(model: OpenedModel, entry: ResolvedEntry, calib: LayerCalibration | undefined, signal?: AbortSignal): Promise<TensorResult> {
+  signal?.throwIfAborted()
+  const weight = await readOrientedWeight(model, entry, signal)
+  const ts = performance.now()
+  const q = quantizeEntry(entry, weight, calib, { signal })
+  const seconds = (performance.now() - ts) / 1000
+  return { bytes: q.bytes, metrics: quantErrorMetrics(weight, q, calib?.gram ? calib : undefined), seconds }
+}
+
+function tensorReport(entry: ResolvedEntry, r: TensorResult): QuantizedTensorReport {
+  return {
+    name: entry.tensor.name,
+    method: entry.methodId,
+    spec: formatQuantSpec(entry.methodId, entry.params),
+    shape: [entry.rows, entry.cols],
+    bytes: r.bytes,
+    storedBytes: entry.tensor.byteLength,
+    bitsPerWeight: (8 * r.bytes) / (entry.rows * entry.cols),
+    mse: r.metrics.mse,
+    sqnrDb: r.metrics.sqnrDb,
+    maxAbsError: r.metrics.maxAbsError,
+    outputMse: r.metrics.outputMse,
+    seconds: r.seconds,
   }
 }
 

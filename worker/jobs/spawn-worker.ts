@@ -9,6 +9,8 @@ export const ENGINE_WORKERS = {
   stats: 'stats/stats.worker',
   inference: 'inference/inference.worker',
   quant: 'quant/quant.worker',
+  /** Plans: one planned tensor per job, with calibration, error metrics and the inspector's payloads. */
+  'plan-quant': 'plan/quant.worker',
 } as const
 
 export type EngineWorkerName = keyof typeof ENGINE_WORKERS

@@ -10,13 +10,15 @@
  */
 import { fileURLToPath } from 'node:url'
 import type { OpenedModel } from '../formats/contract'
-import { captureActivations, type CaptureResult } from '../inference/activation-capture'
+import { captureActivations } from '../inference/activation-capture'
+import type { CaptureSite } from '../inference/capture-points'
 import type { EvalHooks } from '../inference/perplexity'
 import type { BackendKind } from '../inference/ort-backend'
 import { openTokenizer, tokensOf, type TextSource } from '../inference/text-source'
 import type { CalibrationNeed, LayerCalibration } from '../quant/contract'
 import { QUANT_METHODS } from '../quant/registry'
 import type { ResolvedEntry } from './plan'
+import { calibrationCacheFor, captureKey, defaultCalibrationCacheDir, reduceCapture, type CachedCapture } from './calibration-cache'
 
 export const DEFAULT_CALIBRATION_TEXT = fileURLToPath(new URL('../../resources/eval/calibration.txt', import.meta.url))
 export const DEFAULT_PROMPT_TEXT = fileURLToPath(new URL('../../resources/eval/any4-prompt.txt', import.meta.url))
@@ -30,7 +32,14 @@ export interface CalibrationOptions {
   tokenizer?: string
   backend?: BackendKind
   threads?: number
+  /**
+   * Folder of the capture cache (calibration-cache.ts); undefined: `<cache root>/calibration`,
+   * null: memory only. Captures are cached per model files, tokens, ctx and windows.
+   */
+  cacheDir?: string | null
 }
+
+const CAPTURE_SITES: CaptureSite[] = ['attn_in', 'o_in', 'mlp_in', 'down_in']
 
 /** What a plan's entries need: the tensors wanting means, and those wanting XᵀX. */
 export function calibrationNeeds(entries: readonly ResolvedEntry[]): Map<string, CalibrationNeed> {
@@ -56,15 +65,15 @@ export async function captureCalibration(
   const wantsMeansOnly = [...needs.values()].includes('activation-stats')
   let tokenizer: Awaited<ReturnType<typeof openTokenizer>> | null = null
   const getTokenizer = async () => (tokenizer ??= await openTokenizer(model, options.tokenizer))
-  const capture = async (source: TextSource, gram: boolean, whole: boolean): Promise<CaptureResult> => {
+  const cache = calibrationCacheFor(options.cacheDir === undefined ? defaultCalibrationCacheDir() : options.cacheDir)
+  const capture = async (source: TextSource, gram: boolean, whole: boolean): Promise<CachedCapture> => {
     const ids = await tokensOf(source, getTokenizer)
     // A prompt is one window of its own length; a calibration text is windows of 256 tokens.
     const ctx = whole ? Math.max(2, ids.length) : CALIBRATION_CTX
-    return captureActivations(
-      model,
-      ids,
-      { ctx, maxWindows: whole ? 1 : options.maxWindows, backend: options.backend, threads: options.threads, gram, sites: ['attn_in', 'o_in', 'mlp_in', 'down_in'] },
-      hooks,
+    const maxWindows = whole ? 1 : options.maxWindows
+    const key = await captureKey(model, { ids, ctx, maxWindows: maxWindows ?? null, gram, sites: CAPTURE_SITES, backend: options.backend ?? 'wasm' })
+    return cache.get(key, async () =>
+      reduceCapture(await captureActivations(model, ids, { ctx, maxWindows, backend: options.backend, threads: options.threads, gram, sites: CAPTURE_SITES }, hooks)),
     )
   }
   const calibrationText = options.text ?? { file: DEFAULT_CALIBRATION_TEXT }
@@ -78,15 +87,14 @@ export async function captureCalibration(
   return out
 }
 
-function layerCalibration(capture: CaptureResult, tensor: string, withGram: boolean): LayerCalibration {
+function layerCalibration(capture: CachedCapture, tensor: string, withGram: boolean): LayerCalibration {
   const pointId = capture.linearInputs[tensor]
   const point = pointId === undefined ? undefined : capture.points.find((p) => p.id === pointId)
   if (!point) throw new Error(`calibration: the capture has no input activation for '${tensor}'`)
-  const calib: LayerCalibration = { count: point.stats.count, mean: point.stats.mean, meanAbs: point.stats.meanAbs, meanSq: point.stats.meanSq }
+  const calib: LayerCalibration = { count: point.count, mean: point.mean, meanAbs: point.meanAbs, meanSq: point.meanSq }
   if (withGram) {
-    const gram = capture.grams?.[point.id]
-    if (!gram) throw new Error(`calibration: no XᵀX captured for '${tensor}'`)
-    calib.gram = gram
+    if (!point.gram) throw new Error(`calibration: no XᵀX captured for '${tensor}'`)
+    calib.gram = point.gram
   }
   return calib
 }

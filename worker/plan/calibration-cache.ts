@@ -1,0 +1,224 @@
+/**
+ * Calibration captures, kept: one capture of the full-precision model over a text is minutes
+ * of work on a real model, and every preview, plan evaluation and `quantize` run of the same
+ * model and text needs exactly the same numbers. A capture is cached per
+ *   (model files' fingerprint, token ids' hash, ctx, windows, XᵀX or not, sites, backend)
+ * in memory (a few entries per thread) and on disk, in a private, bounded, verified cache
+ * folder (io/bounded-cache-dir.ts: `<cache root>/calibration`). A tampered, truncated or
+ * foreign entry fails its checksum or identity and is recomputed.
+ *
+ * Only what the quantizers read is kept: per capture point the token count, mean, mean |x|,
+ * mean x² and (on request) Σ xᵀx, all float64, and which point feeds which linear tensor.
+ */
+import { createHash } from 'node:crypto'
+import { join } from 'node:path'
+import type { OpenedModel } from '../formats/contract'
+import type { CaptureResult } from '../inference/activation-capture'
+import { BoundedCacheDir } from '../io/bounded-cache-dir'
+import { filesFingerprint } from '../io/file-fingerprint'
+import { defaultCacheDir } from '../io/private-dir'
+
+/** What a calibration capture keeps of a CaptureResult. */
+export interface CachedCapture {
+  ctx: number
+  windows: number
+  tokens: number
+  /** Linear tensor name → id of the point holding its input. */
+  linearInputs: Record<string, string>
+  points: CachedPoint[]
+}
+
+export interface CachedPoint {
+  id: string
+  count: number
+  mean: Float64Array
+  meanAbs: Float64Array
+  meanSq: Float64Array
+  /** Σ xᵀx, [channels × channels] row-major, when captured. */
+  gram: Float64Array | null
+}
+
+export interface CaptureKeyParts {
+  ids: readonly number[]
+  ctx: number
+  /** null: every window. */
+  maxWindows: number | null
+  gram: boolean
+  sites: readonly string[]
+  backend: string
+}
+
+const KIND = 'calibration'
+const VERSION = 1
+/** Entries kept in memory per cache (the last few captures of this thread). */
+const MEMO_ENTRIES = 4
+export const DEFAULT_CALIBRATION_CACHE_BYTES = 4 * 2 ** 30
+
+export function defaultCalibrationCacheDir(): string {
+  return join(defaultCacheDir(), 'calibration')
+}
+
+/** The cache key of one capture of `model`'s current files. */
+export async function captureKey(model: OpenedModel, parts: CaptureKeyParts): Promise<string> {
+  const ids = Int32Array.from(parts.ids)
+  const idsHash = createHash('sha256').update(new Uint8Array(ids.buffer)).digest('hex')
+  return JSON.stringify({
+    files: await filesFingerprint(model.files),
+    tokens: `${ids.length}:${idsHash}`,
+    ctx: parts.ctx,
+    maxWindows: parts.maxWindows,
+    gram: parts.gram,
+    sites: [...parts.sites].sort(),
+    backend: parts.backend,
+  })
+}
+
+/** The part of a capture the quantizers use, in float64. */
+export function reduceCapture(c: CaptureResult): CachedCapture {
+  return {
+    ctx: c.ctx,
+    windows: c.windows,
+    tokens: c.tokens,
+    linearInputs: { ...c.linearInputs },
+    points: c.points
+      .filter((p) => Object.values(c.linearInputs).includes(p.id))
+      .map((p) => ({
+        id: p.id,
+        count: p.stats.count,
+        mean: Float64Array.from(p.stats.mean),
+        meanAbs: Float64Array.from(p.stats.meanAbs),
+        meanSq: Float64Array.from(p.stats.meanSq),
+        gram: c.grams?.[p.id] ?? null,
+      })),
+  }
+}
+
+/** Payload: a JSON header line, then every array's float64 bytes in header order. */
+export function encodeCapture(c: CachedCapture): Uint8Array {
+  const header = {
+    ctx: c.ctx,
+    windows: c.windows,
+    tokens: c.tokens,
+    linearInputs: c.linearInputs,
+    points: c.points.map((p) => ({ id: p.id, count: p.count, channels: p.mean.length, gram: p.gram !== null })),
+  }
+  const head = Buffer.from(`${JSON.stringify(header)}\n`, 'utf8')
+  // Float64 data starts on an 8-byte boundary so it can be viewed, not copied, when read.
+  const pad = (8 - (head.length % 8)) % 8
+  const arrays = c.points.flatMap((p) => [p.mean, p.meanAbs, p.meanSq, ...(p.gram ? [p.gram] : [])])
+  const out = new Uint8Array(head.length + pad + arrays.reduce((s, a) => s + a.byteLength, 0))
+  out.set(head, 0)
+  let at = head.length + pad
+  for (const a of arrays) {
+    out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), at)
+    at += a.byteLength
+  }
+  return out
+}
+
+/** Inverse of encodeCapture; throws on a payload that does not add up. */
+export function decodeCapture(payload: Uint8Array): CachedCapture {
+  const eol = payload.indexOf(10)
+  if (eol < 0) throw new Error('calibration cache entry has no header')
+  const header = JSON.parse(Buffer.from(payload.buffer, payload.byteOffset, eol).toString('utf8')) as Omit<CachedCapture, 'points'> & {
+    points: { id: string; count: number; channels: number; gram: boolean }[]
+  }
+  let at = eol + 1
+  at += (8 - (at % 8)) % 8
+  // One aligned copy of the data (the payload view may sit at any offset of its buffer).
+  const data = new Float64Array(payload.slice(at).buffer)
+  let k = 0
+  const take = (n: number): Float64Array => {
+    if (k + n > data.length) throw new Error('calibration cache entry is shorter than its header says')
+    const a = data.subarray(k, k + n)
+    k += n
+    return a
+  }
+  const points = header.points.map((p) => ({
+    id: p.id,
+    count: p.count,
+    mean: take(p.channels),
+    meanAbs: take(p.channels),
+    meanSq: take(p.channels),
+    gram: p.gram ? take(p.channels * p.channels) : null,
+  }))
+  if (k !== data.length) throw new Error('calibration cache entry is longer than its header says')
+  return { ctx: header.ctx, windows: header.windows, tokens: header.tokens, linearInputs: header.linearInputs, points }
+}
+
+export interface CalibrationCacheCounters {
+  /** Served from this thread's memory. */
+  memoHits: number
+  /** Served from the disk cache. */
+  diskHits: number
+  /** Computed (nothing cached, or the entry was not trusted). */
+  captures: number
+}
+
+/**
+ * A capture cache: memory first, then the disk folder (when given), then `compute`. Two
+ * callers asking for the same key at once share one computation.
+ */
+export class CalibrationCache {
+  readonly counters: CalibrationCacheCounters = { memoHits: 0, diskHits: 0, captures: 0 }
+  readonly disk: BoundedCacheDir | null
+  private readonly memo = new Map<string, Promise<CachedCapture>>()
+
+  constructor(dir: string | null, maxBytes = DEFAULT_CALIBRATION_CACHE_BYTES) {
+    this.disk = dir ? new BoundedCacheDir(dir, { kind: KIND, version: VERSION, maxBytes }) : null
+  }
+
+  async get(key: string, compute: () => Promise<CachedCapture>): Promise<CachedCapture> {
+    const hit = this.memo.get(key)
+    if (hit) {
+      this.memo.delete(key)
+      this.memo.set(key, hit) // most recently used last
+      this.counters.memoHits++
+      return hit
+    }
+    const pending = this.load(key, compute)
+    this.memo.set(key, pending)
+    // A failed or cancelled capture is not remembered.
+    pending.catch(() => {
+      if (this.memo.get(key) === pending) this.memo.delete(key)
+    })
+    while (this.memo.size > MEMO_ENTRIES) this.memo.delete(this.memo.keys().next().value as string)
+    return pending
+  }
+
+  /** Forgets what this thread holds in memory (the disk folder stays). */
+  clearMemory(): void {
+    this.memo.clear()
+  }
+
+  private async load(key: string, compute: () => Promise<CachedCapture>): Promise<CachedCapture> {
+    const stored = await this.disk?.get(key)
+    if (stored) {
+      try {
+        const capture = decodeCapture(stored)
+        this.counters.diskHits++
+        return capture
+      } catch {
+        // Verified bytes that still do not decode (a writer bug): recompute and overwrite.
+      }
+    }
+    this.counters.captures++
+    const capture = await compute()
+    // Writing is best effort: a full or unwritable disk costs the next run time, not this result.
+    await this.disk?.set(key, encodeCapture(capture)).catch(() => {})
+    return capture
+  }
+}
+
+const caches = new Map<string, CalibrationCache>()
+
+/** This thread's cache for a folder (null: memory only), made on first use. */
+export function calibrationCacheFor(dir: string | null): CalibrationCache {
+  const key = dir ?? ''
+  let cache = caches.get(key)
+  if (!cache) {
+    cache = new CalibrationCache(dir)
+    caches.set(key, cache)
+  }
+  return cache
+}
