@@ -14,17 +14,27 @@ import type {
   InferenceBackendInfo,
   JobProgressDetail,
   ModelSummary,
+  Plan,
   SamplingSettings,
   VariantInfo,
   VariantRef,
 } from '../../../worker/api/contract'
 import { asApiError, startJob, type ApiClient, type Job } from '../api'
 
-/** A variant as the pickers hold it: a listed id, or another model file by path. */
+/** A variant as the pickers hold it: a listed id, another model file by path, or the layer grid's current plan. */
 export interface VariantChoice {
-  kind: 'listed' | 'model'
+  kind: 'listed' | 'model' | 'plan'
   id: string
   path: string
+}
+
+/** The plan being edited in the layer grid, as a variant: null while nothing is planned. */
+export interface CurrentPlan {
+  plan: Plan
+  name: string
+  /** Its exact size (planSize), when known. */
+  bytes: number | null
+  bitsPerWeight: number | null
 }
 
 export interface EvalSettings {
@@ -89,8 +99,19 @@ export type Evaluation = ReturnType<typeof createEvaluation>
 
 const listed = (id: string): VariantChoice => ({ kind: 'listed', id, path: '' })
 
-export function variantRef(choice: VariantChoice): VariantRef {
+/** The API's reference to a choice; the plan choice needs the current plan (null: nothing planned). */
+export function variantRef(choice: VariantChoice, plan: CurrentPlan | null = null): VariantRef {
+  if (choice.kind === 'plan') {
+    if (!plan) throw new Error('No plan: set bits of some cells in the layer grid first.')
+    return { kind: 'plan', plan: plan.plan, name: plan.name }
+  }
   return choice.kind === 'model' ? { kind: 'model', path: choice.path.trim() } : { kind: 'listed', id: choice.id }
+}
+
+/** Warnings the engine attached to a run (e.g. ctx longer than max_position_embeddings); none on older runs. */
+export function runWarnings(run: EvalRun): string[] {
+  const w = (run as EvalRun & { warnings?: unknown }).warnings
+  return Array.isArray(w) ? w.filter((x): x is string => typeof x === 'string') : []
 }
 
 export function isBaseRun(run: EvalRun): boolean {
@@ -115,7 +136,7 @@ export function deltaPpl(run: EvalRun, runs: readonly EvalRun[]): number | null 
 }
 
 /** `onCancelled(label)`: a job the user cancelled has stopped (the workbench says so). */
-export function createEvaluation(client: ApiClient, onCancelled: (label: string) => void = () => {}) {
+export function createEvaluation(client: ApiClient, onCancelled: (label: string) => void = () => {}, currentPlan: () => CurrentPlan | null = () => null) {
   const state = reactive<EvaluationState>({
     modelId: null,
     backend: 'wasm',
@@ -225,6 +246,7 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
   }
 
   function variantLabel(choice: VariantChoice): string {
+    if (choice.kind === 'plan') return currentPlan()?.name ?? 'plan (empty)'
     if (choice.kind === 'model') return choice.path.split(/[\\/]/).filter(Boolean).pop() ?? 'model'
     return state.variants.find((v) => v.id === choice.id)?.label ?? choice.id
   }
@@ -236,6 +258,13 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
     state.evalError = null
     const text: EvalTextRef = s.text === 'heldout' ? { kind: 'heldout' } : { kind: 'file', path: s.filePath.trim() }
     const textLabel = text.kind === 'heldout' ? 'the held-out text' : (text.path.split(/[\\/]/).pop() ?? text.path)
+    let variant: VariantRef
+    try {
+      variant = variantRef(s.variant, currentPlan())
+    } catch (err) {
+      state.evalError = asApiError(err)
+      return
+    }
     const view = rateView(`Perplexity of ${variantLabel(s.variant)} on ${textLabel}${s.kld ? ' with KLD' : ''}`, () => job.cancel())
     const job = startJob(
       client,
@@ -247,7 +276,7 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
         ...(s.maxWindows !== null ? { maxWindows: s.maxWindows } : {}),
         backend: state.backend,
         kld: s.kld,
-        variant: variantRef(s.variant),
+        variant,
       },
       (done, total, detail) => applyProgress(view, done, total, detail),
     )
@@ -291,6 +320,13 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
     if (!modelId || genJob) return
     const g = state.gen
     state.genError = null
+    let variants: VariantRef[]
+    try {
+      variants = g.variants.map((v) => variantRef(v, currentPlan()))
+    } catch (err) {
+      state.genError = asApiError(err)
+      return
+    }
     state.generation = null
     state.streaming = g.variants.map(() => '')
     const sampling: SamplingSettings = g.greedy ? { kind: 'greedy' } : { kind: 'sample', temperature: g.temperature, topP: g.topP, seed: g.seed }
@@ -298,7 +334,7 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
     const job = startJob(
       client,
       'generate',
-      { modelId, prompt: g.prompt, maxTokens: g.maxTokens, sampling, variants: g.variants.map(variantRef), backend: state.backend },
+      { modelId, prompt: g.prompt, maxTokens: g.maxTokens, sampling, variants, backend: state.backend },
       (done, total, detail) => {
         applyProgress(view, done, total, detail)
         if (detail?.stage === 'generating' && detail.variant !== undefined && detail.text !== undefined) state.streaming[detail.variant] = detail.text
@@ -329,5 +365,5 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
       })
   }
 
-  return { state, setModel, load, runEvaluation, runGeneration, deleteRun, variantLabel }
+  return { state, setModel, load, runEvaluation, runGeneration, deleteRun, variantLabel, currentPlan }
 }

@@ -16,6 +16,8 @@ import type {
 import { asApiError, startJob, type ApiClient, type ConnectionState, type Job } from '../api'
 import { queueChartWork } from '../charts/chart-queue'
 import { createEvaluation } from './evaluation'
+import { createPlanEditor } from './plan-editor'
+import { createQuantCompare } from './quant-compare'
 import { parseUrlState, writeUrlState, type Tab, type UrlState } from './url-state'
 
 export type { Tab }
@@ -31,7 +33,7 @@ export interface JobView {
 
 /** A running job as the top bar lists it, whichever tab started it. */
 export interface RunningJob {
-  id: 'tensor' | 'grid' | 'evaluate' | 'generate'
+  id: 'tensor' | 'grid' | 'evaluate' | 'generate' | 'compare' | 'plan-error'
   label: string
   /** 0..1, or null while the total is unknown. */
   fraction: number | null
@@ -87,7 +89,15 @@ export function createWorkbench(client: ApiClient) {
     cancelled: null,
     ready: false,
   })
-  const evaluation = createEvaluation(client, (label) => (state.cancelled = `${label}: cancelled`))
+  const onCancelled = (label: string): void => {
+    state.cancelled = `${label}: cancelled`
+  }
+  const plan = createPlanEditor(client, (label, cancel) => jobView(label, cancel), onCancelled)
+  const compare = createQuantCompare(client, (label, cancel) => jobView(label, cancel), onCancelled)
+  const evaluation = createEvaluation(client, onCancelled, () => {
+    const p = plan.currentPlan()
+    return p && plan.plannedCount() > 0 ? { plan: p, name: plan.state.name.trim() || 'untitled plan', bytes: plan.state.size?.bytes ?? null, bitsPerWeight: plan.state.size?.bitsPerWeight ?? null } : null
+  })
   /** True while the view is being set from the URL (Back, reload): no new history entries then. */
   let restoring = false
   const statsCache = new Map<string, OrientedTensorStats>()
@@ -137,6 +147,8 @@ export function createWorkbench(client: ApiClient) {
     const frac = (done: number, total: number): number | null => (total > 0 ? Math.min(1, done / total) : null)
     if (state.tensorJob) out.push({ id: 'tensor', label: state.tensorJob.label, fraction: frac(state.tensorJob.done, state.tensorJob.total), tab: 'tensor', cancel: state.tensorJob.cancel })
     if (state.gridJob) out.push({ id: 'grid', label: state.gridJob.label, fraction: frac(state.gridJob.done, state.gridJob.total), tab: 'grid', cancel: state.gridJob.cancel })
+    if (compare.state.job) out.push({ id: 'compare', label: compare.state.job.label, fraction: frac(compare.state.job.done, compare.state.job.total), tab: 'tensor', cancel: compare.state.job.cancel })
+    if (plan.state.errorJob) out.push({ id: 'plan-error', label: plan.state.errorJob.label, fraction: frac(plan.state.errorJob.done, plan.state.errorJob.total), tab: 'grid', cancel: plan.state.errorJob.cancel })
     const e = evaluation.state
     if (e.evalJob) out.push({ id: 'evaluate', label: e.evalJob.label, fraction: frac(e.evalJob.done, e.evalJob.total), tab: 'evaluate', cancel: e.evalJob.cancel })
     if (e.genJob) out.push({ id: 'generate', label: e.genJob.label, fraction: frac(e.genJob.done, e.genJob.total), tab: 'evaluate', cancel: e.genJob.cancel })
@@ -179,6 +191,8 @@ export function createWorkbench(client: ApiClient) {
       state.gridError = null
       state.tab = 'overview'
       evaluation.setModel(summary)
+      plan.setModel(summary)
+      compare.reset()
       if (previous) void client.call('closeModel', { modelId: previous.modelId }).catch(() => {})
       void refreshRecent()
       syncUrl(true)
@@ -192,6 +206,7 @@ export function createWorkbench(client: ApiClient) {
   function selectTensor(name: string): void {
     const model = state.model
     if (!model) return
+    if (state.selected !== name) compare.reset()
     state.selected = name
     state.tab = 'tensor'
     syncUrl(true)
@@ -269,6 +284,7 @@ export function createWorkbench(client: ApiClient) {
     state.tab = tab
     syncUrl(true)
     if (tab === 'grid' && !state.grid && !state.gridJob && !state.gridError) computeGrid()
+    if (tab === 'grid' || tab === 'tensor' || tab === 'evaluate') void plan.load()
     if (tab === 'evaluate') void evaluation.load()
   }
 
@@ -306,5 +322,5 @@ export function createWorkbench(client: ApiClient) {
     }
   }
 
-  return { state, client, evaluation, init, openModel, selectTensor, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs }
+  return { state, client, evaluation, plan, compare, init, openModel, selectTensor, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs }
 }

@@ -1,0 +1,342 @@
+/**
+ * The layer grid's plan editor (part of the workbench): which linear weight gets which method
+ * and bits, the cells selected, the method "brush" new cells get, the exact size of the model
+ * as planned (planSize, asked again after every edit), the plans saved for the model, and the
+ * weight error of each planned tensor (quantizePreview, one job over the planned tensors).
+ */
+import { markRaw, reactive } from 'vue'
+import type { ApiError, ModelSummary, Plan, PlanSizeInfo, QuantErrorInfo, QuantMethodInfo, SavedPlan } from '../../../worker/api/contract'
+import { asApiError, startJob, type ApiClient, type Job } from '../api'
+import { buildPlan, defaultParams, entryBits, entrySpec, methodMap, nextBits, withBits, type MethodEntry, type QuantParams } from './plan-cells'
+import type { JobView } from './workbench'
+
+export interface PlanEditorState {
+  modelId: string | null
+  methods: QuantMethodInfo[]
+  methodsError: ApiError | null
+  /** Planned tensors; every other tensor is kept as stored. */
+  entries: Record<string, MethodEntry>
+  /** Selected cells (tensor names). */
+  selection: string[]
+  /** The method and params cells get when they are first given bits. */
+  brush: { method: string; params: QuantParams }
+  /** Name of the plan (saved plans, runs of the plan). */
+  name: string
+  /** The saved plan being edited (Save replaces it), or null. */
+  savedId: string | null
+  size: PlanSizeInfo | null
+  /** The plan the size belongs to changed and a new size is on its way. */
+  sizePending: boolean
+  sizeError: ApiError | null
+  saved: SavedPlan[]
+  plansError: ApiError | null
+  /** Weight error of planned tensors by `tensor|spec`, from quantizePreview. */
+  errors: Record<string, QuantErrorInfo>
+  errorJob: JobView | null
+  errorError: ApiError | null
+}
+
+export type PlanEditor = ReturnType<typeof createPlanEditor>
+
+/** The model's tensor-layout fingerprint as the engine reports it in the summary. */
+export function modelFingerprint(model: ModelSummary | null): string | null {
+  const f = (model as (ModelSummary & { fingerprint?: unknown }) | null)?.fingerprint
+  return typeof f === 'string' && f.length > 0 ? f : null
+}
+
+export function errorKey(tensor: string, entry: MethodEntry): string {
+  return `${tensor}|${entrySpec(entry)}`
+}
+
+export function createPlanEditor(client: ApiClient, jobView: (label: string, cancel: () => void) => JobView, onCancelled: (label: string) => void) {
+  const state = reactive<PlanEditorState>({
+    modelId: null,
+    methods: [],
+    methodsError: null,
+    entries: {},
+    selection: [],
+    brush: { method: 'rtn', params: {} },
+    name: 'untitled plan',
+    savedId: null,
+    size: null,
+    sizePending: false,
+    sizeError: null,
+    saved: [],
+    plansError: null,
+    errors: {},
+    errorJob: null,
+    errorError: null,
+  })
+  let model: ModelSummary | null = null
+  let methodsFor: QuantMethodInfo[] | null = null
+  let methodsMap = new Map<string, QuantMethodInfo>()
+  let sizeTimer: ReturnType<typeof setTimeout> | null = null
+  let sizeSeq = 0
+  let errorJob: Job<unknown> | null = null
+  let loadedFor: string | null = null
+
+  /** Methods by id; reads `state.methods`, so renders that use it follow the list. */
+  function methods(): ReadonlyMap<string, QuantMethodInfo> {
+    if (methodsFor !== state.methods) {
+      methodsFor = state.methods
+      methodsMap = methodMap(state.methods)
+    }
+    return methodsMap
+  }
+
+  /** A new model: an empty plan, its saved plans loaded lazily. */
+  function setModel(m: ModelSummary | null): void {
+    cancelErrors()
+    model = m
+    Object.assign(state, { modelId: m?.modelId ?? null, entries: {}, selection: [], name: 'untitled plan', savedId: null, size: null, sizeError: null, saved: [], plansError: null, errors: {}, errorError: null })
+    loadedFor = null
+    if (m) requestSize()
+  }
+
+  /** Methods (once) and the model's saved plans (once per model). */
+  async function load(): Promise<void> {
+    const modelId = state.modelId
+    if (state.methods.length === 0) {
+      try {
+        const list = await client.call('listQuantMethods', {})
+        state.methods = list
+        const brush = methods().get(state.brush.method) ?? list[0]
+        if (brush) state.brush = { method: brush.id, params: defaultParams(brush) }
+        state.methodsError = null
+      } catch (err) {
+        state.methodsError = asApiError(err)
+      }
+    }
+    if (modelId && loadedFor !== modelId) {
+      loadedFor = modelId
+      await refreshSaved()
+    }
+  }
+
+  async function refreshSaved(): Promise<void> {
+    const modelId = state.modelId
+    if (!modelId) return
+    try {
+      const list = await client.call('listPlans', { modelId })
+      if (state.modelId === modelId) state.saved = list.map((p) => markRaw(p))
+      state.plansError = null
+    } catch (err) {
+      if (state.modelId === modelId) state.plansError = asApiError(err)
+    }
+  }
+
+  /** The plan as the engine takes it, or null while the model's fingerprint is unknown. */
+  function currentPlan(): Plan | null {
+    const fingerprint = modelFingerprint(model)
+    if (!model || !fingerprint) return null
+    return buildPlan(model.name, fingerprint, state.entries)
+  }
+
+  function plannedCount(): number {
+    return Object.keys(state.entries).length
+  }
+
+  /** planSize of the current plan, a moment after the last edit (a drag edits many cells). */
+  function requestSize(): void {
+    state.sizePending = true
+    if (sizeTimer) clearTimeout(sizeTimer)
+    sizeTimer = setTimeout(() => void fetchSize(), 120)
+  }
+
+  async function fetchSize(): Promise<void> {
+    sizeTimer = null
+    const modelId = state.modelId
+    const plan = currentPlan()
+    const seq = ++sizeSeq
+    if (!modelId || !plan) {
+      state.sizePending = false
+      if (modelId) state.sizeError = { name: 'Unsupported', message: 'The engine does not report this model’s fingerprint, so plans for it cannot be sized or saved.' }
+      return
+    }
+    try {
+      const size = await client.call('planSize', { modelId, plan })
+      if (seq !== sizeSeq) return
+      state.size = markRaw(size)
+      state.sizeError = null
+    } catch (err) {
+      if (seq !== sizeSeq) return
+      state.size = null
+      state.sizeError = asApiError(err)
+    } finally {
+      if (seq === sizeSeq) state.sizePending = false
+    }
+  }
+
+  function bitsOf(tensor: string): number {
+    return entryBits(state.entries[tensor], methods())
+  }
+
+  /** Sets the width of the tensors (16 = keep); cells that were kept get the brush's method. */
+  function setBits(tensors: readonly string[], bits: number): void {
+    for (const t of tensors) {
+      const entry = withBits(state.entries[t] ?? { method: state.brush.method, params: { ...state.brush.params } }, bits, methods())
+      if (entry === 'keep') delete state.entries[t]
+      else state.entries[t] = entry
+    }
+    requestSize()
+  }
+
+  /** One click: the next width in 16 → 8 → 4 → 3 → 2 → 16. */
+  function cycle(tensor: string): void {
+    setBits([tensor], nextBits(bitsOf(tensor)))
+  }
+
+  /** The brush takes the method (at its defaults); planned cells among `tensors` switch to it at their bits. */
+  function setMethod(tensors: readonly string[], methodId: string): void {
+    const info = methods().get(methodId)
+    if (!info) return
+    const keepGroup = state.brush.params.group
+    state.brush = { method: info.id, params: defaultParams(info) }
+    if (keepGroup !== undefined && 'group' in state.brush.params) state.brush.params.group = keepGroup
+    for (const t of tensors) {
+      const old = state.entries[t]
+      if (!old) continue
+      const bits = info.params.some((p) => p.key === 'bits') ? entryBits(old, methods()) : info.bits
+      const next = withBits({ method: info.id, params: { ...state.brush.params } }, bits, methods())
+      if (next === 'keep') delete state.entries[t]
+      else state.entries[t] = next
+    }
+    requestSize()
+  }
+
+  /** Sets one param on the brush and on the planned cells among `tensors` whose method has it. */
+  function setParam(tensors: readonly string[], key: string, value: number | boolean | string): void {
+    if (methods().get(state.brush.method)?.params.some((p) => p.key === key)) state.brush.params[key] = value
+    for (const t of tensors) {
+      const e = state.entries[t]
+      if (e && methods().get(e.method)?.params.some((p) => p.key === key)) state.entries[t] = { method: e.method, params: { ...(e.params ?? {}), [key]: value } }
+    }
+    requestSize()
+  }
+
+  function clear(): void {
+    state.entries = {}
+    requestSize()
+  }
+
+  /** Shows a plan (saved or imported) in the grid; tensors outside the grid keep their entries too. */
+  function applyPlan(plan: Plan, name: string, savedId: string | null): void {
+    const entries: Record<string, MethodEntry> = {}
+    for (const [t, e] of Object.entries(plan.tensors)) if (e !== 'keep') entries[t] = { method: e.method, params: { ...(e.params ?? {}) } }
+    state.entries = entries
+    state.name = name
+    state.savedId = savedId
+    state.selection = []
+    requestSize()
+  }
+
+  async function save(): Promise<void> {
+    const modelId = state.modelId
+    const plan = currentPlan()
+    if (!modelId || !plan) return
+    try {
+      const saved = await client.call('savePlan', { modelId, name: state.name.trim() || 'untitled plan', plan, ...(state.savedId ? { id: state.savedId } : {}) })
+      state.savedId = saved.id
+      state.name = saved.name
+      state.plansError = null
+      await refreshSaved()
+    } catch (err) {
+      state.plansError = asApiError(err)
+    }
+  }
+
+  /** Save as a new plan even when a saved one is loaded. */
+  async function saveAsNew(): Promise<void> {
+    state.savedId = null
+    await save()
+  }
+
+  function loadSaved(id: string): void {
+    const p = state.saved.find((s) => s.id === id)
+    if (p) applyPlan(p.plan, p.name, p.id)
+  }
+
+  async function deleteSaved(id: string): Promise<void> {
+    const modelId = state.modelId
+    if (!modelId) return
+    try {
+      await client.call('deletePlan', { modelId, planId: id })
+      if (state.savedId === id) state.savedId = null
+      await refreshSaved()
+    } catch (err) {
+      state.plansError = asApiError(err)
+    }
+  }
+
+  function cancelErrors(): void {
+    errorJob?.cancel()
+    errorJob = null
+    state.errorJob = null
+  }
+
+  /**
+   * Weight error of every planned tensor not measured yet for its current setting, one
+   * quantizePreview job per tensor, one after another; progress counts tensors.
+   */
+  async function computeErrors(): Promise<void> {
+    const modelId = state.modelId
+    if (!modelId || state.errorJob) return
+    const todo = Object.entries(state.entries).filter(([t, e]) => !(errorKey(t, e) in state.errors))
+    if (todo.length === 0) return
+    state.errorError = null
+    let stop = false
+    const view = jobView(`Quantization error of ${todo.length} planned ${todo.length === 1 ? 'tensor' : 'tensors'}`, () => {
+      stop = true
+      errorJob?.cancel()
+    })
+    view.total = todo.length
+    state.errorJob = view
+    try {
+      for (const [tensor, entry] of todo) {
+        if (stop || state.modelId !== modelId) break
+        const job = startJob(client, 'quantizePreview', { modelId, tensor, methods: [{ methodId: entry.method, params: entry.params ?? {} }], bins: 2, heatmapSize: 1 }, () => {})
+        errorJob = job
+        const result = await job.promise
+        state.errors[errorKey(tensor, entry)] = result.methods[0]!.metrics
+        view.done++
+      }
+    } catch (err) {
+      const e = asApiError(err)
+      if (e.cancelled) {
+        if (view.cancelRequested) onCancelled(view.label)
+      } else state.errorError = e
+    } finally {
+      errorJob = null
+      state.errorJob = null
+    }
+  }
+
+  /** The measured error of a planned tensor at its current setting, or null. */
+  function errorOf(tensor: string): QuantErrorInfo | null {
+    const e = state.entries[tensor]
+    return e ? (state.errors[errorKey(tensor, e)] ?? null) : null
+  }
+
+  return {
+    state,
+    methods,
+    setModel,
+    load,
+    currentPlan,
+    plannedCount,
+    bitsOf,
+    setBits,
+    cycle,
+    setMethod,
+    setParam,
+    clear,
+    applyPlan,
+    save,
+    saveAsNew,
+    loadSaved,
+    deleteSaved,
+    computeErrors,
+    cancelErrors,
+    errorOf,
+  }
+}
