@@ -15,6 +15,7 @@ import type { ApiRequest, DefaultModelInfo, ServerMessage } from '../worker/api/
 import { EngineService } from '../worker/api/engine-service'
 import { dispatchChecked } from './api-dispatcher'
 import { RecentModelsFile } from './recent-models'
+import { PLANS_FILE_NAME, SavedPlansFile } from './plans-store'
 import { EvalRunsFile, RUNS_FILE_NAME } from './runs-store'
 
 export interface EngineThreadData {
@@ -32,6 +33,8 @@ const engine = new EngineService({
   recent: data.recentFile ? new RecentModelsFile(data.recentFile) : undefined,
   // Evaluation runs live beside the recent-models list, in the app's state folder.
   runs: data.recentFile ? new EvalRunsFile(join(dirname(data.recentFile), RUNS_FILE_NAME)) : undefined,
+  // Saved quantization plans too.
+  plans: data.recentFile ? new SavedPlansFile(join(dirname(data.recentFile), PLANS_FILE_NAME)) : undefined,
   cacheDir: data.cacheDir ?? undefined,
   statsThreads: data.statsThreads ?? undefined,
   defaultModel: data.defaultModel,

@@ -34,6 +34,8 @@ import { StatsService } from '../stats/stats-service'
 import { orientationPlan, orientStats } from '../stats/orientation'
 import { EngineError } from './errors'
 import { EvaluateService, type EvalRunsBackend, type InferenceApi, type VariantCatalog } from './evaluate-service'
+import { QuantApi } from './quant-api'
+import type { SavedPlansBackend } from './saved-plans'
 
 /** The part of StatsService the engine uses (a fake can stand in for tests). */
 export interface StatsBackend {
@@ -79,6 +81,12 @@ export interface EngineServiceOptions {
   inferenceThreads?: number
   /** Stand-in for the inference service (tests). */
   inference?: InferenceApi
+  /** Where saved plans are kept per model (main/plans-store.ts); default: in memory. */
+  plans?: SavedPlansBackend
+  /** Plan quant worker threads (default 2). */
+  quantThreads?: number
+  /** Calibration capture cache folder; undefined: `<cache root>/calibration`, null: memory only. */
+  calibrationCacheDir?: string | null
 }
 
 interface OpenModelEntry {
@@ -97,12 +105,17 @@ export class EngineService implements ApiFunctions {
   private readonly listeners = new Set<(event: ApiEvent) => void>()
   private readonly stats: StatsBackend
   private readonly evaluation: EvaluateService
+  private readonly quantization: QuantApi
   private nextModel = 1
 
   constructor(private readonly options: EngineServiceOptions = {}) {
     this.stats = options.stats ?? new StatsService({ threads: options.statsThreads, cacheDir: options.cacheDir })
     this.evaluation = new EvaluateService(
       { runs: options.runs, variants: options.variants, heldoutText: options.heldoutText, threads: options.inferenceThreads, inference: options.inference },
+      (jobId, work) => this.runJob(jobId, work),
+    )
+    this.quantization = new QuantApi(
+      { plans: options.plans, threads: options.quantThreads, calibrationCacheDir: options.calibrationCacheDir },
       (jobId, work) => this.runJob(jobId, work),
     )
   }
@@ -236,23 +249,24 @@ export class EngineService implements ApiFunctions {
     return this.evaluation.listVariants(this.model(modelId))
   }
 
+  // Quantization: quant-api.ts, on the plan quant worker threads.
   async listQuantMethods(): Promise<ApiResult<'listQuantMethods'>> {
-    throw new EngineError('Unsupported', 'listQuantMethods is not implemented yet')
+    return this.quantization.listQuantMethods()
   }
-  async planSize(): Promise<ApiResult<'planSize'>> {
-    throw new EngineError('Unsupported', 'planSize is not implemented yet')
+  async planSize({ modelId, plan }: ApiParams<'planSize'>): Promise<ApiResult<'planSize'>> {
+    return this.quantization.planSize(this.model(modelId), plan)
   }
-  async quantizePreview(): Promise<ApiResult<'quantizePreview'>> {
-    throw new EngineError('Unsupported', 'quantizePreview is not implemented yet')
+  async quantizePreview(params: ApiParams<'quantizePreview'>): Promise<ApiResult<'quantizePreview'>> {
+    return this.quantization.quantizePreview(this.model(params.modelId), params)
   }
-  async listPlans(): Promise<ApiResult<'listPlans'>> {
-    throw new EngineError('Unsupported', 'listPlans is not implemented yet')
+  async listPlans({ modelId }: ApiParams<'listPlans'>): Promise<ApiResult<'listPlans'>> {
+    return this.quantization.listPlans(this.model(modelId))
   }
-  async savePlan(): Promise<ApiResult<'savePlan'>> {
-    throw new EngineError('Unsupported', 'savePlan is not implemented yet')
+  async savePlan(params: ApiParams<'savePlan'>): Promise<ApiResult<'savePlan'>> {
+    return this.quantization.savePlan(this.model(params.modelId), params)
   }
-  async deletePlan(): Promise<ApiResult<'deletePlan'>> {
-    throw new EngineError('Unsupported', 'deletePlan is not implemented yet')
+  async deletePlan({ modelId, planId }: ApiParams<'deletePlan'>): Promise<ApiResult<'deletePlan'>> {
+    return { deleted: await this.quantization.deletePlan(this.model(modelId), planId) }
   }
 
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
@@ -269,6 +283,7 @@ export class EngineService implements ApiFunctions {
     for (const entry of this.models.values()) await entry.model.close().catch(() => {})
     this.models.clear()
     await this.stats.close()
+    await this.quantization.close()
   }
 
   private model(modelId: string): OpenModelEntry {

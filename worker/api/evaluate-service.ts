@@ -24,6 +24,9 @@ import type {
 } from './contract'
 import { availableBackends, evalPerplexity, generate } from '../inference/inference-service'
 import { EngineError } from './errors'
+import type { OpenedModel } from '../formats/contract'
+import type { PlanSize } from '../plan/size'
+import { planVariant } from './plan-variants'
 import type { InferenceProgress, VariantSpec } from '../inference/inference-protocol'
 
 /** The part of the inference service used here (a fake can stand in for tests). */
@@ -73,6 +76,8 @@ export interface VariantEntry extends VariantInfo {
 export interface ModelHandle {
   path: string
   summary: ModelSummary
+  /** The opened model (needed for plan variants, which are checked against it). */
+  model?: OpenedModel
 }
 
 /** Variants beyond 'base' for a model (quantized variants join here as the quantizers arrive). */
@@ -222,6 +227,8 @@ export class EvaluateService {
         : null,
       seconds: result.seconds,
       tokensPerSecond: result.tokensPerSecond,
+      // A plan variant records what it costs: the whole model's bytes and bits per quantized weight.
+      ...(variant.size ? { bytes: variant.size.bytes, bitsPerWeight: variant.size.bitsPerWeight } : {}),
     }
     // Keeping the run is best effort: the numbers are returned either way.
     await this.runs.add(run).catch(() => {})
@@ -302,9 +309,12 @@ export class EvaluateService {
     return [base, ...extra.filter((v) => v.id !== BASE_VARIANT_ID)]
   }
 
-  private async resolveVariant(model: ModelHandle, ref: VariantRef): Promise<{ label: string; spec?: VariantSpec }> {
+  private async resolveVariant(model: ModelHandle, ref: VariantRef): Promise<{ label: string; spec?: VariantSpec; size?: PlanSize }> {
     if (ref.kind === 'model') return { label: basename(ref.path), spec: { model: resolve(ref.path) } }
-    if (ref.kind === 'plan') throw new EngineError('Unsupported', 'plan variants are not implemented yet')
+    if (ref.kind === 'plan') {
+      if (!model.model) throw new EngineError('Unsupported', 'plan variants need the opened model')
+      return planVariant(model.model, ref.plan, ref.name)
+    }
     const entry = (await this.variantEntries(model)).find((v) => v.id === ref.id)
     if (!entry) throw new EngineError('NotFound', `model ${model.summary.name} has no variant '${ref.id}'`)
     return { label: entry.label, spec: entry.spec }
