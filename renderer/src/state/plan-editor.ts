@@ -8,7 +8,7 @@ import { markRaw, reactive } from 'vue'
 import type { ApiError, ModelSummary, Plan, PlanSizeInfo, QuantErrorInfo, QuantMethodInfo, SavedPlan } from '../../../worker/api/contract'
 import { asApiError, startJob, type ApiClient, type Job } from '../api'
 import { buildPlan, defaultParams, entryBits, entrySpec, methodMap, nextBits, withBits, type MethodEntry, type QuantParams } from './plan-cells'
-import type { JobView } from './workbench'
+import type { JobView } from './job-view'
 
 export interface PlanEditorState {
   modelId: string | null

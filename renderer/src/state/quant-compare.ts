@@ -7,7 +7,7 @@ import { markRaw, reactive } from 'vue'
 import type { ApiError, QuantizePreviewResult } from '../../../worker/api/contract'
 import { asApiError, startJob, type ApiClient, type Job } from '../api'
 import type { MethodEntry } from './plan-cells'
-import type { JobView } from './workbench'
+import type { JobView } from './job-view'
 
 export interface QuantCompareState {
   /** Methods to compare, in the order the table lists them. */

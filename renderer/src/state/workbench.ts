@@ -16,20 +16,14 @@ import type {
 import { asApiError, startJob, type ApiClient, type ConnectionState, type Job } from '../api'
 import { queueChartWork } from '../charts/chart-queue'
 import { createEvaluation } from './evaluation'
+import type { JobView } from './job-view'
 import { createPlanEditor } from './plan-editor'
 import { createQuantCompare } from './quant-compare'
 import { parseUrlState, writeUrlState, type Tab, type UrlState } from './url-state'
 
 export type { Tab }
 
-export interface JobView {
-  label: string
-  done: number
-  total: number
-  /** The user asked to cancel it (then a "cancelled" notice replaces the progress). */
-  cancelRequested?: boolean
-  cancel(): void
-}
+export type { JobView }
 
 /** A running job as the top bar lists it, whichever tab started it. */
 export interface RunningJob {
