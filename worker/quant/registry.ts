@@ -10,11 +10,12 @@ import { any2Method, any3Method, any4Method } from './anyn'
 import { kmeansMethod } from './kmeans'
 import { gptqMethod } from './gptq'
 import { awqMethod } from './awq'
+import { ggmlMethod } from './ggml'
 
 /** A method with its params type erased; its schema restores the params. */
 export type AnyQuantMethod = QuantMethod<object>
 
-const METHODS: readonly AnyQuantMethod[] = [rtnMethod, nf4Method, fp4Method, any4Method, any3Method, any2Method, kmeansMethod, gptqMethod, awqMethod]
+const METHODS: readonly AnyQuantMethod[] = [rtnMethod, nf4Method, fp4Method, any4Method, any3Method, any2Method, kmeansMethod, gptqMethod, awqMethod, ggmlMethod]
 
 export const QUANT_METHODS: ReadonlyMap<string, AnyQuantMethod> = new Map(METHODS.map((m) => [m.id, m]))
 
