@@ -7,11 +7,14 @@
 import { markRaw, reactive } from 'vue'
 import type { ApiError, ModelSummary, Plan, PlanSizeInfo, QuantErrorInfo, QuantMethodInfo, SavedPlan } from '../../../worker/api/contract'
 import { asApiError, startJob, type ApiClient, type Job } from '../api'
+import { summaryFingerprint } from './plan-fingerprint'
 import { buildPlan, defaultParams, entryBits, entrySpec, methodMap, nextBits, withBits, type MethodEntry, type QuantParams } from './plan-cells'
 import type { JobView } from './job-view'
 
 export interface PlanEditorState {
   modelId: string | null
+  /** The open model's fingerprint (plans carry it); null until known. */
+  fingerprint: string | null
   methods: QuantMethodInfo[]
   methodsError: ApiError | null
   /** Planned tensors; every other tensor is kept as stored. */
@@ -38,12 +41,6 @@ export interface PlanEditorState {
 
 export type PlanEditor = ReturnType<typeof createPlanEditor>
 
-/** The model's tensor-layout fingerprint as the engine reports it in the summary. */
-export function modelFingerprint(model: ModelSummary | null): string | null {
-  const f = (model as (ModelSummary & { fingerprint?: unknown }) | null)?.fingerprint
-  return typeof f === 'string' && f.length > 0 ? f : null
-}
-
 export function errorKey(tensor: string, entry: MethodEntry): string {
   return `${tensor}|${entrySpec(entry)}`
 }
@@ -51,6 +48,7 @@ export function errorKey(tensor: string, entry: MethodEntry): string {
 export function createPlanEditor(client: ApiClient, jobView: (label: string, cancel: () => void) => JobView, onCancelled: (label: string) => void) {
   const state = reactive<PlanEditorState>({
     modelId: null,
+    fingerprint: null,
     methods: [],
     methodsError: null,
     entries: {},
@@ -88,9 +86,17 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
   function setModel(m: ModelSummary | null): void {
     cancelErrors()
     model = m
-    Object.assign(state, { modelId: m?.modelId ?? null, entries: {}, selection: [], name: 'untitled plan', savedId: null, size: null, sizeError: null, saved: [], plansError: null, errors: {}, errorError: null })
+    Object.assign(state, { modelId: m?.modelId ?? null, fingerprint: null, entries: {}, selection: [], name: 'untitled plan', savedId: null, size: null, sizeError: null, saved: [], plansError: null, errors: {}, errorError: null })
     loadedFor = null
-    if (m) requestSize()
+    if (!m) return
+    void summaryFingerprint(m).then(
+      (f) => {
+        if (model !== m) return
+        state.fingerprint = f
+        requestSize()
+      },
+      (err: unknown) => (state.sizeError = asApiError(err)),
+    )
   }
 
   /** Methods (once) and the model's saved plans (once per model). */
@@ -127,7 +133,7 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
 
   /** The plan as the engine takes it, or null while the model's fingerprint is unknown. */
   function currentPlan(): Plan | null {
-    const fingerprint = modelFingerprint(model)
+    const fingerprint = state.fingerprint
     if (!model || !fingerprint) return null
     return buildPlan(model.name, fingerprint, state.entries)
   }
@@ -150,7 +156,6 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
     const seq = ++sizeSeq
     if (!modelId || !plan) {
       state.sizePending = false
-      if (modelId) state.sizeError = { name: 'Unsupported', message: 'The engine does not report this model’s fingerprint, so plans for it cannot be sized or saved.' }
       return
     }
     try {
