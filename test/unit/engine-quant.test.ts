@@ -71,16 +71,19 @@ describe('listQuantMethods', () => {
     expect(methods.find((m) => m.id === 'any3')).toMatchObject({ bits: 3, needs: 'activation-stats' })
     for (const m of methods) {
       const schema = QUANT_METHODS.get(m.id)!.schema
-      // The described defaults are what parsing {} gives; each limit is exactly where the schema starts refusing.
-      expect(Object.fromEntries(m.params.map((p) => [p.key, p.default]))).toEqual(v.parse(schema, {}))
+      // The described defaults are what parsing gives (required params, default null, given their
+      // first option); each limit is exactly where the schema starts refusing.
+      const required = Object.fromEntries(m.params.filter((p) => p.default === null).map((p) => [p.key, p.options![0]]))
+      expect(Object.fromEntries(m.params.map((p) => [p.key, p.default ?? required[p.key]]))).toEqual(v.parse(schema, required))
+      for (const p of m.params.filter((q) => q.default === null)) expect(v.safeParse(schema, { ...required, [p.key]: undefined }).success).toBe(false)
       for (const p of m.params) {
         if (p.min !== undefined) {
-          expect(v.safeParse(schema, { [p.key]: p.min }).success).toBe(true)
-          expect(v.safeParse(schema, { [p.key]: p.min - (p.type === 'integer' ? 1 : 1e-9) }).success).toBe(false)
+          expect(v.safeParse(schema, { ...required, [p.key]: p.min }).success).toBe(true)
+          expect(v.safeParse(schema, { ...required, [p.key]: p.min - (p.type === 'integer' ? 1 : 1e-9) }).success).toBe(false)
         }
-        if (p.max !== undefined) expect(v.safeParse(schema, { [p.key]: p.max + 1 }).success).toBe(false)
-        for (const o of p.options ?? []) expect(v.safeParse(schema, { [p.key]: o }).success).toBe(true)
-        if (p.type === 'integer') expect(v.safeParse(schema, { [p.key]: (p.min ?? 0) + 1.5 }).success).toBe(false)
+        if (p.max !== undefined) expect(v.safeParse(schema, { ...required, [p.key]: p.max + 1 }).success).toBe(false)
+        for (const o of p.options ?? []) expect(v.safeParse(schema, { ...required, [p.key]: o }).success).toBe(true)
+        if (p.type === 'integer') expect(v.safeParse(schema, { ...required, [p.key]: (p.min ?? 0) + 1.5 }).success).toBe(false)
       }
     }
   })

@@ -12,7 +12,7 @@ import type { OpenedModel } from '../../worker/formats/contract'
 import { openModel } from '../../worker/formats/open-model'
 import { resolvePlanFor } from '../../worker/plan/apply'
 import { captureCalibration } from '../../worker/plan/calibration'
-import { calibrationCacheFor, decodeCapture, encodeCapture, type CachedCapture } from '../../worker/plan/calibration-cache'
+import { CalibrationCache, calibrationCacheFor, decodeCapture, encodeCapture, type CachedCapture } from '../../worker/plan/calibration-cache'
 import { PLAN_FORMAT, PLAN_VERSION, type ResolvedEntry } from '../../worker/plan/plan'
 import type { LayerCalibration } from '../../worker/quant/contract'
 
@@ -90,6 +90,28 @@ describe('calibration cache', () => {
     expect(cache.counters.captures).toBe(3)
     expect(one.get(Q)!.count).toBe(256)
   }, 60_000)
+
+  it('memory holds captures up to its byte bound; a larger one is recomputed next time (no disk folder)', async () => {
+    const capture = (n: number): CachedCapture => ({
+      ctx: 2,
+      windows: 1,
+      tokens: 2,
+      linearInputs: { t: 'p' },
+      points: [{ id: 'p', count: 2, mean: new Float64Array(n), meanAbs: new Float64Array(n), meanSq: new Float64Array(n), gram: new Float64Array(n * n) }],
+    })
+    // 4 channels: 3·32 + 128 bytes = 224 bytes per capture.
+    const small = new CalibrationCache(null, 0, 500)
+    for (let i = 0; i < 3; i++) await small.get('k', async () => capture(4))
+    expect(small.counters).toEqual({ memoHits: 2, diskHits: 0, captures: 1 })
+    await small.get('k2', async () => capture(4))
+    await small.get('k3', async () => capture(4)) // 3 × 224 > 500: the oldest ('k') goes
+    await small.get('k', async () => capture(4))
+    expect(small.counters.captures).toBe(4)
+    const tiny = new CalibrationCache(null, 0, 100)
+    await tiny.get('k', async () => capture(4))
+    await tiny.get('k', async () => capture(4))
+    expect(tiny.counters).toEqual({ memoHits: 0, diskHits: 0, captures: 2 })
+  })
 
   it('the payload codec round-trips every array exactly', () => {
     const capture: CachedCapture = {

@@ -18,6 +18,10 @@ import { modelFingerprint, PLAN_FORMAT, PLAN_VERSION, type ResolvedEntry } from 
 import { QuantService } from '../../worker/plan/quant-service'
 import { quantErrorMetrics } from '../../worker/quant/metrics'
 import { QUANT_METHODS } from '../../worker/quant/registry'
+import { ggufQkRows } from '../../worker/plan/quant-preview'
+import { hfRowOfGgufRow } from '../../worker/stats/orientation'
+import { writeTinyDecoder } from '../helpers/tiny-decoder'
+import { writeTinyGguf } from '../helpers/tiny-gguf'
 
 const DEFAULT = resolve('resources/models/default')
 const DOWN = 'model.layers.2.mlp.down_proj.weight' // [256, 768]
@@ -118,6 +122,36 @@ describe('QuantService.quantizeTensor', () => {
     // The pool still works afterwards.
     const again = await service.quantizeTensor({ modelPath: DEFAULT, tensor: DOWN, methodId: 'rtn', params: { bits: 8 } })
     expect(again.bytes).toBeGreaterThan(0)
+  })
+})
+
+describe('HF orientation of the preview', () => {
+  it('a GGUF llama q weight (rows permuted for RoPE) previews like its safetensors original', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'qs-preview-gguf-'))
+    try {
+      // hidden 32, 4 heads → head size 8; q has 32 rows stored in llama.cpp's order in the GGUF.
+      const hfDir = join(dir, 'hf')
+      const tiny = await writeTinyDecoder(hfDir, { dtype: 'F32', hidden: 32, heads: 4, kvHeads: 2, layers: 1, seed: 5 })
+      const gguf = join(dir, 'tiny-llama.gguf')
+      await writeTinyGguf(gguf, tiny.ref, tiny.values, { architecture: 'llama' })
+      const preview = { row: 5, col: 3, bins: 16, heatmapSize: 64 }
+      // Per-row grids: quantizing is the same whatever the row order.
+      const params = { bits: 3, group: 0, sym: false }
+      const hf = await service.quantizeTensor({ modelPath: hfDir, tensor: 'model.layers.0.self_attn.q_proj.weight', methodId: 'rtn', params, preview })
+      const g = await service.quantizeTensor({ modelPath: gguf, tensor: 'blk.0.attn_q.weight', methodId: 'rtn', params, preview })
+      expect(g.preview!.levels).toEqual(hf.preview!.levels)
+      expect(g.preview!.groupWeights).toEqual(hf.preview!.groupWeights)
+      expect(g.preview!.errorHistogram).toEqual(hf.preview!.errorHistogram)
+      // One heatmap band per row: the GGUF's rows are put back in HF order.
+      expect(g.preview!.errorHeatmap.rows).toBe(32)
+      g.preview!.errorHeatmap.values.forEach((x, i) => expect(x).toBeCloseTo(hf.preview!.errorHeatmap.values[i]!, 12))
+      // The stored row 5 is another HF row: without the mapping the levels would differ.
+      expect(hfRowOfGgufRow(5, 8)).not.toBe(5)
+      const stored = ggufQkRows(8)
+      for (let r = 0; r < 32; r++) expect(stored.storedRowOf(stored.hfRowOf(r))).toBe(r)
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
   })
 })
 

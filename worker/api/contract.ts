@@ -194,6 +194,7 @@ export interface QuantParamInfo {
   key: string
   /** 'enum': one of `options`; 'integer'/'number' within [min, max] when given. */
   type: 'integer' | 'number' | 'boolean' | 'enum' | 'string'
+  /** null: the param is required (e.g. ggml's `type`). */
   default: number | boolean | string | null
   min?: number
   max?: number
@@ -204,7 +205,7 @@ export interface QuantParamInfo {
 export interface QuantMethodInfo {
   id: string
   label: string
-  /** Nominal bits per weight of the codes with the default params. */
+  /** Nominal bits per weight of the codes with the default params (required params: their first option or minimum). */
   bits: number
   /** What it needs besides the weight, with the default params ('none' | 'activation-stats' | 'gram'). */
   needs: CalibrationNeed

@@ -111,7 +111,14 @@ export class EngineService implements ApiFunctions {
   constructor(private readonly options: EngineServiceOptions = {}) {
     this.stats = options.stats ?? new StatsService({ threads: options.statsThreads, cacheDir: options.cacheDir })
     this.evaluation = new EvaluateService(
-      { runs: options.runs, variants: options.variants, heldoutText: options.heldoutText, threads: options.inferenceThreads, inference: options.inference },
+      {
+        runs: options.runs,
+        variants: options.variants,
+        heldoutText: options.heldoutText,
+        threads: options.inferenceThreads,
+        inference: options.inference,
+        calibrationCacheDir: options.calibrationCacheDir,
+      },
       (jobId, work) => this.runJob(jobId, work),
     )
     this.quantization = new QuantApi(

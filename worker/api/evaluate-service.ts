@@ -91,6 +91,8 @@ export interface EvaluateServiceOptions {
   heldoutText?: string
   /** Runtime threads per inference job (default: every core). */
   threads?: number
+  /** Calibration capture cache of plan variants; undefined: `<cache root>/calibration`, null: memory only. */
+  calibrationCacheDir?: string | null
 }
 
 export type JobProgress = (done: number, total: number, detail?: JobProgressDetail) => void
@@ -313,7 +315,8 @@ export class EvaluateService {
     if (ref.kind === 'model') return { label: basename(ref.path), spec: { model: resolve(ref.path) } }
     if (ref.kind === 'plan') {
       if (!model.model) throw new EngineError('Unsupported', 'plan variants need the opened model')
-      return planVariant(model.model, ref.plan, ref.name)
+      const cacheDir = this.options.calibrationCacheDir
+      return planVariant(model.model, ref.plan, ref.name, cacheDir !== undefined ? { cacheDir } : undefined)
     }
     const entry = (await this.variantEntries(model)).find((v) => v.id === ref.id)
     if (!entry) throw new EngineError('NotFound', `model ${model.summary.name} has no variant '${ref.id}'`)

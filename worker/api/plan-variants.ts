@@ -8,6 +8,7 @@ import type { OpenedModel } from '../formats/contract'
 import type { VariantSpec } from '../inference/inference-protocol'
 import { engineModuleUrl } from '../jobs/spawn-worker'
 import { resolvePlanFor, type PlanOverridesOptions } from '../plan/apply'
+import type { CalibrationOptions } from '../plan/calibration'
 import { PlanError, type Plan, type ResolvedEntry } from '../plan/plan'
 import { planSize, type PlanSize } from '../plan/size'
 import { formatQuantSpec } from '../quant/spec'
@@ -45,11 +46,11 @@ export interface PlanVariant {
 }
 
 /** The inference variant of an inline plan, checked against the model before any work. */
-export function planVariant(model: OpenedModel, plan: Plan, name: string | undefined): PlanVariant {
+export function planVariant(model: OpenedModel, plan: Plan, name: string | undefined, calibration?: CalibrationOptions): PlanVariant {
   const source = name ? `plan '${name}'` : 'plan'
   const entries = resolveForApi(model, plan, source)
   const label = name ?? planLabel(entries)
-  const options: PlanOverridesOptions = { plan, source }
+  const options: PlanOverridesOptions = { plan, source, ...(calibration ? { calibration } : {}) }
   return {
     label,
     size: planSize(model, entries),

@@ -50,8 +50,10 @@ export interface CaptureKeyParts {
 
 const KIND = 'calibration'
 const VERSION = 1
-/** Entries kept in memory per cache (the last few captures of this thread). */
+/** Entries kept in memory per cache (the last few captures of this thread)… */
 const MEMO_ENTRIES = 4
+/** …holding at most this many bytes: a 0.5B model's XᵀX of every linear input is gigabytes. */
+const MEMO_BYTES = 1 << 30
 export const DEFAULT_CALIBRATION_CACHE_BYTES = 4 * 2 ** 30
 
 export function defaultCalibrationCacheDir(): string {
@@ -163,8 +165,14 @@ export class CalibrationCache {
   readonly counters: CalibrationCacheCounters = { memoHits: 0, diskHits: 0, captures: 0 }
   readonly disk: BoundedCacheDir | null
   private readonly memo = new Map<string, Promise<CachedCapture>>()
+  /** Bytes of the settled captures in `memo`. */
+  private readonly memoSizes = new Map<string, number>()
 
-  constructor(dir: string | null, maxBytes = DEFAULT_CALIBRATION_CACHE_BYTES) {
+  constructor(
+    dir: string | null,
+    maxBytes = DEFAULT_CALIBRATION_CACHE_BYTES,
+    private readonly memoBytes = MEMO_BYTES,
+  ) {
     this.disk = dir ? new BoundedCacheDir(dir, { kind: KIND, version: VERSION, maxBytes }) : null
   }
 
@@ -178,17 +186,37 @@ export class CalibrationCache {
     }
     const pending = this.load(key, compute)
     this.memo.set(key, pending)
-    // A failed or cancelled capture is not remembered.
-    pending.catch(() => {
-      if (this.memo.get(key) === pending) this.memo.delete(key)
-    })
-    while (this.memo.size > MEMO_ENTRIES) this.memo.delete(this.memo.keys().next().value as string)
+    pending.then(
+      (capture) => {
+        if (this.memo.get(key) !== pending) return
+        this.memoSizes.set(key, captureBytes(capture))
+        this.trim()
+      },
+      () => {
+        // A failed or cancelled capture is not remembered.
+        if (this.memo.get(key) === pending) this.memo.delete(key)
+      },
+    )
+    this.trim()
     return pending
   }
 
   /** Forgets what this thread holds in memory (the disk folder stays). */
   clearMemory(): void {
     this.memo.clear()
+    this.memoSizes.clear()
+  }
+
+  /** Oldest first, down to the entry and byte bounds (a capture alone beyond the bytes is not kept). */
+  private trim(): void {
+    let bytes = 0
+    for (const n of this.memoSizes.values()) bytes += n
+    for (const key of this.memo.keys()) {
+      if (this.memo.size <= MEMO_ENTRIES && bytes <= this.memoBytes) break
+      bytes -= this.memoSizes.get(key) ?? 0
+      this.memo.delete(key)
+      this.memoSizes.delete(key)
+    }
   }
 
   private async load(key: string, compute: () => Promise<CachedCapture>): Promise<CachedCapture> {
@@ -208,6 +236,10 @@ export class CalibrationCache {
     await this.disk?.set(key, encodeCapture(capture)).catch(() => {})
     return capture
   }
+}
+
+function captureBytes(c: CachedCapture): number {
+  return c.points.reduce((s, p) => s + p.mean.byteLength * 3 + (p.gram?.byteLength ?? 0), 0)
 }
 
 const caches = new Map<string, CalibrationCache>()

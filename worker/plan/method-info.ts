@@ -73,13 +73,18 @@ export function describeParam(key: string, schema: SchemaNode): QuantParamDescri
 export function describeMethod(method: AnyQuantMethod): QuantMethodDescription {
   const entries = (method.schema as unknown as SchemaNode).entries
   if (!entries) throw new Error(`quant method ${method.id}: its params schema is not an object schema`)
-  const defaults = v.parse(method.schema, {})
+  const params = Object.entries(entries).map(([key, schema]) => describeParam(key, schema))
+  // Bits and needs of the defaults; a required param (no default, e.g. ggml's type) takes its
+  // first option or its minimum, so menus still get a representative figure.
+  const sample = Object.fromEntries(params.map((p) => [p.key, p.default ?? p.options?.[0] ?? p.min ?? 0]))
+  const parsed = v.safeParse(method.schema, sample)
+  const defaults = parsed.success ? parsed.output : null
   return {
     id: method.id,
     label: method.label,
-    bits: method.bits(defaults),
-    needs: method.needs(defaults),
-    params: Object.entries(entries).map(([key, schema]) => describeParam(key, schema)),
+    bits: defaults ? method.bits(defaults) : 0,
+    needs: defaults ? method.needs(defaults) : 'none',
+    params,
   }
 }
 
