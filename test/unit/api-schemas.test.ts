@@ -193,6 +193,28 @@ describe('limits and nested keys', () => {
     expect(rejection('tensorStats', { ...ts, options: { binz: 8 } })).toBe("tensorStats: unknown key 'options.binz'")
   })
 
+  it('quantization: preview method count and ranges, inline plans checked by the plan schema', () => {
+    const qp = VALID.quantizePreview
+    const m = { methodId: 'rtn' }
+    expect(rejection('quantizePreview', { ...qp, methods: Array(8).fill(m) })).toBe('accepted')
+    for (const methods of [[], Array(9).fill(m)]) expect(rejection('quantizePreview', { ...qp, methods })).toBe("quantizePreview: 'methods' must be a list of 1 to 8 methods")
+    expect(rejection('quantizePreview', { ...qp, methods: [{ methodId: 'rtn', params: { bits: [4] } }] })).toBe(
+      "quantizePreview: 'methods[0].params.bits' must be a number, a boolean or a string",
+    )
+    expect(rejection('quantizePreview', { ...qp, methods: [{ methodId: 'rtn', bits: 4 }] })).toBe("quantizePreview: unknown key 'methods[0].bits'")
+    expect(rejection('quantizePreview', { ...qp, row: -1 })).toBe("quantizePreview: 'row' must be an integer in [0, 2147483648]")
+    expect(rejection('quantizePreview', { ...qp, heatmapSize: 513 })).toBe("quantizePreview: 'heatmapSize' must be an integer in [1, 512]")
+    expect(rejection('quantizePreview', { ...qp, calibrationWindows: 0 })).toBe("quantizePreview: 'calibrationWindows' must be an integer in [1, 1000000]")
+    expect(rejection('planSize', { modelId: 'm1', plan: { ...PLAN, version: 2 } })).toMatch(/^planSize: 'plan\.version' /)
+    expect(rejection('planSize', { modelId: 'm1', plan: { ...PLAN, tensors: { t: { method: 'rtn', extra: 1 } } } })).toMatch(/^planSize: /)
+    expect(rejection('evaluate', { ...VALID.evaluate, variant: { kind: 'plan', plan: PLAN, name: '' } })).toBe(
+      "evaluate: 'variant.name' must be a non-empty string of at most 200 characters",
+    )
+    expect(rejection('evaluate', { ...VALID.evaluate, variant: { kind: 'plan', plan: PLAN, name: 'int4' } })).toBe('accepted')
+    expect(rejection('savePlan', { modelId: 'm1', name: 'x'.repeat(201), plan: PLAN })).toBe("savePlan: 'name' must be a non-empty string of at most 200 characters")
+    expect(rejection('deletePlan', { modelId: 'm1' })).toBe("deletePlan: 'planId' is missing")
+  })
+
   it('absent params mean none, for methods that take none', () => {
     expect(parseApiParams('listRecent', undefined)).toEqual({})
     expect(rejection('closeModel', undefined)).toBe("closeModel: 'modelId' is missing")
