@@ -8,6 +8,8 @@ import { F16Array } from '../../worker/quant/common'
 import { packCodes, unpackCodes } from '../../worker/quant/packing'
 import { type RtnParams, type RtnTensor, quantizeRtn, rtnSchema } from '../../worker/quant/rtn'
 import { quantWasmAvailable } from '../../worker/quant/wasm-kernels'
+import { quantizeRtnF16 } from '../../worker/quant/rtn-f16'
+import { f16ToF32, f32ToF16 } from '../../worker/formats/dtypes'
 import { calibrationOf, correlatedActivations, randomWeight, seededRandom } from '../helpers/quant-calibration'
 
 /**
@@ -310,5 +312,73 @@ describe.runIf(quantWasmAvailable())("GPTQ's inverse-Hessian factor in WASM = he
     const ac = new AbortController()
     ac.abort()
     expect(() => inverseHessianFactor(hessian(50, 1), 50, ac.signal, 'wasm')).toThrow(/abort/i)
+  })
+})
+
+describe.runIf(quantWasmAvailable())('RTN from stored fp16 bits (kernel decodes) = RTN of the decoded floats', () => {
+  /** Every finite fp16 pattern once (63,488 values), shuffled; `cols` a divisor. */
+  function allFiniteHalves(seed: number): Uint16Array {
+    const out: number[] = []
+    for (let h = 0; h < 65536; h++) if ((h & 0x7c00) !== 0x7c00) out.push(h)
+    const rand = seededRandom(seed)
+    for (let i = out.length - 1; i > 0; i--) {
+      const j = Math.floor(rand() * (i + 1))
+      ;[out[i], out[j]] = [out[j]!, out[i]!]
+    }
+    return Uint16Array.from(out)
+  }
+  const decode = (h: Uint16Array) => Float32Array.from(h, (x) => f16ToF32(x))
+
+  it('every finite fp16 value (subnormals, ±0, ±65504): pairs store their smaller value exactly as the minimum', () => {
+    const h = allFiniteHalves(1)
+    const rows = 62
+    const cols = h.length / rows // 1024
+    const p = rtnParams({ bits: 8, group: 2 })
+    const a = quantizeRtn(decode(h), rows, cols, p, TS)
+    const b = quantizeRtnF16(h, rows, cols, p, WASM)
+    expectSameBytes(b.codes, a.codes, 'codes')
+    expectSameBytes(b.scales.bits, a.scales.bits, 'scale bits')
+    expectSameBytes(b.mins!.bits, a.mins!.bits, 'minimum bits')
+    // The minimum of a pair of fp16 values is one of them, stored exactly (the decode is exact).
+    for (let gi = 0; gi < h.length / 2; gi++) {
+      const lo = Math.min(f16ToF32(h[2 * gi]!), f16ToF32(h[2 * gi + 1]!))
+      expect(b.mins!.values[gi]).toBe(lo)
+    }
+  })
+
+  it('symmetric 4-bit g32 on fp16 weights, odd shape remainder chunks', () => {
+    const rand = seededRandom(4)
+    const rows = 37
+    const cols = 96
+    const h = Uint16Array.from({ length: rows * cols }, () => f32ToF16((rand() - 0.5) * 0.2))
+    const p = rtnParams({ bits: 4, group: 32, sym: true })
+    const a = quantizeRtn(decode(h), rows, cols, p, TS)
+    const b = quantizeRtnF16(h, rows, cols, p, WASM)
+    expectSameBytes(b.codes, a.codes, 'codes')
+    expectSameBytes(b.scales.bits, a.scales.bits, 'scale bits')
+  })
+
+  it('Inf and NaN patterns fail with the TS error', () => {
+    const h = new Uint16Array(64).fill(0x3c00)
+    h[37] = 0x7c00
+    expect(() => quantizeRtnF16(h, 2, 32, rtnParams({ group: 32 }), WASM)).toThrow('weight[1, 5] is Infinity')
+    h[37] = 0xfe01
+    expect(() => quantizeRtnF16(h, 2, 32, rtnParams({ group: 32 }), WASM)).toThrow('weight[1, 5] is NaN')
+  })
+})
+
+describe.runIf(quantWasmAvailable())('fp16 rounding of scales at exact ties', () => {
+  it('minimums halfway between fp16 values round to even, and the largest that still fits', () => {
+    // 1 + k·2^-11 for odd k lies exactly between two fp16 values; 65519.99 → 65504, 65520 → overflow.
+    const ties = [1 + 2 ** -11, 1 + 3 * 2 ** -11, -(2 + 2 ** -10), 2 ** -25, 3 * 2 ** -25, 2 ** -14 + 2 ** -25, 65519.99]
+    for (const t of ties) {
+      const w = Float32Array.from([t, t + 0.5, t + 1, t + 0.25])
+      const p = rtnParams({ bits: 4, group: 4 })
+      const a = quantizeRtn(w, 1, 4, p, TS)
+      const b = quantizeRtn(w, 1, 4, p, WASM)
+      expect(b.mins!.bits[0], `min ${t}`).toBe(a.mins!.bits[0])
+      expect(b.scales.bits[0], `scale for ${t}`).toBe(a.scales.bits[0])
+    }
+    expect(() => quantizeRtn(Float32Array.from([65520, 65521]), 1, 2, rtnParams({ bits: 4, group: 2 }), WASM)).toThrow('minimum of row 0 group 0 = 65520 does not fit fp16')
   })
 })

@@ -19,6 +19,7 @@ export type QuantKernelKind = 'ts' | 'wasm'
 interface QuantExports {
   memory: WebAssembly.Memory
   rtnQuantize(src: number, rows: number, cols: number, g: number, bits: number, sym: number, codes: number, scaleBits: number, scaleVals: number, minBits: number, minVals: number): number
+  decodeF16(src: number, n: number, dst: number): void
   packCodes(src: number, n: number, bits: number, dst: number): void
   unpackCodes(packed: number, bits: number, bit: number, count: number, dst: number): void
   dequantize(codes: number, rows: number, cols: number, g: number, mode: number, scales: number, offsets: number, zConst: number, colDiv: number, out: number): void
@@ -126,9 +127,10 @@ export interface RtnKernelResult {
  * rtn.ts (clip 'none') in WASM: fills `scales` (and `mins` when asymmetric) and returns the
  * packed codes, or null when a weight is NaN/Inf or a scale/minimum overflows fp16 (the caller
  * then runs the TS loop, which raises the exact error). Cancel and progress between chunks.
+ * `weight` is float32, or stored fp16 bits (Uint16Array), decoded exactly in the kernel.
  */
 export function rtnQuantizeWasm(
-  weight: Float32Array,
+  weight: Float32Array | Uint16Array,
   rows: number,
   cols: number,
   bits: number,
@@ -148,6 +150,7 @@ export function rtnQuantizeWasm(
   const L = new Layout()
   const n = chunkRows * cols
   const src = L.take(n * 4)
+  const raw = weight instanceof Uint16Array ? L.take(n * 2) : 0
   const codes = L.take(n)
   const packed = L.take(packedBytes(n, bits) + 8)
   const groups = chunkRows * perRow
@@ -162,7 +165,10 @@ export function rtnQuantizeWasm(
       const r1 = Math.min(rows, r0 + chunkRows)
       const m = (r1 - r0) * cols
       const mem = L.commit(x)
-      new Float32Array(mem, src, m).set(weight.subarray(r0 * cols, r1 * cols))
+      if (weight instanceof Uint16Array) {
+        new Uint16Array(mem, raw, m).set(weight.subarray(r0 * cols, r1 * cols))
+        x.decodeF16(raw, m, src)
+      } else new Float32Array(mem, src, m).set(weight.subarray(r0 * cols, r1 * cols))
       const status = x.rtnQuantize(src, r1 - r0, cols, groupCols, bits, sym ? 1 : 0, codes, sBits, sVals, mBits, mVals)
       if (status !== 0) return null
       x.packCodes(codes, m, bits, packed)

@@ -32,17 +32,10 @@
     if (rem > half || (rem == half && (r & 1) != 0)) r++
     return sign | r
   }
-  let r = mant >>> 13
-  const rem = mant & 0x1fff
-  if (rem > 0x1000 || (rem == 0x1000 && (r & 1) != 0)) {
-    r++
-    if (r == 0x400) {
-      r = 0
-      e++
-      if (e >= 31) return sign | 0x7c00
-    }
-  }
-  return sign | (<u32>e << 10) | r
+  // Round to nearest even on exponent|mantissa at once: a carry out of the mantissa bumps the
+  // exponent, and one into exponent 31 leaves mantissa 0, which is Inf — as the TS code returns.
+  const y = (<u32>e << 23) | mant
+  return sign | ((y + 0x0fff + ((y >>> 13) & 1)) >>> 13)
 }
 
 /** fp16 bits → float32 (exact). */
@@ -61,6 +54,14 @@
 const RTN_OK: i32 = 0
 const RTN_NON_FINITE: i32 = 1
 const RTN_F16_OVERFLOW: i32 = 2
+
+/** Minimum / maximum of two non-NaN floats (either zero when both are zeros: fixed by firstZero). */
+@inline function lowest(a: f32, b: f32): f32 {
+  return b < a ? b : a
+}
+@inline function highest(a: f32, b: f32): f32 {
+  return a < b ? b : a
+}
 
 /** Index of the first ±0 in [p, p + 4n) as float32 bits (JS's `w < lo` keeps the first zero seen). */
 @inline function firstZero(p: usize, n: i32): f32 {
@@ -99,31 +100,35 @@ export function rtnQuantize(
   const qmaxF = <f32>qmax
   const g4 = g & ~3
   const half = f32x4.splat(0.5)
-  const zero = f32x4.splat(0)
   const one = f32x4.splat(1)
   const signMask = i32x4.splat(0x80000000)
   const hiV = f32x4.splat(qmaxF)
   const loV = f32x4.splat(sym ? -qmaxF : 0)
-  const offV = f32x4.splat(sym ? qmaxF : 0)
+  // q + offset + 2^23: an exact integer whose low byte is the code (no float→int conversion).
+  const offMagic = f32x4.splat((sym ? qmaxF : 0) + <f32>8388608)
   for (let gi = 0; gi < groups; gi++) {
     const p = src + (<usize>gi * <usize>g << 2)
     const c = codes + <usize>gi * <usize>g
-    // Group min/max; wasm min/max propagate NaN, and ±Inf shows in the result: one check below.
+    // Group min/max with pmin/pmax (one instruction each; no NaN semantics), and x − x, which
+    // is +0 for finite x and NaN for ±Inf/NaN, OR-ed into `bad`.
     let vlo = f32x4.splat(Infinity)
     let vhi = f32x4.splat(-Infinity)
+    let bad = i32x4.splat(0)
     for (let j = 0; j < g4; j += 4) {
       const x = v128.load(p + (<usize>j << 2))
-      vlo = f32x4.min(vlo, x)
-      vhi = f32x4.max(vhi, x)
+      vlo = f32x4.pmin(vlo, x)
+      vhi = f32x4.pmax(vhi, x)
+      bad = v128.or(bad, f32x4.sub(x, x))
     }
-    let lo = min(min(f32x4.extract_lane(vlo, 0), f32x4.extract_lane(vlo, 1)), min(f32x4.extract_lane(vlo, 2), f32x4.extract_lane(vlo, 3)))
-    let hi = max(max(f32x4.extract_lane(vhi, 0), f32x4.extract_lane(vhi, 1)), max(f32x4.extract_lane(vhi, 2), f32x4.extract_lane(vhi, 3)))
+    if (v128.any_true(bad)) return RTN_NON_FINITE
+    let lo = lowest(lowest(f32x4.extract_lane(vlo, 0), f32x4.extract_lane(vlo, 1)), lowest(f32x4.extract_lane(vlo, 2), f32x4.extract_lane(vlo, 3)))
+    let hi = highest(highest(f32x4.extract_lane(vhi, 0), f32x4.extract_lane(vhi, 1)), highest(f32x4.extract_lane(vhi, 2), f32x4.extract_lane(vhi, 3)))
     for (let j = g4; j < g; j++) {
       const w = load<f32>(p + (<usize>j << 2))
-      lo = min(lo, w)
-      hi = max(hi, w)
+      if (w - w != 0) return RTN_NON_FINITE
+      if (w < lo) lo = w
+      if (w > hi) hi = w
     }
-    if (lo - lo != 0 || hi - hi != 0) return RTN_NON_FINITE
     // The sign of a zero extreme is that of the first zero in the group, as in the TS scan.
     if (lo == 0) lo = firstZero(p, g)
     if (hi == 0) hi = firstZero(p, g)
@@ -168,9 +173,9 @@ export function rtnQuantize(
       } else {
         q = f32x4.floor(f32x4.add(f32x4.div(f32x4.sub(x, mv), sv), half))
       }
-      q = f32x4.add(f32x4.min(f32x4.max(q, loV), hiV), offV)
-      const n = i32x4.trunc_sat_f32x4_s(f32x4.max(q, zero))
-      const b = i8x16.narrow_i16x8_u(i16x8.narrow_i32x4_s(n, n), i16x8.narrow_i32x4_s(n, n))
+      // No NaN reaches here ((w − m)/s and w/s are finite or ±Inf), so pmin/pmax clamp exactly.
+      q = f32x4.add(f32x4.pmin(f32x4.pmax(q, loV), hiV), offMagic)
+      const b = i8x16.shuffle(q, q, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12)
       store<u32>(c + <usize>j, i32x4.extract_lane(b, 0))
     }
     for (let j = g4; j < g; j++) {
@@ -188,6 +193,34 @@ export function rtnQuantize(
     }
   }
   return RTN_OK
+}
+
+// ---- fp16 decode -------------------------------------------------------------------------------
+
+/**
+ * n stored fp16 values → float32, exactly: (h & 0x7fff) << 13 read as a float and scaled by
+ * 2^112 is exact for normal and subnormal halves; exponent 31 becomes Inf/NaN by bits.
+ */
+export function decodeF16(src: usize, n: i32, dst: usize): void {
+  const scale = f32x4.splat(reinterpret<f32>(0x77800000)) // 2^112
+  const magMask = i32x4.splat(0x7fff)
+  const infBits = i32x4.splat(0x7c00)
+  const expAll = i32x4.splat(0x7f800000)
+  const n8 = n & ~7
+  let i = 0
+  for (; i < n8; i += 8) {
+    const h = v128.load(src + (<usize>i << 1))
+    for (let half = 0; half < 2; half++) {
+      const v = half == 0 ? i32x4.extend_low_i16x8_u(h) : i32x4.extend_high_i16x8_u(h)
+      const em = v128.and(v, magMask)
+      const shifted = i32x4.shl(em, 13)
+      let f = f32x4.mul(shifted, scale)
+      f = v128.bitselect(v128.or(shifted, expAll), f, i32x4.ge_s(em, infBits))
+      f = v128.or(f, i32x4.shl(v128.andnot(v, magMask), 16))
+      v128.store(dst + (<usize>(i + half * 4) << 2), f)
+    }
+  }
+  for (; i < n; i++) store<f32>(dst + (<usize>i << 2), f16Value(<u32>load<u16>(src + (<usize>i << 1))))
 }
 
 // ---- bit packing (worker/quant/packing.ts) ------------------------------------------------------
