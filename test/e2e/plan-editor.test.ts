@@ -1,0 +1,175 @@
+/**
+ * End to end, browser mode in Chromium on the embedded default model: the layer grid as a
+ * plan editor. Select the q column by its header, give it 3-bit RTN; the size shown equals
+ * worker/plan/size.ts on the plan the page exports (and the byte count written out by hand);
+ * save the plan, reload, load it back; compare two methods on one weight in the inspector
+ * (levels drawn, two metric rows with different MSE); colour the grid by the plan's error;
+ * evaluate the plan on 2 windows into the runs table under the plan's name.
+ * Screenshots: test-artifacts/plan-*.png.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import type { BrowserContext, Page } from 'playwright-core'
+import type { OpenedModel } from '../../worker/formats/contract'
+import { openModel } from '../../worker/formats/open-model'
+import { classifyTensor } from '../../worker/model/logical-model'
+import { resolvePlanFor } from '../../worker/plan/apply'
+import { modelFingerprint, parsePlan, type Plan } from '../../worker/plan/plan'
+import { planSize } from '../../worker/plan/size'
+import { launchChromiumPage } from '../helpers/chromium-page'
+import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
+
+const ROOT = resolve(import.meta.dirname, '..', '..')
+const ARTIFACTS = join(ROOT, 'test-artifacts')
+const MODEL = join(ROOT, 'resources', 'models', 'default')
+const PLAN_NAME = 'q-rtn3'
+
+let dir: string
+let host: HostProcess
+let browser: BrowserContext
+let page: Page
+let model: OpenedModel
+let qNames: string[]
+/** The size the page showed for the 3-bit q plan. */
+let shownBytes = 0
+const pageProblems: string[] = []
+
+async function sizeShown(): Promise<number> {
+  await page.waitForSelector('[data-testid="plan-size"][data-pending="false"]:not([data-bytes=""])', { timeout: 30_000 })
+  return Number(await page.getAttribute('[data-testid="plan-size"]', 'data-bytes'))
+}
+
+async function cellBits(): Promise<Record<string, number>> {
+  return page.$$eval('[data-testid^="plan-cell-"]', (els) => Object.fromEntries(els.map((e) => [e.getAttribute('data-tensor')!, Number(e.getAttribute('data-bits'))])))
+}
+
+describe('plan editor end to end', () => {
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'qs-e2e-plan-'))
+    await mkdir(ARTIFACTS, { recursive: true })
+    model = await openModel(MODEL)
+    qNames = model.tensors.filter((t) => classifyTensor(t.name).role === 'q' && t.shape.length === 2).map((t) => t.name)
+    host = await startHostProcess([MODEL, '--state-dir', join(dir, 'state'), '--cache-dir', join(dir, 'cache')])
+    ;({ browser, page } = await launchChromiumPage(join(dir, 'chromium'), pageProblems))
+  })
+
+  afterAll(async () => {
+    await browser?.close().catch(() => {})
+    await host?.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('plans 3-bit RTN for the q column; the size shown is the engine size of the exported plan', async () => {
+    expect(qNames.length).toBe(8)
+    await page.goto(host.url)
+    await page.waitForSelector('.app[data-ready="true"]', { timeout: 60_000 })
+    await page.click('[data-testid="tab-grid"]')
+    await page.waitForSelector('[data-testid="plan-method"] option[value="rtn"]', { state: 'attached', timeout: 30_000 })
+    // Nothing planned: the model as stored.
+    const stored = await sizeShown()
+    expect(stored).toBe(model.tensors.reduce((a, t) => a + (t.derivedFrom ? 0 : t.byteLength), 0))
+
+    await page.click('[data-testid="plan-col-q"]')
+    expect(await page.getAttribute('[data-testid="plan-selection"]', 'data-count')).toBe('8')
+    await page.selectOption('[data-testid="plan-method"]', 'rtn')
+    await page.click('[data-testid="plan-bits-3"]')
+    const bits = await cellBits()
+    expect(Object.keys(bits).length).toBe(56)
+    for (const [t, b] of Object.entries(bits)) expect([t, b]).toEqual([t, qNames.includes(t) ? 3 : 16])
+    const label = await page.getAttribute('[data-testid="plan-cell-0-q"]', 'aria-label')
+    expect(label).toMatch(/^block 0 q: 3 bits, rtn g128; .*selected$/)
+
+    shownBytes = await sizeShown()
+    // The plan the page built, through its JSON export.
+    await page.fill('[data-testid="plan-name"]', PLAN_NAME)
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('[data-testid="plan-export"]')])
+    const plan: Plan = parsePlan(await readFile(await download.path(), 'utf8'), 'exported plan')
+    expect(plan.model.fingerprint).toBe(modelFingerprint(model))
+    expect(Object.keys(plan.tensors).sort()).toEqual([...qNames].sort())
+    for (const e of Object.values(plan.tensors)) expect(e).toMatchObject({ method: 'rtn', params: { bits: 3, group: 128, sym: false } })
+    const size = planSize(model, resolvePlanFor(model, plan, 'exported plan'))
+    expect(shownBytes).toBe(size.bytes)
+    // By hand: each q weight is 256 × 256; 3-bit codes packed, an fp16 scale and min per 128 columns.
+    const q = model.tensors.find((t) => t.name === qNames[0])!
+    expect(q.shape).toEqual([256, 256])
+    const perTensor = (256 * 256 * 3) / 8 + 256 * 2 * 4
+    expect(shownBytes).toBe(stored - 8 * q.byteLength + 8 * perTensor)
+    expect(Number(await page.getAttribute('[data-testid="plan-bpw"]', 'data-value'))).toBeCloseTo((8 * perTensor) / (256 * 256), 9)
+    expect(await page.innerText('[data-testid="plan-size-bytes"]')).toMatch(/MiB$/)
+    await page.screenshot({ path: join(ARTIFACTS, 'plan-grid.png'), fullPage: true })
+  })
+
+  it('saves the plan, and loads it back after a reload', async () => {
+    await page.click('[data-testid="plan-save"]')
+    await page.waitForSelector(`[data-testid="plan-saved-row"]:has-text("${PLAN_NAME}")`, { timeout: 15_000 })
+    await page.reload()
+    await page.waitForSelector('.app[data-ready="true"]', { timeout: 60_000 })
+    await page.waitForSelector('[data-testid="plan-grid"]', { timeout: 30_000 })
+    // A fresh page starts with nothing planned.
+    expect(Object.values(await cellBits()).every((b) => b === 16)).toBe(true)
+    const row = page.locator('[data-testid="plan-saved-row"]', { hasText: PLAN_NAME })
+    await row.waitFor({ timeout: 15_000 })
+    await row.locator('[data-testid="plan-load"]').click()
+    const bits = await cellBits()
+    for (const [t, b] of Object.entries(bits)) expect([t, b]).toEqual([t, qNames.includes(t) ? 3 : 16])
+    expect(await page.inputValue('[data-testid="plan-name"]')).toBe(PLAN_NAME)
+    expect(await sizeShown()).toBe(shownBytes)
+  })
+
+  it('colours the grid by the weight error of the plan', async () => {
+    await page.click('[data-testid="grid-stat-plan-error"]')
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid^="plan-cell-"][data-bits="3"] .value').length === 8, undefined, { timeout: 60_000 })
+    expect(await page.getAttribute('[data-testid="grid-chart"]', 'data-colour-map')).toBe('sequential')
+    // Only planned cells carry an error; kept ones stay uncoloured.
+    expect(await page.locator('[data-testid^="plan-cell-"][data-bits="16"] .value').count()).toBe(0)
+    await page.locator('[data-testid="layer-grid"]').screenshot({ path: join(ARTIFACTS, 'plan-grid-error.png') })
+  })
+
+  it('compares two methods on one weight in the inspector', async () => {
+    await page.click('[data-testid="plan-cell-2-q"]', { modifiers: ['Control'] })
+    await page.keyboard.press('i')
+    await page.waitForSelector('[data-testid="quant-compare"]', { timeout: 15_000 })
+    expect(await page.innerText('[data-testid="inspector-name"]')).toBe(qNames.find((n) => n.includes('layers.2.'))!)
+    expect(await page.locator('[data-testid="compare-choice"]').count()).toBe(2)
+    await page.click('[data-testid="compare-run"]')
+    const rows = page.locator('[data-testid="compare-metrics-row"]')
+    await rows.nth(1).waitFor({ timeout: 60_000 })
+    expect(await rows.count()).toBe(2)
+    const mse = (await rows.evaluateAll((els) => els.map((e) => Number(e.getAttribute('data-mse'))))) as number[]
+    expect(mse.every((m) => m > 0 && Number.isFinite(m))).toBe(true)
+    expect(mse[0]).not.toBe(mse[1])
+    expect(await rows.evaluateAll((els) => els.map((e) => e.getAttribute('data-method')))).toEqual(['rtn', 'nf4'])
+    await page.waitForSelector('[data-testid="levels-chart"][data-rendered="true"] canvas', { timeout: 30_000 })
+    // 4-bit RTN and NF4 each give a group 16 levels.
+    expect(await page.getAttribute('[data-testid="levels-chart"]', 'data-levels')).toBe('16,16')
+    await rows.nth(1).click()
+    await page.waitForSelector('[data-testid="error-heatmap-chart"][data-rendered="true"] canvas', { timeout: 30_000 })
+    await page.waitForSelector('[data-testid="error-histogram-chart"][data-rendered="true"] canvas', { timeout: 30_000 })
+    await page.locator('[data-testid="quant-compare"]').screenshot({ path: join(ARTIFACTS, 'plan-compare.png') })
+  })
+
+  it('evaluates the plan on 2 windows into the runs table under its name', async () => {
+    await page.click('[data-testid="tab-evaluate"]')
+    await page.waitForSelector('[data-testid="runs-empty"]', { timeout: 30_000 })
+    // ctx beyond the model's 512 trained positions is flagged before running.
+    await page.fill('[data-testid="eval-ctx"]', '1024')
+    expect(await page.innerText('[data-testid="eval-ctx-warning"]')).toMatch(/max_position_embeddings \(512\)/)
+    await page.fill('[data-testid="eval-ctx"]', '256')
+    expect(await page.locator('[data-testid="eval-ctx-warning"]').count()).toBe(0)
+
+    const index = await page.$eval('[data-testid="eval-variant"]', (s) => [...(s as HTMLSelectElement).options].findIndex((o) => o.dataset.testid === 'eval-variant-plan'))
+    await page.selectOption('[data-testid="eval-variant"]', { index })
+    await page.fill('[data-testid="eval-max-windows"]', '2')
+    await page.click('[data-testid="eval-run"]')
+    const row = page.locator('[data-testid="run-row"]').first()
+    await row.waitFor({ timeout: 90_000 })
+    expect(await row.locator('[data-testid="run-variant"]').innerText()).toBe(PLAN_NAME)
+    expect(Number(await row.locator('[data-testid="run-size"]').getAttribute('data-bytes'))).toBe(shownBytes)
+    expect(Number(await row.locator('[data-testid="run-ppl"]').getAttribute('data-value'))).toBeGreaterThan(1)
+    expect(await row.locator('td').nth(2).innerText()).toBe('256 × 2')
+    await page.screenshot({ path: join(ARTIFACTS, 'plan-evaluate.png'), fullPage: true })
+    expect(pageProblems).toEqual([])
+  })
+})
