@@ -127,6 +127,8 @@ describe('calibration cache', () => {
     const back = decodeCapture(encodeCapture(capture))
     expect(back).toEqual(capture)
     expect(Object.is(back.points[1]!.meanSq[0], -0)).toBe(true)
+    // Every array owns its buffer (posting one layer's XᵀX to a worker must not copy the others).
+    for (const p of back.points) for (const a of [p.mean, p.meanAbs, p.meanSq, p.gram]) if (a) expect(a.buffer.byteLength).toBe(a.byteLength)
     expect(() => decodeCapture(encodeCapture(capture).subarray(0, -8))).toThrow(/shorter/)
   })
 })

@@ -127,13 +127,15 @@ export function decodeCapture(payload: Uint8Array): CachedCapture {
   }
   let at = eol + 1
   at += (8 - (at % 8)) % 8
-  // One aligned copy of the data (the payload view may sit at any offset of its buffer).
-  const data = new Float64Array(payload.slice(at).buffer)
-  let k = 0
+  if ((payload.length - at) % 8 !== 0) throw new Error('calibration cache entry is not whole float64s')
+  const end = payload.length
+  // Each array gets a buffer of its own: a view into one shared buffer would be copied whole
+  // every time one layer's calibration is posted to a worker (structured clone copies buffers).
   const take = (n: number): Float64Array => {
-    if (k + n > data.length) throw new Error('calibration cache entry is shorter than its header says')
-    const a = data.subarray(k, k + n)
-    k += n
+    if (at + 8 * n > end) throw new Error('calibration cache entry is shorter than its header says')
+    const a = new Float64Array(n)
+    new Uint8Array(a.buffer).set(payload.subarray(at, at + 8 * n))
+    at += 8 * n
     return a
   }
   const points = header.points.map((p) => ({
@@ -144,7 +146,7 @@ export function decodeCapture(payload: Uint8Array): CachedCapture {
     meanSq: take(p.channels),
     gram: p.gram ? take(p.channels * p.channels) : null,
   }))
-  if (k !== data.length) throw new Error('calibration cache entry is longer than its header says')
+  if (at !== end) throw new Error('calibration cache entry is longer than its header says')
   return { ctx: header.ctx, windows: header.windows, tokens: header.tokens, linearInputs: header.linearInputs, points }
 }
 
