@@ -5,7 +5,7 @@ import { QUANT_METHODS } from '../../worker/quant/registry'
 
 describe('registry', () => {
   it('holds every method under its id, any4/any3/any2 as their own names', () => {
-    expect([...QUANT_METHODS.keys()].sort()).toEqual(['any2', 'any3', 'any4', 'awq', 'fp4', 'gptq', 'kmeans', 'nf4', 'rtn'])
+    expect([...QUANT_METHODS.keys()].sort()).toEqual(['any2', 'any3', 'any4', 'awq', 'fp4', 'ggml', 'gptq', 'kmeans', 'nf4', 'rtn'])
     for (const [id, m] of QUANT_METHODS) expect(m.id).toBe(id)
     expect(QUANT_METHODS.get('any3')!.bits(parseQuantSpec('any3').params)).toBe(3)
   })
@@ -38,7 +38,7 @@ describe('METHOD[:key=value,...] specs', () => {
   })
 
   it.each([
-    ['foo:bits=4', /unknown method 'foo' \(methods: rtn, nf4, fp4, any4, any3, any2, kmeans, gptq, awq\)/],
+    ['foo:bits=4', /unknown method 'foo' \(methods: rtn, nf4, fp4, any4, any3, any2, kmeans, gptq, awq, ggml\)/],
     ['rtn:bits=9', /'rtn:bits=9': bits: bits must be an integer from 2 to 8, got 9/],
     ['rtn:bits=1', /bits must be an integer from 2 to 8, got 1/],
     ['rtn:bits=4.5', /bits must be an integer from 2 to 8, got 4.5/],
