@@ -90,6 +90,12 @@ describe('listQuantMethods', () => {
 })
 
 describe('planSize', () => {
+  it('the model summary reports the fingerprint plans carry', async () => {
+    const summary = await engine.openModel({ path: DEFAULT })
+    expect(summary.fingerprint).toBe(planFromSpec(model, 'nf4').model.fingerprint)
+    await engine.closeModel({ modelId: summary.modelId })
+  })
+
   it('gives the exact planned size; a plan that does not fit fails as a PlanError naming the tensor', async () => {
     const plan = planFromSpec(model, 'rtn:bits=4,group=128')
     const size = await engine.planSize({ modelId, plan })

@@ -94,6 +94,8 @@ export interface ModelSummary {
   finalNorm: string | null
   unassigned: string[]
   tokenizerPath: string | null
+  /** Identity of the tensor layout, as plans made for this model carry it (plan/plan.ts modelFingerprint). */
+  fingerprint: string
   /** A few format metadata entries, stringified and shortened for display. */
   metadata: { key: string; value: string }[]
 }

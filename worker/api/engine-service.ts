@@ -35,6 +35,7 @@ import { orientationPlan, orientStats } from '../stats/orientation'
 import { EngineError } from './errors'
 import { EvaluateService, type EvalRunsBackend, type InferenceApi, type VariantCatalog } from './evaluate-service'
 import { QuantApi } from './quant-api'
+import { modelFingerprint } from '../plan/plan'
 import type { SavedPlansBackend } from './saved-plans'
 
 /** The part of StatsService the engine uses (a fake can stand in for tests). */
@@ -424,6 +425,7 @@ export async function summarizeModel(
     finalNorm: logical.finalNorm,
     unassigned: logical.unassigned,
     tokenizerPath: model.tokenizerPath,
+    fingerprint: modelFingerprint(model),
     metadata: displayMetadata(model.metadata),
   }
 }
