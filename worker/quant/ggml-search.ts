@@ -68,15 +68,14 @@ export function makeQxQuants(n: number, nmax: number, x: ArrayLike<number>, xo: 
     rmseType = -rmseType
     returnEarly = true
   }
-  const weight = (xi: number, i: number): number =>
-    qw ? qw[qo + i]! : rmseType === 1 ? f(xi * xi) : rmseType === 2 ? 1 : rmseType === 3 ? Math.abs(xi) : f(Math.sqrt(Math.abs(xi)))
+  const weight = qxWeights(n, x, xo, rmseType, qw, qo)
   let sumlx = 0
   let suml2 = 0
   for (let i = 0; i < n; i++) {
     const xi = x[xo + i]!
     const l = clamp(nearestInt(f(iscale * xi)), -nmax, nmax - 1)
     L[lo + i] = l + nmax
-    const w = weight(xi, i)
+    const w = weight[i]!
     sumlx = f(sumlx + f(f(w * xi) * l))
     suml2 = f(suml2 + f(f(w * l) * l))
   }
@@ -91,7 +90,7 @@ export function makeQxQuants(n: number, nmax: number, x: ArrayLike<number>, xo: 
     for (let i = 0; i < n; i++) {
       const xi = x[xo + i]!
       const l = clamp(nearestInt(f(iscale * xi)), -nmax, nmax - 1)
-      const w = weight(xi, i)
+      const w = weight[i]!
       sumlx = f(sumlx + f(f(w * xi) * l))
       suml2 = f(suml2 + f(f(w * l) * l))
     }
@@ -102,6 +101,18 @@ export function makeQxQuants(n: number, nmax: number, x: ArrayLike<number>, xo: 
     }
   }
   return scale
+}
+
+const qxScratch = new Float32Array(256)
+
+/** make_qx_quants' weight of each value: qw when given, else by rmse_type (1: x², 2: 1, 3: |x|, else √|x|). */
+function qxWeights(n: number, x: ArrayLike<number>, xo: number, rmseType: number, qw: ArrayLike<number> | null, qo: number): Float32Array {
+  const out = qxScratch.subarray(0, n)
+  for (let i = 0; i < n; i++) {
+    const xi = x[xo + i]!
+    out[i] = qw ? qw[qo + i]! : rmseType === 1 ? f(xi * xi) : rmseType === 2 ? 1 : rmseType === 3 ? Math.abs(xi) : f(Math.sqrt(Math.abs(xi)))
+  }
+  return out
 }
 
 /**
@@ -194,16 +205,17 @@ function makeQkxQuants(
   nstep: number,
   useMad: boolean,
 ): AffineFit {
-  const w = (i: number): number => (weights ? weights[i]! : f(x[xo + i]! * x[xo + i]!))
+  // qkx3 without weights uses x²; filled once so the hot loops read one array.
+  const w = weights ?? scratchSquares(x, xo, n)
   let min = x[xo]!
   let max = x[xo]!
-  let sumW = w(0)
+  let sumW = w[0]!
   let sumX = f(sumW * x[xo]!)
   for (let i = 1; i < n; i++) {
     const xi = x[xo + i]!
     if (xi < min) min = xi
     if (xi > max) max = xi
-    const wi = w(i)
+    const wi = w[i]!
     sumW = f(sumW + wi)
     sumX = f(sumX + f(wi * xi))
   }
@@ -222,7 +234,7 @@ function makeQkxQuants(
     L[lo + i] = l
     let diff = f(f(f(scale * l) + min) - xi)
     diff = useMad ? Math.abs(diff) : f(diff * diff)
-    bestError = f(bestError + f(w(i) * diff))
+    bestError = f(bestError + f(w[i]! * diff))
   }
   if (nstep < 1) return { scale, theMin: -min }
   for (let is = 0; is <= nstep; is++) {
@@ -234,7 +246,7 @@ function makeQkxQuants(
       const xi = x[xo + i]!
       const l = clamp(nearestInt(f(iscale * f(xi - min))), 0, nmax)
       Laux[i] = l
-      const wi = w(i)
+      const wi = w[i]!
       const wl = f(wi * l)
       sumL = f(sumL + wl)
       sumL2 = f(sumL2 + f(wl * l))
@@ -252,7 +264,7 @@ function makeQkxQuants(
       for (let i = 0; i < n; i++) {
         let diff = f(f(f(thisScale * Laux[i]!) + thisMin) - x[xo + i]!)
         diff = useMad ? Math.abs(diff) : f(diff * diff)
-        err = f(err + f(w(i) * diff))
+        err = f(err + f(w[i]! * diff))
       }
       if (err < bestError) {
         for (let i = 0; i < n; i++) L[lo + i] = Laux[i]!
@@ -263,6 +275,12 @@ function makeQkxQuants(
     }
   }
   return { scale, theMin: -min }
+}
+
+function scratchSquares(x: ArrayLike<number>, xo: number, n: number): Float32Array {
+  const out = new Float32Array(n)
+  for (let i = 0; i < n; i++) out[i] = f(x[xo + i]! * x[xo + i]!)
+  return out
 }
 
 export function makeQkx2Quants(n: number, nmax: number, x: ArrayLike<number>, xo: number, weights: ArrayLike<number>, L: Uint8Array, lo: number, Laux: Uint8Array, rmin: number, rdelta: number, nstep: number, useMad: boolean): AffineFit {
