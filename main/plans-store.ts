@@ -1,8 +1,10 @@
 /**
  * Saved quantization plans, kept per model in one small JSON file in the engine's state folder
  * (beside eval-runs.json and recent-models.json), keyed by the model's absolute path, so a
- * model's plans come back when it is opened again. Written atomically (temporary file, then
- * rename); read through the schema plan by plan, so a corrupt record loses only itself.
+ * model's plans come back when it is opened again. Several processes may share the file: every
+ * change is a read-modify-write under a lock file (worker/io/file-lock.ts), written atomically
+ * (temporary file, then rename); it is read through the schema plan by plan, so a corrupt
+ * record loses only itself.
  *
  * File: { "version": 1, "models": { "/abs/model/path": [SavedPlan, …] } }
  */
@@ -11,6 +13,7 @@ import { dirname, resolve } from 'node:path'
 import * as v from 'valibot'
 import type { SavedPlan } from '../worker/api/contract'
 import { describeIssue } from '../worker/api/parse-request'
+import { withFileLock } from '../worker/io/file-lock'
 import type { SavedPlansBackend } from '../worker/api/saved-plans'
 import { plansDocumentSchema, savedPlanSchema } from '../worker/api/schemas'
 
@@ -62,10 +65,13 @@ export class SavedPlansFile implements SavedPlansBackend {
   /** Read, change, write (only when `change` says it changed something), one at a time. */
   private update(change: (doc: PlansDocument) => Promise<boolean>): Promise<boolean> {
     const next = this.queue.then(async () => {
-      const doc = await this.read()
-      const changed = await change(doc)
-      if (changed) await this.write(doc)
-      return changed
+      await mkdir(dirname(this.file), { recursive: true })
+      return withFileLock(this.file, async () => {
+        const doc = await this.read()
+        const changed = await change(doc)
+        if (changed) await this.write(doc)
+        return changed
+      })
     })
     this.queue = next.catch(() => {})
     return next
@@ -104,7 +110,7 @@ export class SavedPlansFile implements SavedPlansBackend {
 
   private async write(doc: PlansDocument): Promise<void> {
     await mkdir(dirname(this.file), { recursive: true })
-    const tmp = `${this.file}.${process.pid}.${Date.now()}.tmp`
+    const tmp = `${this.file}.${process.pid}.tmp`
     await writeFile(tmp, JSON.stringify(doc, null, 1))
     await rename(tmp, this.file)
   }

@@ -216,6 +216,19 @@ describe('saved plans', () => {
     expect((await engine.listPlans({ modelId })).map((p) => p.id)).toEqual([first.id])
   })
 
+  it('two stores writing one file at once (two processes) lose no plan: the lock orders them', async () => {
+    const file = join(dir, 'shared-plans.json')
+    const plan = planFromSpec(model, 'nf4')
+    const [a, b] = [new SavedPlansFile(file), new SavedPlansFile(file)]
+    const saves = []
+    for (let i = 0; i < 40; i++) {
+      saves.push(a.save({ id: `a${i}`, name: `a${i}`, modelPath: '/m', savedAt: i, plan }))
+      saves.push(b.save({ id: `b${i}`, name: `b${i}`, modelPath: '/m', savedAt: i, plan }))
+    }
+    await Promise.all(saves)
+    expect((await a.list('/m')).length).toBe(80)
+  })
+
   it('a corrupt plans file record is skipped with a warning, the good ones kept', async () => {
     const file = join(dir, 'other-plans.json')
     const good = { id: 'p1', name: 'ok', modelPath: '/m', savedAt: 1, plan: planFromSpec(model, 'nf4') }
