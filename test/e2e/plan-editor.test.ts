@@ -4,7 +4,8 @@
  * worker/plan/size.ts on the plan the page exports (and the byte count written out by hand);
  * save the plan, reload, load it back; compare two methods on one weight in the inspector
  * (levels drawn, two metric rows with different MSE); colour the grid by the plan's error;
- * evaluate the plan on 2 windows into the runs table under the plan's name.
+ * cancel a calibrated comparison; evaluate the plan on 2 windows into the runs table under the
+ * plan's name, and generate with the base and the plan side by side.
  * Screenshots: test-artifacts/plan-*.png.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
@@ -148,6 +149,20 @@ describe('plan editor end to end', () => {
     await page.waitForSelector('[data-testid="error-heatmap-chart"][data-rendered="true"] canvas', { timeout: 30_000 })
     await page.waitForSelector('[data-testid="error-histogram-chart"][data-rendered="true"] canvas', { timeout: 30_000 })
     await page.locator('[data-testid="quant-compare"]').screenshot({ path: join(ARTIFACTS, 'plan-compare.png') })
+
+    // A calibrated method's job shows progress and stops on Cancel.
+    await page.selectOption('[data-testid="compare-method"]', 'gptq')
+    await page.click('[data-testid="compare-add"]')
+    expect(await page.locator('[data-testid="compare-choice"]').count()).toBe(3)
+    await page.click('[data-testid="compare-run"]')
+    const progress = page.locator('[data-testid="quant-compare"] [data-testid="progress"]')
+    await progress.waitFor({ timeout: 10_000 })
+    await progress.locator('button', { hasText: 'Cancel' }).click()
+    await page.waitForSelector('[data-testid="job-cancelled"]', { timeout: 30_000 })
+    expect(await page.innerText('[data-testid="job-cancelled"]')).toMatch(/with 3 methods: cancelled/)
+    expect(await progress.count()).toBe(0)
+    // The last finished comparison stays on screen.
+    expect(await rows.count()).toBe(2)
   })
 
   it('evaluates the plan on 2 windows into the runs table under its name', async () => {
@@ -169,6 +184,15 @@ describe('plan editor end to end', () => {
     expect(Number(await row.locator('[data-testid="run-size"]').getAttribute('data-bytes'))).toBe(shownBytes)
     expect(Number(await row.locator('[data-testid="run-ppl"]').getAttribute('data-value'))).toBeGreaterThan(1)
     expect(await row.locator('td').nth(2).innerText()).toBe('256 × 2')
+
+    // Generation: the base against the plan, side by side.
+    await page.click('[data-testid="gen-base-vs-plan"]')
+    await page.fill('[data-testid="gen-max-tokens"]', '8')
+    await page.click('[data-testid="gen-run"]')
+    await page.waitForSelector('[data-testid="gen-output"][data-done="true"] >> nth=1', { timeout: 90_000, state: 'attached' })
+    const outputs = page.locator('[data-testid="gen-output"]')
+    expect(await outputs.locator('[data-testid="gen-output-label"]').allInnerTexts()).toEqual(['base', PLAN_NAME])
+    for (const t of await outputs.locator('[data-testid="gen-output-text"]').allInnerTexts()) expect(t.length).toBeGreaterThan(0)
     await page.screenshot({ path: join(ARTIFACTS, 'plan-evaluate.png'), fullPage: true })
     expect(pageProblems).toEqual([])
   })
