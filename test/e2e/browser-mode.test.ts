@@ -203,9 +203,10 @@ describe('browser mode end to end', () => {
 
   it('computes the layer grid', async () => {
     await page.click('[data-testid="tab-grid"]')
-    await page.waitForSelector('[data-testid="grid-chart"][data-rendered="true"] canvas', { timeout: 60_000 })
+    // The grid is HTML: coloured once the statistics arrive.
+    await page.waitForSelector('[data-testid="grid-chart"][data-colour-by="absmax"]:not([data-colour-map="none"])', { timeout: 60_000 })
     await page.click('[data-testid="grid-stat-kurtosis"]')
-    await page.waitForSelector('[data-testid="grid-chart"][data-rendered="true"]', { timeout: 30_000 })
+    await page.waitForSelector('[data-testid="grid-chart"][data-colour-by="kurtosis"]:not([data-colour-map="none"])', { timeout: 30_000 })
     await page.screenshot({ path: join(ARTIFACTS, 'browser-mode-grid.png') })
   })
 
@@ -254,15 +255,10 @@ describe('browser mode end to end', () => {
     await page.waitForSelector('[data-testid="histogram-chart"][data-rendered="true"]', { timeout: 30_000 })
     expect(await page.isChecked('[data-testid="log-counts"]')).toBe(false)
 
-    // Click the grid cell of block 2 · q: the inspector opens on that tensor.
+    // Select the grid cell of block 2 · q (ctrl-click: no bit change) and press i: the inspector opens on that tensor.
     await page.click('[data-testid="tab-grid"]')
-    const chart = page.locator('[data-testid="grid-chart"]')
-    await page.waitForSelector('[data-testid="grid-chart"][data-rendered="true"]', { timeout: 30_000 })
-    const box = (await chart.boundingBox())!
-    // Plot area: grid left 64, right 110, top 36, bottom 12; 7 roles × 4 blocks.
-    const cellW = (box.width - 64 - 110) / 7
-    const cellH = (box.height - 36 - 12) / 4
-    await page.mouse.click(box.x + 64 + cellW * 0.5, box.y + 36 + cellH * 2.5)
+    await page.click('[data-testid="plan-cell-2-q"]', { modifiers: ['Control'] })
+    await page.keyboard.press('i')
     await page.waitForSelector('[data-testid="inspector-name"]:has-text("model.layers.2.self_attn.q_proj.weight")', { timeout: 30_000 })
     await page.waitForSelector('[data-testid="histogram-chart"][data-rendered="true"]', { timeout: 60_000 })
     expect(pageProblems).toEqual([])

@@ -241,7 +241,8 @@ describe('tensor inspector views', () => {
 
   it('colours a signed statistic of the layer grid on a diverging map centred at 0', async () => {
     await page.click('[data-testid="tab-grid"]')
-    await page.waitForSelector('[data-testid="grid-chart"][data-rendered="true"] canvas', { timeout: 60_000 })
+    // The grid is HTML: coloured once the statistics arrive.
+    await page.waitForSelector('[data-testid="grid-chart"][data-colour-map="sequential"]', { timeout: 60_000 })
     await page.click('[data-testid="grid-stat-mean"]')
     await page.waitForSelector('[data-testid="grid-chart"][data-colour-map="diverging"][data-rendered="true"]')
     const min = Number(await page.getAttribute('[data-testid="grid-chart"]', 'data-colour-min'))
