@@ -46,6 +46,53 @@ async function cellBits(): Promise<Record<string, number>> {
   return page.$$eval('[data-testid^="plan-cell-"]', (els) => Object.fromEntries(els.map((e) => [e.getAttribute('data-tensor')!, Number(e.getAttribute('data-bits'))])))
 }
 
+async function selectionCount(): Promise<number> {
+  return Number(await page.getAttribute('[data-testid="plan-selection"]', 'data-count'))
+}
+
+async function centre(testid: string): Promise<{ x: number; y: number }> {
+  const box = (await page.locator(`[data-testid="${testid}"]`).boundingBox())!
+  return { x: box.x + box.width / 2, y: box.y + box.height / 2 }
+}
+
+/** Drag, shift-click, a block header and the keyboard select and set cells; everything is kept again at the end. */
+async function selectionGestures(): Promise<void> {
+  const from = await centre('plan-cell-0-gate')
+  const to = await centre('plan-cell-1-down')
+  await page.mouse.move(from.x, from.y)
+  await page.mouse.down()
+  await page.mouse.move(to.x, to.y, { steps: 6 })
+  await page.mouse.up()
+  // Blocks 0–1 × gate, up, down; a drag selects without changing bits.
+  expect(await selectionCount()).toBe(6)
+  await page.click('[data-testid="plan-cell-3-k"]', { modifiers: ['Shift'] })
+  // From the drag's first cell (block 0 · gate) to block 3 · k: 4 blocks × k v o gate.
+  expect(await selectionCount()).toBe(16)
+  await page.click('[data-testid="plan-row-5"]')
+  expect(await selectionCount()).toBe(7)
+  expect(Object.values(await cellBits()).every((b) => b === 16)).toBe(true)
+
+  // A click cycles 16 → 8; Enter goes on to 4; k keeps the cell again.
+  await page.click('[data-testid="plan-cell-0-q"]')
+  expect(await page.getAttribute('[data-testid="plan-cell-0-q"]', 'data-bits')).toBe('8')
+  await page.keyboard.press('Enter')
+  expect(await page.getAttribute('[data-testid="plan-cell-0-q"]', 'data-bits')).toBe('4')
+  await page.keyboard.press('k')
+  expect(await page.getAttribute('[data-testid="plan-cell-0-q"]', 'data-bits')).toBe('16')
+  // Arrows move the focus, shift+arrows extend the selection, digits set bits.
+  await page.keyboard.press('ArrowRight')
+  await page.keyboard.press('Shift+ArrowDown')
+  expect(await selectionCount()).toBe(2)
+  await page.keyboard.press('2')
+  expect(await page.getAttribute('[data-testid="plan-cell-0-k"]', 'data-bits')).toBe('2')
+  expect(await page.getAttribute('[data-testid="plan-cell-1-k"]', 'data-bits')).toBe('2')
+  expect(await page.getAttribute('[data-testid="plan-cell-1-k"]', 'aria-label')).toMatch(/^block 1 k: 2 bits, rtn g128/)
+  await page.keyboard.press('k')
+  await page.keyboard.press('Escape')
+  expect(await selectionCount()).toBe(0)
+  expect(Object.values(await cellBits()).every((b) => b === 16)).toBe(true)
+}
+
 describe('plan editor end to end', () => {
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'qs-e2e-plan-'))
@@ -71,6 +118,8 @@ describe('plan editor end to end', () => {
     // Nothing planned: the model as stored.
     const stored = await sizeShown()
     expect(stored).toBe(model.tensors.reduce((a, t) => a + (t.derivedFrom ? 0 : t.byteLength), 0))
+
+    await selectionGestures()
 
     await page.click('[data-testid="plan-col-q"]')
     expect(await page.getAttribute('[data-testid="plan-selection"]', 'data-count')).toBe('8')

@@ -7,7 +7,6 @@
 import { markRaw, reactive } from 'vue'
 import type { ApiError, ModelSummary, Plan, PlanSizeInfo, QuantErrorInfo, QuantMethodInfo, SavedPlan } from '../../../worker/api/contract'
 import { asApiError, startJob, type ApiClient, type Job } from '../api'
-import { summaryFingerprint } from './plan-fingerprint'
 import { buildPlan, defaultParams, entryBits, entrySpec, methodMap, nextBits, withBits, type MethodEntry, type QuantParams } from './plan-cells'
 import type { JobView } from './job-view'
 
@@ -89,14 +88,8 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
     Object.assign(state, { modelId: m?.modelId ?? null, fingerprint: null, entries: {}, selection: [], name: 'untitled plan', savedId: null, size: null, sizeError: null, saved: [], plansError: null, errors: {}, errorError: null })
     loadedFor = null
     if (!m) return
-    void summaryFingerprint(m).then(
-      (f) => {
-        if (model !== m) return
-        state.fingerprint = f
-        requestSize()
-      },
-      (err: unknown) => (state.sizeError = asApiError(err)),
-    )
+    state.fingerprint = m.fingerprint
+    requestSize()
   }
 
   /** Methods (once) and the model's saved plans (once per model). */
