@@ -2,9 +2,9 @@
  * End to end, browser mode in Chromium on the embedded default model: the layer grid as a
  * plan editor. Select the q column by its header, give it 3-bit RTN; the size shown equals
  * worker/plan/size.ts on the plan the page exports (and the byte count written out by hand);
- * save the plan, reload, load it back; compare two methods on one weight in the inspector
+ * save the plan, reload, load it back, import the exported file; compare two methods on one weight in the inspector
  * (levels drawn, two metric rows with different MSE); colour the grid by the plan's error;
- * cancel a calibrated comparison; evaluate the plan on 2 windows into the runs table under the
+ * cancel a calibrated comparison; evaluate the plan (ppl and KLD) on 2 windows into the runs table under the
  * plan's name, and generate with the base and the plan side by side.
  * Screenshots: test-artifacts/plan-*.png.
  */
@@ -35,6 +35,8 @@ let model: OpenedModel
 let qNames: string[]
 /** The size the page showed for the 3-bit q plan. */
 let shownBytes = 0
+/** The plan file the page exported. */
+let exportedPath = ''
 const pageProblems: string[] = []
 
 async function sizeShown(): Promise<number> {
@@ -135,7 +137,9 @@ describe('plan editor end to end', () => {
     // The plan the page built, through its JSON export.
     await page.fill('[data-testid="plan-name"]', PLAN_NAME)
     const [download] = await Promise.all([page.waitForEvent('download'), page.click('[data-testid="plan-export"]')])
-    const plan: Plan = parsePlan(await readFile(await download.path(), 'utf8'), 'exported plan')
+    exportedPath = join(dir, 'exported.plan.json')
+    await download.saveAs(exportedPath)
+    const plan: Plan = parsePlan(await readFile(exportedPath, 'utf8'), 'exported plan')
     expect(plan.model.fingerprint).toBe(modelFingerprint(model))
     expect(Object.keys(plan.tensors).sort()).toEqual([...qNames].sort())
     for (const e of Object.values(plan.tensors)) expect(e).toMatchObject({ method: 'rtn', params: { bits: 3, group: 128, sym: false } })
@@ -166,6 +170,22 @@ describe('plan editor end to end', () => {
     for (const [t, b] of Object.entries(bits)) expect([t, b]).toEqual([t, qNames.includes(t) ? 3 : 16])
     expect(await page.inputValue('[data-testid="plan-name"]')).toBe(PLAN_NAME)
     expect(await sizeShown()).toBe(shownBytes)
+
+    // Import: the exported file gives the same plan; a plan of another model is refused.
+    await page.click('[data-testid="plan-clear"]')
+    expect(Object.values(await cellBits()).every((b) => b === 16)).toBe(true)
+    await page.setInputFiles('[data-testid="plan-import-file"]', exportedPath)
+    await page.waitForSelector('[data-testid="plan-cell-7-q"][data-bits="3"]', { timeout: 10_000 })
+    expect(await page.inputValue('[data-testid="plan-name"]')).toBe('exported')
+    for (const [t, b] of Object.entries(await cellBits())) expect([t, b]).toEqual([t, qNames.includes(t) ? 3 : 16])
+    expect(await sizeShown()).toBe(shownBytes)
+    const other = JSON.parse(await readFile(exportedPath, 'utf8')) as Plan
+    other.model = { name: 'other', fingerprint: 'f00' }
+    await page.setInputFiles('[data-testid="plan-import-file"]', { name: 'other.plan.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(other)) })
+    await page.waitForSelector('[data-testid="plan-import-error"]', { timeout: 10_000 })
+    expect(await page.innerText('[data-testid="plan-import-error"]')).toMatch(/^other\.plan\.json: made for another model \('other', fingerprint f00\)/)
+    await page.click(`[data-testid="plan-saved-row"]:has-text("${PLAN_NAME}") [data-testid="plan-load"]`)
+    expect(await page.inputValue('[data-testid="plan-name"]')).toBe(PLAN_NAME)
   })
 
   it('colours the grid by the weight error of the plan', async () => {
@@ -226,9 +246,15 @@ describe('plan editor end to end', () => {
     const index = await page.$eval('[data-testid="eval-variant"]', (s) => [...(s as HTMLSelectElement).options].findIndex((o) => o.dataset.testid === 'eval-variant-plan'))
     await page.selectOption('[data-testid="eval-variant"]', { index })
     await page.fill('[data-testid="eval-max-windows"]', '2')
+    await page.check('[data-testid="eval-kld"]')
     await page.click('[data-testid="eval-run"]')
     const row = page.locator('[data-testid="run-row"]').first()
     await row.waitFor({ timeout: 90_000 })
+    // 3-bit q weights move the next-token distribution: KLD above 0, top-1 agreement below 100 %.
+    const kld = Number(await row.locator('[data-testid="run-kld"]').getAttribute('data-value'))
+    expect(kld).toBeGreaterThan(1e-4)
+    expect(kld).toBeLessThan(5)
+    expect(await row.locator('td').allInnerTexts()).not.toContain('100.00 %')
     expect(await row.locator('[data-testid="run-variant"]').innerText()).toBe(PLAN_NAME)
     expect(Number(await row.locator('[data-testid="run-size"]').getAttribute('data-bytes'))).toBe(shownBytes)
     expect(Number(await row.locator('[data-testid="run-ppl"]').getAttribute('data-value'))).toBeGreaterThan(1)
