@@ -203,6 +203,8 @@ describe('plan editor end to end', () => {
     await page.waitForSelector('[data-testid="quant-compare"]', { timeout: 15_000 })
     expect(await page.innerText('[data-testid="inspector-name"]')).toBe(qNames.find((n) => n.includes('layers.2.'))!)
     expect(await page.locator('[data-testid="compare-choice"]').count()).toBe(2)
+    // The plan's own setting for this weight is one click away.
+    expect(await page.innerText('[data-testid="compare-add-planned"]')).toBe("Add the plan's setting (3-bit rtn g128)")
     await page.click('[data-testid="compare-run"]')
     const rows = page.locator('[data-testid="compare-metrics-row"]')
     await rows.nth(1).waitFor({ timeout: 60_000 })
