@@ -6,6 +6,7 @@
 import { parseArgs, UsageError, type ParsedArgs } from './args'
 import { inspectModel, type InspectReport } from './inspect'
 import { runEval } from './eval'
+import { runExportCommand } from './export'
 import { runGenerate } from './generate'
 import { runQuantize } from './quantize'
 import { formatBytes, formatCount, progressLine } from './format'
@@ -27,6 +28,10 @@ commands:
   quantize MODEL (--quant SPEC | --plan FILE) [--calib FILE] [--tokenizer FILE] [--threads N] [--json]
       Quantizes every planned tensor without evaluating, N tensors at a time on worker
       threads (default 2): per tensor method, bytes, MSE, SQNR and seconds, plus totals.
+  export MODEL (--plan FILE | --quant SPEC) --format gguf|onnx|safetensors|compressed-tensors --out PATH
+       [--dtype bf16|fp16|fp32] [--calib FILE] [--tokenizer FILE] [--json]
+      Writes the model as planned in a format other runtimes load (staged beside PATH, renamed
+      when complete) and <name>.report.json beside it: per tensor method, written type and bytes.
   generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
        [--compare MODEL2] [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
       Continues the prompt (greedy unless --temperature > 0); --compare runs a second model
@@ -41,6 +46,8 @@ const VALUE_FLAGS = new Set([
   'text', 'ctx', 'max-windows', 'backend', 'base', 'kld-cache', 'tokenizer',
   // quantization
   'quant', 'plan', 'calib',
+  // export
+  'format', 'out', 'dtype',
   'prompt', 'max-tokens', 'temperature', 'top-p', 'seed', 'compare',
 ])
 
@@ -59,6 +66,8 @@ async function main(argv: string[]): Promise<number> {
       return runGenerate(args)
     case 'quantize':
       return runQuantize(args)
+    case 'export':
+      return runExportCommand(args)
     default:
       throw new UsageError(`unknown command '${args.command}'`)
   }
