@@ -3,9 +3,13 @@
  * EXPORT_FORMAT_IDS and refused with "not available in this build". Adding a format is one
  * line here and a file in this folder (its writer lives with its format in worker/formats/).
  */
+import { safetensorsExport } from './safetensors'
 import { EXPORT_FORMAT_IDS, ExportError, type ExportFormat, type ExportFormatId } from './contract'
+import { ggufExportFormat } from './gguf'
 
-export const EXPORT_FORMATS: ReadonlyMap<ExportFormatId, ExportFormat> = new Map<ExportFormatId, ExportFormat>([])
+export const EXPORT_FORMATS: ReadonlyMap<ExportFormatId, ExportFormat> = new Map<ExportFormatId, ExportFormat>([
+  ['safetensors', safetensorsExport],
+])
 
 export function isExportFormatId(id: string): id is ExportFormatId {
   return (EXPORT_FORMAT_IDS as readonly string[]).includes(id)

@@ -1,5 +1,6 @@
-import { open, rename, rm } from 'node:fs/promises'
+import { rename, rm } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
+import { openOutputFile, type OpenOutput } from '../../io/output-file'
 import { isPlainDType, PLAIN_DTYPE_BYTES } from '../dtypes'
 
 export interface SafetensorsTensorSpec {
@@ -12,13 +13,16 @@ export interface SafetensorsTensorSpec {
  * Writes a safetensors file tensor by tensor, so a multi-GB model never sits in memory:
  * the header is computed from the specs, then `fill(spec, i)` supplies each tensor's bytes
  * in order. Output goes to a temporary name and is renamed only when complete, so a crash
- * or cancel never leaves a half-written model under the final name.
+ * or cancel never leaves a half-written model under the final name. `options.openOutput`
+ * replaces the file system (tests inject a disk that fills up); `options.signal` is checked
+ * before each tensor.
  */
 export async function writeSafetensorsFile(
   path: string,
   specs: SafetensorsTensorSpec[],
   fill: (spec: SafetensorsTensorSpec, index: number) => Uint8Array | Promise<Uint8Array>,
   metadata?: Record<string, string>,
+  options: { openOutput?: OpenOutput; signal?: AbortSignal } = {},
 ): Promise<void> {
   const header: Record<string, unknown> = {}
   if (metadata && Object.keys(metadata).length) header.__metadata__ = metadata
@@ -40,11 +44,12 @@ export async function writeSafetensorsFile(
   lenBytes.writeBigUInt64LE(BigInt(jsonBytes.length))
 
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`
-  const fh = await open(tmp, 'w')
+  const fh = await (options.openOutput ?? openOutputFile)(tmp)
   try {
     await fh.write(lenBytes)
     await fh.write(jsonBytes)
     for (let i = 0; i < specs.length; i++) {
+      options.signal?.throwIfAborted()
       const bytes = await fill(specs[i]!, i)
       if (bytes.length !== sizes[i]) {
         throw new Error(`${path}: tensor '${specs[i]!.name}': fill returned ${bytes.length} bytes, expected ${sizes[i]}`)
