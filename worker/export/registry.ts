@@ -8,6 +8,7 @@ import { EXPORT_FORMAT_IDS, ExportError, type ExportFormat, type ExportFormatId 
 import { ggufExportFormat } from './gguf'
 
 export const EXPORT_FORMATS: ReadonlyMap<ExportFormatId, ExportFormat> = new Map<ExportFormatId, ExportFormat>([
+  ['gguf', ggufExportFormat],
   ['safetensors', safetensorsExport],
 ])
 
