@@ -271,7 +271,7 @@ describe.runIf(quantWasmAvailable())("GPTQ's inverse-Hessian factor in WASM = he
     return H
   }
   // Sizes around the kernel's panel (16), row block (4) and cancel chunk (32) boundaries.
-  for (const n of [1, 2, 5, 16, 17, 37, 64, 101]) {
+  for (const n of [1, 2, 5, 16, 17, 37, 64, 65, 101, 130, 200]) {
     it(`n = ${n}`, () => {
       const H = hessian(n, n)
       const a = inverseHessianFactor(H, n, undefined, 'ts')
