@@ -3,6 +3,7 @@
  * EXPORT_FORMAT_IDS and refused with "not available in this build". Adding a format is one
  * line here and a file in this folder (its writer lives with its format in worker/formats/).
  */
+import { compressedTensorsExport } from './compressed-tensors'
 import { safetensorsExport } from './safetensors'
 import { EXPORT_FORMAT_IDS, ExportError, type ExportFormat, type ExportFormatId } from './contract'
 import { ggufExportFormat } from './gguf'
@@ -10,6 +11,7 @@ import { ggufExportFormat } from './gguf'
 export const EXPORT_FORMATS: ReadonlyMap<ExportFormatId, ExportFormat> = new Map<ExportFormatId, ExportFormat>([
   ['gguf', ggufExportFormat],
   ['safetensors', safetensorsExport],
+  ['compressed-tensors', compressedTensorsExport],
 ])
 
 export function isExportFormatId(id: string): id is ExportFormatId {

@@ -22,7 +22,7 @@ export function outputFloatType(model: OpenedModel, options: ExportOptions): Exp
 }
 
 /** A kept float tensor converted to the output type (or copied when it already is that type). */
-async function keptTensor(model: OpenedModel, t: TensorEntry, type: ExportFloatType, record: (r: ExportedTensor) => void): Promise<OutputTensor> {
+export async function keptTensor(model: OpenedModel, t: TensorEntry, type: ExportFloatType, record: (r: ExportedTensor) => void): Promise<OutputTensor> {
   const dtype = SAFETENSORS_DTYPE[type]
   const isFloat = FLOAT_DTYPES.has(t.dtype)
   const outDtype = isFloat ? dtype : t.dtype

@@ -104,7 +104,11 @@ export function describeModel(model: OpenedModel): LogicalModel {
     finalNorm: null,
     unassigned: [],
   }
+  // Stored parts a reader decodes into a virtual entry (a packed weight's codes and scales) are
+  // that entry's storage, not tensors of their own role.
+  const parts = new Set(model.tensors.flatMap((t) => t.derivedFrom ?? []))
   for (const t of model.tensors) {
+    if (parts.has(t.name)) continue
     let cls = classifyTensor(t.name)
     if (cls.role === null && t.alias) cls = classifyTensor(t.alias)
     if (cls.layer !== null) {

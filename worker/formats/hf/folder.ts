@@ -4,6 +4,7 @@ import { ModelFormatError } from '../../common/errors'
 import { FileAccessError, isRegularFile, readRegularTextFile } from '../../io/regular-file'
 import type { OpenedModel } from '../contract'
 import { formatByFileName } from '../registry'
+import { attachPackQuantized } from './compressed-tensors'
 import { parseHfConfig } from './config'
 
 /**
@@ -43,6 +44,8 @@ export async function attachHfSidecars(model: OpenedModel, dir: string): Promise
     model.config = parseHfConfig(json, configPath)
     model.architecture = model.config.architecture
     model.files.push(configPath)
+    // compressed-tensors pack-quantized weights become virtual plain weights.
+    await attachPackQuantized(model, json, configPath)
   }
   const tokenizerPath = join(dir, 'tokenizer.json')
   // No tokenizer (or something other than a file under its name) is fine for inspection.
