@@ -38,14 +38,11 @@
   return sign | ((y + 0x0fff + ((y >>> 13) & 1)) >>> 13)
 }
 
-/** fp16 bits → float32 (exact). */
+/** fp16 bits → float32 (exact): (h & 0x7fff) << 13 read as float32 × 2^112 is exact for normal and subnormal halves. */
 @inline function f16Value(h: u32): f32 {
-  const sign: f32 = h & 0x8000 ? -1 : 1
-  const exp = <i32>((h >> 10) & 0x1f)
-  const frac = <f32>(h & 0x3ff)
-  if (exp == 0) return sign * frac * <f32>5.9604644775390625e-8 // 2^-24
-  if (exp == 31) return frac != 0 ? NaN : sign * Infinity
-  return sign * (<f32>1 + frac / <f32>1024) * reinterpret<f32>(<u32>(exp - 15 + 127) << 23)
+  const em = h & 0x7fff
+  const mag = em >= 0x7c00 ? reinterpret<f32>((em << 13) | 0x7f800000) : reinterpret<f32>(em << 13) * reinterpret<f32>(0x77800000)
+  return h & 0x8000 ? -mag : mag
 }
 
 // ---- RTN quantize (worker/quant/rtn.ts, clip 'none') -------------------------------------------
@@ -121,8 +118,12 @@ export function rtnQuantize(
       bad = v128.or(bad, f32x4.sub(x, x))
     }
     if (v128.any_true(bad)) return RTN_NON_FINITE
-    let lo = lowest(lowest(f32x4.extract_lane(vlo, 0), f32x4.extract_lane(vlo, 1)), lowest(f32x4.extract_lane(vlo, 2), f32x4.extract_lane(vlo, 3)))
-    let hi = highest(highest(f32x4.extract_lane(vhi, 0), f32x4.extract_lane(vhi, 1)), highest(f32x4.extract_lane(vhi, 2), f32x4.extract_lane(vhi, 3)))
+    vlo = f32x4.pmin(vlo, v128.shuffle<f32>(vlo, vlo, 2, 3, 0, 1))
+    vhi = f32x4.pmax(vhi, v128.shuffle<f32>(vhi, vhi, 2, 3, 0, 1))
+    vlo = f32x4.pmin(vlo, v128.shuffle<f32>(vlo, vlo, 1, 0, 3, 2))
+    vhi = f32x4.pmax(vhi, v128.shuffle<f32>(vhi, vhi, 1, 0, 3, 2))
+    let lo = f32x4.extract_lane(vlo, 0)
+    let hi = f32x4.extract_lane(vhi, 0)
     for (let j = g4; j < g; j++) {
       const w = load<f32>(p + (<usize>j << 2))
       if (w - w != 0) return RTN_NON_FINITE
