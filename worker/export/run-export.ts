@@ -100,7 +100,7 @@ function explainFailure(out: string, err: unknown, signal?: AbortSignal): Error 
     return new ExportError(out, 'export cancelled; the partial output was removed, nothing was written')
   }
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new ExportError(out, `disk full while writing the export (${code}: ${(err as Error).message}); the partial output was removed`)
+    return new ExportError(out, `disk full while writing the export (${(err as Error).message.includes(code) ? '' : `${code}: `}${(err as Error).message}); the partial output was removed`)
   }
   if (err instanceof ExportError) return err
   const e = err as Error
