@@ -56,10 +56,14 @@ export function bf16ToF32(b: number): number {
   return new Float32Array(u.buffer)[0]!
 }
 
+const scratchF32 = new Float32Array(1)
+const scratchU32 = new Uint32Array(scratchF32.buffer)
+
 /** number → IEEE binary16 bits, round-to-nearest-even (used by writers and tests). */
 export function f32ToF16(value: number): number {
-  const f = new Float32Array([value])
-  const x = new Uint32Array(f.buffer)[0]!
+  // One shared scratch word: exporters call this per value of whole tensors.
+  scratchF32[0] = value
+  const x = scratchU32[0]!
   const sign = (x >>> 16) & 0x8000
   const exp = (x >>> 23) & 0xff
   let mant = x & 0x7fffff
@@ -91,8 +95,8 @@ export function f32ToF16(value: number): number {
 
 /** number → bfloat16 bits, round-to-nearest-even; NaN stays NaN. */
 export function f32ToBF16(value: number): number {
-  const f = new Float32Array([value])
-  const x = new Uint32Array(f.buffer)[0]!
+  scratchF32[0] = value
+  const x = scratchU32[0]!
   if ((x & 0x7fffffff) > 0x7f800000) return ((x >>> 16) | 0x40) & 0xffff
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff
 }
