@@ -129,7 +129,12 @@ function importanceWeights(cols: number, calibration: LayerCalibration | undefin
   return w
 }
 
-export const ggmlMethod: QuantMethod<GgmlParams> = {
+/** The method, with `quantize` typed to give the block bytes (the GGUF exporter writes them). */
+export interface GgmlMethod extends QuantMethod<GgmlParams> {
+  quantize(weight: Float32Array, rows: number, cols: number, params: GgmlParams, calibration?: LayerCalibration, hooks?: QuantizeHooks): GgmlQuantizedTensor
+}
+
+export const ggmlMethod: GgmlMethod = {
   id: 'ggml',
   label: 'ggml block types (llama.cpp Q8_0 … Q6_K)',
   schema: ggmlSchema,
