@@ -186,14 +186,17 @@ describe('plan editor end to end', () => {
     expect(await page.innerText('[data-testid="plan-import-error"]')).toMatch(/^other\.plan\.json: made for another model \('other', fingerprint f00\)/)
     await page.click(`[data-testid="plan-saved-row"]:has-text("${PLAN_NAME}") [data-testid="plan-load"]`)
     expect(await page.inputValue('[data-testid="plan-name"]')).toBe(PLAN_NAME)
+    expect(await page.locator('[data-testid="plan-import-error"]').count()).toBe(0)
   })
 
   it('colours the grid by the weight error of the plan', async () => {
     await page.click('[data-testid="grid-stat-plan-error"]')
-    await page.waitForFunction(() => document.querySelectorAll('[data-testid^="plan-cell-"][data-bits="3"] .value').length === 8, undefined, { timeout: 60_000 })
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid^="plan-cell-"][data-bits="3"] .value').length === 8 && [...document.querySelectorAll('[data-testid^="plan-cell-"][data-bits="3"] .value')].every((e) => e.textContent!.trim() !== ''), undefined, { timeout: 60_000 })
     expect(await page.getAttribute('[data-testid="grid-chart"]', 'data-colour-map')).toBe('sequential')
     // Only planned cells carry an error; kept ones stay uncoloured.
-    expect(await page.locator('[data-testid^="plan-cell-"][data-bits="16"] .value').count()).toBe(0)
+    const keptValues = await page.locator('[data-testid^="plan-cell-"][data-bits="16"] .value').allTextContents()
+    expect(keptValues.length).toBe(48)
+    expect(keptValues.every((v) => v.trim() === '')).toBe(true)
     await page.locator('[data-testid="layer-grid"]').screenshot({ path: join(ARTIFACTS, 'plan-grid-error.png') })
   })
 
