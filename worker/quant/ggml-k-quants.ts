@@ -8,10 +8,17 @@
  *
  * Byte layouts are block_q*_K of ggml-common.h, as decoded by worker/formats/gguf/dequant.ts.
  */
-import { clamp, f, GROUP_MAX_EPS, makeQ3Quants, makeQkx2Quants, makeQkx3Quants, makeQpQuants, makeQxQuants, nearestInt } from './ggml-search'
+import * as search from './ggml-search'
+import { GROUP_MAX_EPS, makeQ3Quants, makeQkx2Quants, makeQkx3Quants, makeQpQuants, makeQxQuants } from './ggml-search'
 import { getF16, putF16 } from './ggml-legacy-quants'
 
 const QK_K = 256
+
+// Module-local bindings: transpiled imports are read through a getter on every call, which
+// cost more than the arithmetic in these loops.
+const f = Math.fround
+const nearestInt = search.nearestInt
+const clamp = search.clamp
 
 /** Σx²/256 over one super-block, in ggml's order. */
 function superSumX2(x: Float32Array, xo: number): number {

@@ -10,7 +10,12 @@
  * ggml-search.ts for why).
  */
 import { f32ToF16, f16ToF32 } from '../formats/dtypes'
-import { f, makeQkx3Quants, makeQxQuants, roundAway } from './ggml-search'
+import { makeQkx3Quants, makeQxQuants, roundAway as roundAwayShared } from './ggml-search'
+
+// Module-local bindings: transpiled imports are read through a getter on every call, which
+// cost more than the arithmetic in these loops.
+const f = Math.fround
+const roundAway = roundAwayShared
 
 /** Writes the fp16 bits of x (ggml's GGML_FP32_TO_FP16, round to nearest even) little-endian at `at`. */
 export function putF16(out: Uint8Array, at: number, x: number): void {
