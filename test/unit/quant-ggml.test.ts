@@ -132,6 +132,19 @@ describe('ggml types: byte-identical to llama-quantize', () => {
     })
   }
 
+  it('edge rows (zero, constant, tiny with subnormal fp16 scales, outliers, one-signed, sparse, ties on a grid) equal llama.cpp\'s for every type', async () => {
+    const src = await ggufFormat.open(join(FIXTURES, 'edge-f16.gguf'))
+    const name = 'blk.0.attn_output.weight'
+    const w = await src.readRows(name, 0, 12)
+    await src.close()
+    expect(w.slice(0, 512).every((x) => x === 0)).toBe(true)
+    for (const type of GGML_QUANT_TYPES) {
+      const ref = await fixtureBlocks(`edge-${type}.gguf`, name)
+      const q = ggmlMethod.quantize(w, 12, 512, { type, imatrix: false })
+      expect(firstDifference(q.blocks, ref.bytes), `${type} edge rows`).toBe('identical')
+    }
+  })
+
   it('error falls with bits on down_proj, as the types are meant to order', () => {
     const { rows, cols, w } = weights.down
     const err = (type: GgmlQuantType) => mse(ggmlMethod.quantize(w, rows, cols, { type, imatrix: false }).dequantizeRows(0, rows), w)
