@@ -135,7 +135,7 @@ export function rtnQuantize(
     if (hi == 0) hi = firstZero(p, g)
 
     let s: f32
-    let m: f32 = 0
+    let m: f32
     if (sym) {
       const amax = max(-lo, hi)
       const sb = f16Bits(<f32>(<f64>amax / <f64>qmax))
@@ -155,6 +155,14 @@ export function rtnQuantize(
       store<u16>(minBits + (<usize>gi << 1), <u16>mb)
       store<f32>(minVals + (<usize>gi << 2), m)
     }
+  }
+  // Pass 2: the codes. Fitting every group first keeps each group's scalar chain (reduce,
+  // divide, fp16 rounding) off the critical path of the vector loops.
+  for (let gi = 0; gi < groups; gi++) {
+    const p = src + (<usize>gi * <usize>g << 2)
+    const c = codes + <usize>gi * <usize>g
+    const s = load<f32>(scaleVals + (<usize>gi << 2))
+    const m: f32 = sym ? 0 : load<f32>(minVals + (<usize>gi << 2))
     if (s == 0) {
       // A constant group (or one below fp16's range): q = 0 (asymCode/symCode), stored q + offset.
       memory.fill(c, sym ? <u8>qmax : 0, <usize>g)
