@@ -1,47 +1,20 @@
 /**
- * A small GGUF writer for tests: builds v2/v3 files (and deliberately broken ones) byte by
- * byte from the spec (ggml/docs/gguf.md), independent of the reader under test.
+ * A small GGUF writer for tests: builds v2/v3 files (and deliberately broken ones: wrong
+ * offsets, big-endian, old versions) byte by byte from the spec (ggml/docs/gguf.md),
+ * independent of the reader under test. Real files are written by the engine's streaming
+ * writer (worker/formats/gguf/writer.ts).
  */
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 
-export type GgufTypeName =
-  | 'UINT8'
-  | 'INT8'
-  | 'UINT16'
-  | 'INT16'
-  | 'UINT32'
-  | 'INT32'
-  | 'FLOAT32'
-  | 'BOOL'
-  | 'STRING'
-  | 'ARRAY'
-  | 'UINT64'
-  | 'INT64'
-  | 'FLOAT64'
+import { GGUF_VALUE_TYPE_IDS, type GgufArray, type GgufItem, type GgufKv, type GgufValueType } from '../../worker/formats/gguf/writer'
 
-const TYPE_IDS: Record<GgufTypeName, number> = {
-  UINT8: 0,
-  INT8: 1,
-  UINT16: 2,
-  INT16: 3,
-  UINT32: 4,
-  INT32: 5,
-  FLOAT32: 6,
-  BOOL: 7,
-  STRING: 8,
-  ARRAY: 9,
-  UINT64: 10,
-  INT64: 11,
-  FLOAT64: 12,
-}
+// The value types and key/value helpers are the engine writer's (worker/formats/gguf/writer.ts);
+// the byte layout below is this file's own, so each checks the other (export-gguf-parts.test.ts).
+export { arr, f32, str, u32, type GgufArray, type GgufItem, type GgufKv } from '../../worker/formats/gguf/writer'
+export type GgufTypeName = GgufValueType
 
-export interface GgufArray {
-  itemType: GgufTypeName
-  items: GgufItem[]
-}
-export type GgufItem = number | bigint | boolean | string | GgufArray
-export type GgufKv = { type: Exclude<GgufTypeName, 'ARRAY'>; value: number | bigint | boolean | string } | { type: 'ARRAY'; value: GgufArray }
+const TYPE_IDS = GGUF_VALUE_TYPE_IDS
 
 export interface GgufWriterTensor {
   name: string
@@ -199,8 +172,3 @@ export async function writeGguf(dir: string, name: string, opts: GgufWriterOptio
   await writeFile(path, opts instanceof Uint8Array ? opts : buildGguf(opts))
   return path
 }
-
-export const str = (value: string): GgufKv => ({ type: 'STRING', value })
-export const u32 = (value: number): GgufKv => ({ type: 'UINT32', value })
-export const f32 = (value: number): GgufKv => ({ type: 'FLOAT32', value })
-export const arr = (itemType: GgufTypeName, items: GgufItem[]): GgufKv => ({ type: 'ARRAY', value: { itemType, items } })

@@ -16,7 +16,7 @@ export const TOKEN_TYPE = { NORMAL: 1, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5 } 
 export interface HfTokenizerJson {
   added_tokens?: { id: number; content: string; special: boolean }[]
   model: { type: string; vocab: Record<string, number>; merges?: (string | [string, string])[] }
-  pre_tokenizer?: Record<string, unknown> | null
+  pre_tokenizer?: unknown
 }
 
 export interface HfTokenizerConfig {
@@ -135,8 +135,8 @@ export function architectureKv(config: ModelConfig, arch: string, name: string):
  * ByteLevel pre-tokenizer with GPT-2's regex is 'gpt-2' — and any other needs an explicit name.
  */
 export function detectPreTokenizer(tok: HfTokenizerJson, file: string): string {
-  const p = tok.pre_tokenizer
-  if (p && p.type === 'ByteLevel' && p.use_regex !== false) return 'gpt-2'
+  const p = tok.pre_tokenizer as { type?: unknown; use_regex?: unknown } | null | undefined
+  if (p && typeof p === 'object' && p.type === 'ByteLevel' && p.use_regex !== false) return 'gpt-2'
   throw new Error(
     `${file}: cannot tell llama.cpp's pre-tokenizer name (tokenizer.ggml.pre) of pre_tokenizer ${JSON.stringify(p ?? null).slice(0, 120)}; ` +
       "give it explicitly (e.g. 'llama-bpe', 'qwen2', 'gpt-2')",

@@ -1,0 +1,157 @@
+/**
+ * The parts of the GGUF export that need no llama.cpp: the streaming writer against the
+ * independent test writer, q/k row permutation commuting with ggml quantization, and methods
+ * GGUF cannot store written as a reported ggml fallback.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { encodeGgufHeader, GgufStreamWriter, writeGgufFile, arr, f32, str, u32, type GgufKv, type GgufTensorInfo } from '../../worker/formats/gguf/writer'
+import { openOutputFile } from '../../worker/io/output-file'
+import { buildGguf } from '../helpers/gguf-writer'
+import { ggmlMethod } from '../../worker/quant/ggml'
+import { permuteRowsToGguf } from '../../worker/export/gguf-metadata'
+import { ggufExportFormat, nearestGgmlType } from '../../worker/export/gguf'
+import { permuteToGgufRows } from '../../worker/inference/gguf-layout'
+import { openModel } from '../../worker/formats/open-model'
+import type { OpenedModel } from '../../worker/formats/contract'
+import { PLAN_FORMAT, PLAN_VERSION, modelFingerprint, type Plan } from '../../worker/plan/plan'
+import { readOrientedWeight, resolvePlanFor } from '../../worker/plan/apply'
+import { runExport } from '../../worker/export/run-export'
+import { gaussianWeights } from '../helpers/quant-random'
+
+const DEFAULT = join(__dirname, '../../resources/models/default')
+
+let dir: string
+let model: OpenedModel
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'qs-export-gguf-parts-'))
+  model = await openModel(DEFAULT)
+})
+
+afterAll(async () => {
+  await model?.close()
+  if (dir) await rm(dir, { recursive: true, force: true })
+})
+
+const KV: Array<[string, GgufKv]> = [
+  ['general.architecture', str('llama')],
+  ['llama.block_count', u32(2)],
+  ['llama.rope.freq_base', f32(10000.5)],
+  ['tokenizer.ggml.tokens', arr('STRING', ['a', 'bé', '<|x|>'])],
+  ['tokenizer.ggml.token_type', arr('INT32', [1, 1, -3])],
+]
+
+function tensorsOf(): Array<GgufTensorInfo & { data: Uint8Array }> {
+  const bytes = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 255)
+  return [
+    { name: 'a.weight', ne: [5], type: 0, data: bytes(20, 1) }, // F32, 20 bytes: padded to 32
+    { name: 'b.weight', ne: [64, 3], type: 8, data: bytes(3 * 2 * 34, 2) }, // Q8_0
+    { name: 'c.weight', ne: [256, 2], type: 12, data: bytes(2 * 144, 3) }, // Q4_K
+  ]
+}
+
+describe('streaming GGUF writer', () => {
+  it('writes the same bytes as the independent test writer, header and padded data', async () => {
+    const tensors = tensorsOf()
+    const want = buildGguf({ kv: KV, tensors })
+    const header = encodeGgufHeader(KV, tensors)
+    expect(header.offsets).toEqual([0, 32, 32 + 224])
+    const path = join(dir, 'w.gguf')
+    const res = await writeGgufFile(path, KV, tensors, (i) => tensors[i]!.data)
+    const got = await readFile(path)
+    expect(res.bytes).toBe(want.length)
+    expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true)
+  })
+
+  it('refuses data of the wrong size or order, naming the tensor, and leaves no file', async () => {
+    const tensors = tensorsOf()
+    const sub = await mkdtemp(join(dir, 'w-'))
+    await expect(writeGgufFile(join(sub, 'x.gguf'), KV, tensors, (i) => (i === 1 ? new Uint8Array(10) : tensors[i]!.data))).rejects.toThrow(
+      /tensor 'b.weight': 10 bytes of data, its type Q8_0 and dimensions \[64, 3\] need 204/,
+    )
+    expect(await readdir(sub)).toEqual([])
+    const out = await openOutputFile(join(sub, 'y.gguf'))
+    const w = await GgufStreamWriter.begin(out, KV, tensors)
+    await expect(w.writeTensor('c.weight', tensors[2]!.data)).rejects.toThrow(/out of order: tensor 'a.weight' comes next/)
+    await expect(w.end()).rejects.toThrow(/'a.weight': not written \(0 of 3/)
+    await out.close()
+    await rm(join(sub, 'y.gguf')) // GgufStreamWriter writes where it is told; staging is its callers' job
+    expect(() => encodeGgufHeader(KV, [{ name: 'q', ne: [33, 2], type: 2 }])).toThrow(/'q': ne\[0\] = 33 is not a multiple of Q4_0's block size 32/)
+    expect(() => encodeGgufHeader([...KV, KV[0]!], [])).toThrow(/'general.architecture' given twice/)
+    const controller = new AbortController()
+    controller.abort()
+    await expect(writeGgufFile(join(sub, 'z.gguf'), KV, tensors, (i) => tensors[i]!.data, { signal: controller.signal })).rejects.toThrow(/abort/i)
+    expect(await readdir(sub)).toEqual([])
+  })
+})
+
+describe('q/k rows in llama.cpp order', () => {
+  it('permuting rows then quantizing gives the same ggml blocks as quantizing then permuting (Q8_0, Q4_K with an imatrix, Q6_K)', () => {
+    const heads = 4
+    const headDim = 16
+    const rows = heads * headDim
+    const cols = 512
+    const w = gaussianWeights(rows * cols, 7)
+    const meanSq = Float32Array.from({ length: cols }, (_, j) => 0.1 + ((j * 7919) % 97) / 10)
+    const calibration = { count: 100, mean: new Float32Array(cols), meanAbs: new Float32Array(cols), meanSq }
+    for (const params of [{ type: 'Q8_0', imatrix: false }, { type: 'Q4_K', imatrix: true }, { type: 'Q6_K', imatrix: false }] as const) {
+      const direct = ggmlMethod.quantize(w, rows, cols, params, calibration)
+      const permutedFirst = ggmlMethod.quantize(permuteToGgufRows(w, heads, headDim, cols), rows, cols, params, calibration)
+      const after = permuteRowsToGguf(direct.blocks, heads, rows, direct.rowBytes, 'q')
+      expect(Buffer.from(after).equals(Buffer.from(permutedFirst.blocks)), params.type).toBe(true)
+      // And the permutation is the converter's: dequantised rows move as permuteToGgufRows moves floats.
+      expect(permutedFirst.dequantizeRows(0, rows)).toEqual(permuteToGgufRows(direct.dequantizeRows(0, rows), heads, headDim, cols))
+    }
+  })
+})
+
+describe('methods GGUF cannot store', () => {
+  it('the nearest ggml type in bits, legacy types for rows that are no multiple of 256, and no type for rows that are no multiple of 32', () => {
+    expect([8, 6, 5, 4, 3, 2].map(nearestGgmlType)).toEqual(['Q8_0', 'Q6_K', 'Q5_K', 'Q4_K', 'Q3_K', 'Q2_K'])
+    const tensor = model.tensors.find((t) => t.name === 'model.layers.0.mlp.up_proj.weight')!
+    const entry = (cols: number, methodId: string, params: Record<string, unknown>) => ({ tensor, methodId, params, rows: 4, cols })
+    const rtn4 = { bits: 4, group: 32, symmetric: false }
+    expect(ggufExportFormat.support(model, entry(256, 'ggml', { type: 'Q3_K', imatrix: false }), {})).toEqual({ kind: 'exact' })
+    expect(ggufExportFormat.support(model, entry(256, 'rtn', rtn4), {})).toMatchObject({ kind: 'fallback', description: expect.stringMatching(/written as Q4_K \(the ggml type nearest to its 4 bits\)/) })
+    expect(ggufExportFormat.support(model, entry(96, 'rtn', rtn4), {})).toMatchObject({ kind: 'fallback', description: expect.stringMatching(/so Q5_0 instead of Q4_K/) })
+    expect(ggufExportFormat.support(model, entry(256, 'rtn', rtn4), { formatOptions: { fallback: 'Q8_0' } })).toMatchObject({ description: expect.stringMatching(/written as Q8_0 \(the chosen fallback type\)/) })
+    expect(ggufExportFormat.support(model, entry(40, 'rtn', rtn4), {})).toMatchObject({ kind: 'unsupported', reason: expect.stringMatching(/rows of 40 values fit no ggml block type/) })
+    expect(() => ggufExportFormat.support(model, entry(256, 'rtn', rtn4), { formatOptions: { fallback: 'Q7_0' } })).toThrow(/fallback type must be one of Q8_0, Q4_0/)
+  })
+
+  it('an RTN tensor is written as Q4_K of the original weights and reported as a fallback with its difference to the plan; ggml tensors stay exact', async () => {
+    const up = 'model.layers.0.mlp.up_proj.weight'
+    const down = 'model.layers.0.mlp.down_proj.weight'
+    const plan: Plan = {
+      format: PLAN_FORMAT,
+      version: PLAN_VERSION,
+      model: { name: 'default', fingerprint: modelFingerprint(model) },
+      tensors: { [up]: { method: 'rtn', params: { bits: 4, group: 32 } }, [down]: { method: 'ggml', params: { type: 'Q5_1' } } },
+    }
+    const out = join(dir, 'fallback.gguf')
+    const report = await runExport({ model, modelPath: DEFAULT, plan, planSource: 'test plan', format: 'gguf', out })
+    const upRecord = report.tensors.find((t) => t.source === up)!
+    expect(upRecord).toMatchObject({ name: 'blk.0.ffn_up.weight', writtenType: 'Q4_K', support: 'fallback' })
+    expect(upRecord.method).toMatch(/^rtn:bits=4,group=32/)
+    expect(upRecord.maxAbsError).toBeGreaterThan(0)
+    expect(report.tensors.find((t) => t.source === down)).toMatchObject({ name: 'blk.0.ffn_down.weight', writtenType: 'Q5_1', support: 'exact' })
+    expect(report.notes.join('\n')).toMatch(/1 planned tensor\(s\) use a method GGUF cannot store .*rtn:bits=4,group=32.* → Q4_K \(1\)/)
+    // Kept matrices as F16, norms as F32.
+    expect(report.tensors.find((t) => t.name === 'token_embd.weight')).toMatchObject({ writtenType: 'F16', support: 'kept' })
+    expect(report.tensors.find((t) => t.name === 'blk.0.attn_norm.weight')).toMatchObject({ writtenType: 'F32', support: 'kept' })
+    const gguf = await openModel(out)
+    try {
+      const [entry] = resolvePlanFor(model, plan, 'test').filter((e) => e.tensor.name === up)
+      const want = ggmlMethod.quantize(await readOrientedWeight(model, entry!), entry!.rows, entry!.cols, { type: 'Q4_K', imatrix: false })
+      expect(gguf.tensors.find((t) => t.name === 'blk.0.ffn_up.weight')!.dtype).toBe('Q4_K')
+      expect(Buffer.from(await gguf.readRaw('blk.0.ffn_up.weight')).equals(Buffer.from(want.blocks))).toBe(true)
+      // A kept bf16 norm is exact in F32.
+      expect(await gguf.readRows('blk.3.ffn_norm.weight', 0, 1)).toEqual(await model.readRows('model.layers.3.post_attention_layernorm.weight', 0, 1))
+    } finally {
+      await gguf.close()
+    }
+  })
+})
