@@ -7,6 +7,7 @@ import { parseArgs, UsageError, type ParsedArgs } from './args'
 import { inspectModel, type InspectReport } from './inspect'
 import { runEval } from './eval'
 import { runExportCommand } from './export'
+import { runRecipe } from './recipe'
 import { runGenerate } from './generate'
 import { runQuantize } from './quantize'
 import { formatBytes, formatCount, progressLine } from './format'
@@ -32,6 +33,9 @@ commands:
        [--dtype bf16|fp16|fp32] [--calib FILE] [--tokenizer FILE] [--json]
       Writes the model as planned in a format other runtimes load (staged beside PATH, renamed
       when complete) and <name>.report.json beside it: per tensor method, written type and bytes.
+  recipe --plan FILE --for llama.cpp|llm-compressor
+      The plan as a recipe for the tools that quantize big models: llama-quantize --tensor-type
+      overrides and command, or an llm-compressor recipe YAML (config_groups by role pattern).
   generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
        [--compare MODEL2] [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
       Continues the prompt (greedy unless --temperature > 0); --compare runs a second model
@@ -47,7 +51,7 @@ const VALUE_FLAGS = new Set([
   // quantization
   'quant', 'plan', 'calib',
   // export
-  'format', 'out', 'dtype',
+  'format', 'out', 'dtype', 'for',
   'prompt', 'max-tokens', 'temperature', 'top-p', 'seed', 'compare',
 ])
 
@@ -68,6 +72,8 @@ async function main(argv: string[]): Promise<number> {
       return runQuantize(args)
     case 'export':
       return runExportCommand(args)
+    case 'recipe':
+      return runRecipe(args)
     default:
       throw new UsageError(`unknown command '${args.command}'`)
   }
