@@ -15,7 +15,7 @@ import type { ExportReport } from '../../worker/export/contract'
 import { runExport } from '../../worker/export/run-export'
 import { createOverrides } from '../../worker/plan/apply'
 import type { CalibrationOptions } from '../../worker/plan/calibration'
-import { decoderLinearWeights, planFromSpec } from '../../worker/plan/plan'
+import { decoderLinearWeights, modelFingerprint, planFromSpec } from '../../worker/plan/plan'
 
 const DEFAULT = resolve('resources/models/default')
 let dir: string
@@ -138,6 +138,26 @@ describe('compressed-tensors pack-quantized', () => {
     expect(Math.max(...quantized.map((t) => t.maxAbsError!))).toBe(maxDiff)
     expect(maxDiff).toBeGreaterThan(0)
     expect(report.notes.join(' ')).toMatch(/56 of 56 quantized tensors were re-quantized/)
+  })
+
+  it('a reopened pack-quantized folder re-exports as a dequantised folder holding the values it decodes to', async () => {
+    const packed = await openModel(join(dir, 'rtn-sym'))
+    try {
+      const plan = { format: 'quantscope-plan' as const, version: 1 as const, model: { name: 'rtn-sym', fingerprint: modelFingerprint(packed) }, tensors: {} }
+      await runExport({ model: packed, modelPath: join(dir, 'rtn-sym'), plan, planSource: 'empty plan', format: 'safetensors', out: join(dir, 'dequantised'), options: { dtype: 'fp32' } })
+      const plain = await openModel(join(dir, 'dequantised'))
+      try {
+        expect(plain.tensors.some((t) => t.name.endsWith('weight_packed'))).toBe(false)
+        const name = 'model.layers.2.self_attn.o_proj.weight'
+        expect(plain.tensors.find((t) => t.name === name)).toMatchObject({ dtype: 'F32', shape: [256, 256] })
+        expect(same(await plain.readRows(name, 0, 256), await packed.readRows(name, 0, 256))).toBe(true)
+        expect(JSON.parse(await readFile(join(dir, 'dequantised', 'config.json'), 'utf8')).quantization_config).toBeUndefined()
+      } finally {
+        await plain.close()
+      }
+    } finally {
+      await packed.close()
+    }
   })
 
   it('refuses methods the layout cannot hold, naming the tensor, before writing anything', async () => {

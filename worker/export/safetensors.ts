@@ -24,7 +24,8 @@ export function outputFloatType(model: OpenedModel, options: ExportOptions): Exp
 /** A kept float tensor converted to the output type (or copied when it already is that type). */
 export async function keptTensor(model: OpenedModel, t: TensorEntry, type: ExportFloatType, record: (r: ExportedTensor) => void): Promise<OutputTensor> {
   const dtype = SAFETENSORS_DTYPE[type]
-  const isFloat = FLOAT_DTYPES.has(t.dtype)
+  // A virtual entry (a reopened packed weight) is written as the float values it decodes to.
+  const isFloat = FLOAT_DTYPES.has(t.dtype) || t.derivedFrom !== undefined
   const outDtype = isFloat ? dtype : t.dtype
   return {
     spec: { name: t.name, dtype: outDtype, shape: t.shape },
