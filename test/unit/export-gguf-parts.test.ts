@@ -20,6 +20,7 @@ import { PLAN_FORMAT, PLAN_VERSION, modelFingerprint, type Plan } from '../../wo
 import { readOrientedWeight, resolvePlanFor } from '../../worker/plan/apply'
 import { runExport } from '../../worker/export/run-export'
 import { gaussianWeights } from '../helpers/quant-random'
+import { planFromLlamaCppPreset, useMoreBits } from '../../worker/plan/llama-cpp-presets'
 
 const DEFAULT = join(__dirname, '../../resources/models/default')
 
@@ -153,5 +154,45 @@ describe('methods GGUF cannot store', () => {
     } finally {
       await gguf.close()
     }
+  })
+})
+
+describe("llama.cpp's mixes as plans (llama_tensor_get_type)", () => {
+  /** The default model: 8 layers, 8 heads over 4 kv heads (n_gqa 2), separate lm_head, rows of 256 and 768. */
+  const typesByRole = (preset: Parameters<typeof planFromLlamaCppPreset>[1]) => {
+    const plan = planFromLlamaCppPreset(model, preset)
+    const out: Record<string, string[]> = {}
+    for (const [name, entry] of Object.entries(plan.tensors)) {
+      const m = /layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)_proj/.exec(name)
+      const key = m ? m[2]! : name
+      ;(out[key] ??= [])[m ? Number(m[1]) : 0] = entry === 'keep' ? 'keep' : String(entry.params.type)
+    }
+    return out
+  }
+  const eight = (t: string) => Array<string>(8).fill(t)
+
+  it('Q4_K_M: attn_v and ffn_down Q6_K in layers 0, 3, 6, 7 (use_more_bits of 8 layers), output Q6_K, the rest Q4_K', () => {
+    const moreBits = (t: string) => ['Q6_K', t, t, 'Q6_K', t, t, 'Q6_K', 'Q6_K']
+    expect(typesByRole('Q4_K_M')).toEqual({
+      'model.embed_tokens.weight': ['Q4_K'],
+      'lm_head.weight': ['Q6_K'],
+      q: eight('Q4_K'),
+      k: eight('Q4_K'),
+      v: moreBits('Q4_K'),
+      o: eight('Q4_K'),
+      gate: eight('Q4_K'),
+      up: eight('Q4_K'),
+      down: moreBits('Q4_K'),
+    })
+  })
+
+  it('Q3_K_M, Q2_K, Q4_K_S and Q8_0 follow their rules', () => {
+    expect(typesByRole('Q3_K_M')).toMatchObject({ v: ['Q5_K', 'Q5_K', ...Array(6).fill('Q4_K')], down: eight('Q4_K'), o: eight('Q4_K'), q: eight('Q3_K'), 'lm_head.weight': ['Q6_K'], 'model.embed_tokens.weight': ['Q3_K'] })
+    // n_gqa 2 < 4: attn_v Q3_K.
+    expect(typesByRole('Q2_K')).toMatchObject({ v: eight('Q3_K'), down: eight('Q3_K'), o: eight('Q3_K'), up: eight('Q2_K'), 'lm_head.weight': ['Q6_K'] })
+    expect(typesByRole('Q4_K_S')).toMatchObject({ v: [...Array(4).fill('Q5_K'), ...Array(4).fill('Q4_K')], down: ['Q5_K', ...Array(7).fill('Q4_K')] })
+    expect(typesByRole('Q8_0')).toMatchObject({ 'lm_head.weight': ['Q8_0'], v: eight('Q8_0') })
+    expect([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15].filter((i) => useMoreBits(i, 16))).toEqual([0, 1, 4, 7, 10, 13, 14, 15])
+    expect(() => planFromLlamaCppPreset(model, 'Q4_K_X')).toThrow(/unknown llama.cpp preset 'Q4_K_X'/)
   })
 })
