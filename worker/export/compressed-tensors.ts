@@ -10,10 +10,10 @@
  * What the layout represents of a plan (ŵ = (q − z)·scale, integer z):
  * - GPTQ (sym or asym), RTN symmetric, 4 or 8 bits: exact — same codes and fp16 scales.
  * - RTN asymmetric stores an fp16 minimum m (ŵ = q·s + m), not an integer zero point; AWQ
- *   divides by a per-input-column scale s_j. Neither has a field here, so both fall back: the
- *   plan's dequantised values are re-quantized per group onto the layout's grid (llm-compressor's
- *   min-max rule: range including 0, fp16 scale, integer zero point, round half to even), and
- *   the report gives each tensor's max and RMS difference from the plan.
+ *   divides by a per-input-column scale s_j. Neither has a field here, so both fall back onto
+ *   the layout's grid: the source weight is rounded per group with llm-compressor's min-max rule
+ *   (range including 0, fp16 scale, integer zero point, round half to even) — for AWQ this loses
+ *   its search. The report gives each tensor's max and RMS difference from the plan's values.
  * - Other methods (tables, floats, ggml blocks) and other bit widths: unsupported.
  */
 import type { OpenedModel } from '../formats/contract'
@@ -57,10 +57,10 @@ function support(_model: OpenedModel, entry: ResolvedEntry): TensorSupport {
   }
   if (!PACKED_BITS.has(bits)) return { kind: 'unsupported', reason: `${bits}-bit codes: vLLM's pack-quantized kernels take 4 or 8 bits` }
   if (entry.methodId === 'rtn' && entry.params.sym !== true) {
-    return { kind: 'fallback', description: "RTN's fp16 group minimum has no field (the layout has integer zero points): re-quantized per group onto the layout's min-max grid, difference measured" }
+    return { kind: 'fallback', description: "RTN's fp16 group minimum has no field (the layout has integer zero points): the source weight is rounded per group onto the layout's min-max grid instead, difference measured" }
   }
   if (entry.methodId === 'awq') {
-    return { kind: 'fallback', description: "AWQ's per-input-channel scale has no field: the dequantised AWQ weight is re-quantized per group onto the layout's min-max grid, difference measured" }
+    return { kind: 'fallback', description: "AWQ's per-input-channel scale has no field: the source weight is rounded per group onto the layout's min-max grid instead (AWQ's search is lost; llm-compressor's AWQModifier, see `recipe`, folds its scales into the previous layer), difference measured" }
   }
   return { kind: 'exact' }
 }
@@ -172,10 +172,13 @@ async function exportPacked(job: ExportJob, stage: string, hooks: ExportHooks): 
     // One quantization per tensor, shared by its parts (written in this order, one after another).
     let current: { p: PackedInt; note?: string; maxAbsError: number; rmsError: number } | null = null
     const pack = async () => {
-      const { quantized } = await planned.quantize(entry)
+      const { weight, quantized } = await planned.quantize(entry)
       const exact = exactPacked(quantized)
       const plannedValues = quantized.dequantizeRows(0, rows)
-      const p = exact ?? requantized(plannedValues, rows, cols, bits, groupCols, symmetric)
+      // Fallbacks round the source weight onto the layout's grid. Re-rounding the plan's values
+      // rounds twice: on the default model (8 windows) that gave ppl 13.744 for RTN g128 asym
+      // (in app 13.556) and 13.728 for AWQ (in app 13.641), against 13.587 from the source weight.
+      const p = exact ?? requantized(weight, rows, cols, bits, groupCols, symmetric)
       const values = packedValues(p, rows, cols)
       let maxAbsError = 0
       let sumSq = 0
