@@ -197,16 +197,26 @@ export async function attachPackQuantized(model: OpenedModel, config: unknown, c
   model.metadata = { ...model.metadata, quantization: 'compressed-tensors pack-quantized' }
 }
 
+/** The last weight's stored parts: readers of row ranges (statistics) ask for one weight many times in a row. */
+let lastParts: { model: OpenedModel; name: string; packed: Uint32Array; scales: Float32Array; zeros: Uint32Array | null } | null = null
+
+async function storedParts(model: OpenedModel, v: PackedWeight): Promise<{ packed: Uint32Array; scales: Float32Array; zeros: Uint32Array | null }> {
+  if (lastParts && lastParts.model === model && lastParts.name === v.entry.name) return lastParts
+  const packed = new Uint32Array((await model.readRaw(v.packed.name)).slice().buffer)
+  const scales = decodePlain(v.scale.dtype as 'F16', await model.readRaw(v.scale.name), new Float32Array(v.scale.shape[0]! * v.scale.shape[1]!))
+  const zeros = v.zero ? new Uint32Array((await model.readRaw(v.zero.name)).slice().buffer) : null
+  lastParts = { model, name: v.entry.name, packed, scales, zeros }
+  return lastParts
+}
+
 /** ŵ = (q − z)·scale for rows [r0, r1): float32 products of a stored scale and a small integer (exact). */
 async function decodePackedRows(model: OpenedModel, v: PackedWeight, r0: number, r1: number): Promise<Float32Array> {
   const [rows, cols] = v.entry.shape as [number, number]
   if (!(Number.isInteger(r0) && Number.isInteger(r1) && 0 <= r0 && r0 <= r1 && r1 <= rows)) {
     throw new RangeError(`${v.entry.name}: rows [${r0}, ${r1}) outside [0, ${rows})`)
   }
-  const packed = new Uint32Array((await model.readRaw(v.packed.name)).slice().buffer)
   const groups = v.scale.shape[1]!
-  const scales = decodePlain(v.scale.dtype as 'F16', await model.readRaw(v.scale.name), new Float32Array(rows * groups))
-  const zeros = v.zero ? new Uint32Array((await model.readRaw(v.zero.name)).slice().buffer) : null
+  const { packed, scales, zeros } = await storedParts(model, v)
   const { bits, groupCols } = v.args
   const offset = 1 << (bits - 1)
   const packedCols = v.packed.shape[1]!
