@@ -89,6 +89,12 @@ async function selectionGestures(): Promise<void> {
   expect(await page.getAttribute('[data-testid="plan-cell-0-k"]', 'data-bits')).toBe('2')
   expect(await page.getAttribute('[data-testid="plan-cell-1-k"]', 'data-bits')).toBe('2')
   expect(await page.getAttribute('[data-testid="plan-cell-1-k"]', 'aria-label')).toMatch(/^block 1 k: 2 bits, rtn g128/)
+  // Another method for the selection keeps the width where it can: llama.cpp's 2-bit block type.
+  await page.selectOption('[data-testid="plan-method"]', 'ggml')
+  expect(await page.getAttribute('[data-testid="plan-cell-1-k"]', 'aria-label')).toMatch(/^block 1 k: 2 bits, ggml Q2_K/)
+  await page.focus('[data-testid="plan-cell-1-k"]')
+  await page.keyboard.press('3')
+  expect(await page.getAttribute('[data-testid="plan-cell-0-k"]', 'aria-label')).toMatch(/^block 0 k: 3 bits, ggml Q3_K/)
   await page.keyboard.press('k')
   await page.keyboard.press('Escape')
   expect(await selectionCount()).toBe(0)

@@ -19,19 +19,36 @@ export function methodMap(methods: readonly QuantMethodInfo[]): Map<string, Quan
   return new Map(methods.map((m) => [m.id, m]))
 }
 
-/** The method's params at their defaults (params without a default are left out). */
+/** The method's params at their defaults; a required choice (an enum without default, e.g. ggml's type) takes its first option. */
 export function defaultParams(info: QuantMethodInfo): QuantParams {
   const out: QuantParams = {}
-  for (const p of info.params) if (p.default !== null) out[p.key] = p.default
+  for (const p of info.params) {
+    if (p.default !== null) out[p.key] = p.default
+    else if (p.type === 'enum' && p.options?.length) out[p.key] = p.options[0]!
+  }
   return out
 }
 
-/** Nominal bits of an entry: its `bits` param, else the method's fixed width (any3 → 3, nf4 → 4). */
+/** Bits a block-type name stands for: llama.cpp's 'Q4_K' → 4, 'Q8_0' → 8; null for other words. */
+export function typeBits(type: unknown): number | null {
+  const m = typeof type === 'string' ? /^I?Q(\d)(_|$)/i.exec(type) : null
+  return m ? Number(m[1]) : null
+}
+
+/** Nominal bits of an entry: its `bits` param, its block type's width (ggml Q4_K → 4), else the method's fixed width (any3 → 3, nf4 → 4). */
 export function entryBits(entry: PlanEntry | undefined, methods: ReadonlyMap<string, QuantMethodInfo>): number {
   if (!entry || entry === 'keep') return 16
   const b = entry.params?.bits
   if (typeof b === 'number') return b
-  return methods.get(entry.method)?.bits ?? 16
+  return typeBits(entry.params?.type) ?? methods.get(entry.method)?.bits ?? 16
+}
+
+/** A block type of the method at `bits` bits, of the same kind as `current` where there is one (Q4_K → Q3_K, Q4_0 → Q8_0). */
+function typeAtBits(info: QuantMethodInfo, bits: number, current: unknown): string | null {
+  const options = (info.params.find((p) => p.key === 'type')?.options ?? []).filter((o): o is string => typeBits(o) === bits)
+  if (options.length === 0) return null
+  const suffix = typeof current === 'string' ? current.replace(/^I?Q\d/i, '') : ''
+  return options.find((o) => o.replace(/^I?Q\d/i, '') === suffix) ?? options[0]!
 }
 
 function bitsRange(info: QuantMethodInfo | undefined): [number, number] | null {
@@ -57,7 +74,11 @@ export function withBits(entry: MethodEntry, bits: number, methods: ReadonlyMap<
   const params = { ...(entry.params ?? {}) }
   const range = bitsRange(info)
   if (info && range && bits >= range[0] && bits <= range[1]) return { method: info.id, params: { ...params, bits } }
-  if (info && info.bits === bits && !range) return { method: info.id, params }
+  if (info && !range) {
+    const type = typeAtBits(info, bits, params.type)
+    if (type) return { method: info.id, params: { ...params, type } }
+    if (info.bits === bits && typeBits(params.type) === null) return { method: info.id, params }
+  }
   const family = /^any\d$/.exec(entry.method) ? methods.get(`any${bits}`) : undefined
   if (family) {
     const next = paramsFor(family, params)
@@ -70,10 +91,11 @@ export function withBits(entry: MethodEntry, bits: number, methods: ReadonlyMap<
   return { method: 'rtn', params: { ...paramsFor(rtn, params), bits } }
 }
 
-/** The next width after `bits` in 16 → 8 → 4 → 3 → 2 → 16. */
+/** The next width after `bits` in 16 → 8 → 4 → 3 → 2 → 16; a width outside the cycle (5, 6) goes to the next one below it. */
 export function nextBits(bits: number): CellBits {
   const i = BIT_CYCLE.findIndex((b) => b === bits)
-  return BIT_CYCLE[(i + 1) % BIT_CYCLE.length]!
+  if (i >= 0) return BIT_CYCLE[(i + 1) % BIT_CYCLE.length]!
+  return BIT_CYCLE.find((b) => b < bits) ?? 16
 }
 
 /** Params that differ from the method's defaults, for short labels ("rtn g64 sym"). */
@@ -87,7 +109,8 @@ export function shortLabel(entry: PlanEntry | undefined, methods: ReadonlyMap<st
     for (const p of info.params) {
       if (p.key === 'bits' || p.key === 'group' || !(p.key in params) || params[p.key] === p.default) continue
       const v = params[p.key]
-      parts.push(typeof v === 'boolean' ? (v ? p.key : `no ${p.key}`) : `${p.key}=${v}`)
+      // A block type names itself ('Q4_K'); other params say which they are.
+      parts.push(typeof v === 'boolean' ? (v ? p.key : `no ${p.key}`) : p.key === 'type' ? String(v) : `${p.key}=${v}`)
     }
   }
   return parts.join(' ')

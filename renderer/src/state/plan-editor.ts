@@ -194,10 +194,14 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
     for (const t of tensors) {
       const old = state.entries[t]
       if (!old) continue
-      const bits = info.params.some((p) => p.key === 'bits') ? entryBits(old, methods()) : info.bits
-      const next = withBits({ method: info.id, params: { ...state.brush.params } }, bits, methods())
-      if (next === 'keep') delete state.entries[t]
-      else state.entries[t] = next
+      // Keep the cell's width where the new method can have it (RTN 3 → GPTQ 3, Q4_K → RTN 4); else the method's own.
+      const fresh = { method: info.id, params: { ...state.brush.params } }
+      const next = withBits(fresh, entryBits(old, methods()), methods())
+      if (next === 'keep' || next.method !== info.id) {
+        state.entries[t] = fresh
+        continue
+      }
+      state.entries[t] = next
     }
     requestSize()
   }
