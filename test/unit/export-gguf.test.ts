@@ -15,6 +15,7 @@ import type { OpenedModel } from '../../worker/formats/contract'
 import { loadTokenizer } from '../../worker/model/tokenizer'
 import { createOverrides, quantizeEntry, readOrientedWeight, resolvePlanFor } from '../../worker/plan/apply'
 import { planFromSpec, type Plan } from '../../worker/plan/plan'
+import { planFromLlamaCppPreset } from '../../worker/plan/llama-cpp-presets'
 import { evaluatePerplexity, planWindows } from '../../worker/inference/perplexity'
 import { DecoderSession } from '../../worker/inference/session'
 import type { WeightOverrides } from '../../worker/inference/weights'
@@ -113,31 +114,50 @@ async function appGreedy(overrides: WeightOverrides, prompt: number[]): Promise<
   }
 }
 
-async function exportPlan(spec: string): Promise<{ plan: Plan; report: ExportReport; out: string }> {
-  const plan = planFromSpec(model, spec)
-  const out = join(dir, `default-${spec.replace(/[^A-Za-z0-9]+/g, '_')}.gguf`)
-  const report = await runExport({ model, modelPath: DEFAULT, plan, planSource: `spec ${spec}`, format: 'gguf', out })
-  return { plan, report, out }
+async function exportPlan(label: string, plan: Plan): Promise<{ report: ExportReport; out: string }> {
+  const out = join(dir, `default-${label.replace(/[^A-Za-z0-9]+/g, '_')}.gguf`)
+  const report = await runExport({ model, modelPath: DEFAULT, plan, planSource: label, format: 'gguf', out })
+  return { report, out }
 }
 
-describe.each(['ggml:type=Q8_0', 'ggml:type=Q4_0'])('GGUF export of the default model, every linear as %s', (spec) => {
+// Uniform legacy types over the linears, and llama-quantize's Q4_K_M mix (K types, quantized
+// embeddings and output) over every matrix.
+const CASES: Array<[string, (m: OpenedModel) => Plan]> = [
+  ['ggml:type=Q8_0', (m) => planFromSpec(m, 'ggml:type=Q8_0')],
+  ['ggml:type=Q4_0', (m) => planFromSpec(m, 'ggml:type=Q4_0')],
+  ['llama.cpp Q4_K_M', (m) => planFromLlamaCppPreset(m, 'Q4_K_M')],
+]
+
+describe.each(CASES)('GGUF export of the default model as %s', (label, makePlan) => {
   let plan: Plan
   let report: ExportReport
   let out: string
+  /** The plan's quantized tensors, and their dequantised values as the evaluation's weight overrides. */
+  const quantized = new Map<string, GgmlQuantizedTensor>()
+  const overrides = new Map<string, Float32Array>()
 
   beforeAll(async () => {
-    ;({ plan, report, out } = await exportPlan(spec))
-  }, 60_000)
+    plan = makePlan(model)
+    ;({ report, out } = await exportPlan(label, plan))
+    // What createOverrides hands the graph, computed once here for the three checks below.
+    for (const e of resolvePlanFor(model, plan, label)) {
+      const q = quantizeEntry(e, await readOrientedWeight(model, e), undefined) as GgmlQuantizedTensor
+      quantized.set(e.tensor.name, q)
+      overrides.set(e.tensor.name, q.dequantizeRows(0, e.rows))
+    }
+    // The same values as the app's own lazy overrides (checked on one tensor; each costs a quantization).
+    const [first] = overrides.keys()
+    const lazy = (await createOverrides(model, { plan, source: label })).get(first!) as (r0: number, r1: number) => Promise<Float32Array>
+    expect(firstDifference(await lazy(0, model.tensors.find((t) => t.name === first)!.shape[0]!), overrides.get(first!)!)).toBe(-1)
+  }, 120_000)
 
   it('llama.cpp’s perplexity on held-out windows is the app’s for the same plan (within 0.5 %), and greedy generation agrees', async () => {
-    const source = `spec ${spec}`
-    const overrides = await createOverrides(model, { plan, source })
     const app = await evaluatePerplexity(model, ids, { ctx: CTX, maxWindows: WINDOWS, threads: 2, overrides })
     const windows = planWindows(ids, CTX, WINDOWS)
     const cpp = await llamaCppNll(out, windows)
 
     const cppPpl = Math.exp(cpp.nll)
-    console.info(`${spec}: app ppl ${app.ppl.toFixed(4)}, llama.cpp ppl ${cppPpl.toFixed(4)} (${(100 * (cppPpl / app.ppl - 1)).toFixed(3)} %)`)
+    console.info(`${label}: app ppl ${app.ppl.toFixed(4)}, llama.cpp ppl ${cppPpl.toFixed(4)} (${(100 * (cppPpl / app.ppl - 1)).toFixed(3)} %)`)
     expect(Math.abs(cppPpl / app.ppl - 1)).toBeLessThan(0.005)
     // The plan changes the model: the unquantized perplexity is not what either measured.
     expect(await appGreedy(overrides, windows[0]!.slice(0, PROMPT_TOKENS))).toEqual(cpp.greedy)
@@ -148,15 +168,15 @@ describe.each(['ggml:type=Q8_0', 'ggml:type=Q4_0'])('GGUF export of the default 
     const gguf = await openModel(out)
     try {
       const cfg = model.config!
-      const entries = resolvePlanFor(model, plan, spec)
+      const entries = resolvePlanFor(model, plan, label)
       for (const e of entries) {
         const written = report.tensors.find((t) => t.source === e.tensor.name)!
-        const q = quantizeEntry(e, await readOrientedWeight(model, e), undefined) as GgmlQuantizedTensor
-        let want = q.dequantizeRows(0, e.rows)
+        const q = quantized.get(e.tensor.name)!
+        let want = overrides.get(e.tensor.name)!
         const heads = /q_proj/.test(e.tensor.name) ? cfg.numHeads : /k_proj/.test(e.tensor.name) ? cfg.numKvHeads : null
         if (heads !== null) want = permuteToGgufRows(want, heads, cfg.headDim, e.cols)
         const entry = gguf.tensors.find((t) => t.name === written.name)!
-        expect(entry.dtype).toBe(spec.slice('ggml:type='.length))
+        expect(entry.dtype).toBe(e.params.type)
         expect(entry.shape).toEqual([e.rows, e.cols])
         expect(firstDifference(await gguf.readRows(written.name, 0, e.rows), want), written.name).toBe(-1)
         if (heads === null) expect(Buffer.from(await gguf.readRaw(written.name)).equals(Buffer.from(q.blocks)), written.name).toBe(true)

@@ -39,8 +39,8 @@ export const GGUF_PRE_OPTION = 'pre'
 const FILE_TYPE: Readonly<Record<string, number>> = Object.freeze({ F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 7, Q5_0: 8, Q5_1: 9, Q2_K: 10, Q3_K: 11, Q4_K: 14, Q5_K: 16, Q6_K: 18, BF16: 32 })
 
 /**
- * Where a row is not a whole number of 256-value super-blocks, llama.cpp's llama_tensor_get_type
- * falls back to a 32-block type (IQ4_NL for Q2_K/Q3_K, which is no method here: Q4_0 instead).
+ * Where a row is not a whole number of 256-value super-blocks, llama-quantize falls back to a
+ * 32-block type (tensor_type_fallback in src/llama-quant.cpp).
  */
 const LEGACY_FOR_K: Readonly<Partial<Record<GgmlQuantType, GgmlQuantType>>> = Object.freeze({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' })
 
