@@ -3,6 +3,8 @@ import { openModel } from '../formats/open-model'
 import { EXPORT_FORMAT_IDS, type ExportFloatType, type ExportReport } from '../export/contract'
 import { exportFormat } from '../export/registry'
 import { runExport } from '../export/run-export'
+import { GGUF_FALLBACK_OPTION } from '../export/gguf'
+import { GGML_QUANT_TYPES } from '../quant/ggml'
 import { UsageError, type ParsedArgs } from './args'
 import { formatBytes, progressLine } from './format'
 import { planArgument } from './plan-args'
@@ -11,7 +13,7 @@ const FLOAT_TYPES: readonly ExportFloatType[] = ['bf16', 'fp16', 'fp32']
 
 /**
  * `export MODEL (--plan FILE | --quant SPEC) --format gguf|onnx|safetensors|compressed-tensors
- *  --out PATH [--dtype bf16|fp16|fp32] [--calib FILE] [--tokenizer FILE] [--json]`
+ *  --out PATH [--dtype bf16|fp16|fp32] [--gguf-fallback TYPE] [--calib FILE] [--tokenizer FILE] [--json]`
  * Writes the model as planned in the target format (staged beside PATH, renamed when
  * complete) and its report beside it as <name>.report.json; prints the path, bytes per
  * section and seconds.
@@ -27,6 +29,11 @@ export async function runExportCommand(args: ParsedArgs): Promise<number> {
   const dtype = args.flags.get('dtype')
   if (dtype !== undefined && !FLOAT_TYPES.includes(dtype as ExportFloatType)) {
     throw new UsageError(`--dtype must be ${FLOAT_TYPES.join(', ')}, got '${String(dtype)}'`)
+  }
+  const ggufFallback = args.flags.get('gguf-fallback')
+  if (ggufFallback !== undefined && formatId !== 'gguf') throw new UsageError('--gguf-fallback is an option of --format gguf')
+  if (ggufFallback !== undefined && !(GGML_QUANT_TYPES as readonly string[]).includes(String(ggufFallback))) {
+    throw new UsageError(`--gguf-fallback must be one of ${GGML_QUANT_TYPES.join(', ')}, got '${String(ggufFallback)}'`)
   }
   // Unknown or unbuilt formats fail before the model is read.
   exportFormat(formatId, resolve(out))
@@ -47,7 +54,11 @@ export async function runExportCommand(args: ParsedArgs): Promise<number> {
         planSource: planned.source,
         format: formatId,
         out,
-        options: { calibration: planned.calibration, ...(dtype ? { dtype: dtype as ExportFloatType } : {}) },
+        options: {
+          calibration: planned.calibration,
+          ...(dtype ? { dtype: dtype as ExportFloatType } : {}),
+          ...(typeof ggufFallback === 'string' ? { formatOptions: { [GGUF_FALLBACK_OPTION]: ggufFallback } } : {}),
+        },
       },
       {
         signal: controller.signal,

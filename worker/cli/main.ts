@@ -30,9 +30,11 @@ commands:
       Quantizes every planned tensor without evaluating, N tensors at a time on worker
       threads (default 2): per tensor method, bytes, MSE, SQNR and seconds, plus totals.
   export MODEL (--plan FILE | --quant SPEC) --format gguf|onnx|safetensors|compressed-tensors --out PATH
-       [--dtype bf16|fp16|fp32] [--calib FILE] [--tokenizer FILE] [--json]
+       [--dtype bf16|fp16|fp32] [--gguf-fallback TYPE] [--calib FILE] [--tokenizer FILE] [--json]
       Writes the model as planned in a format other runtimes load (staged beside PATH, renamed
       when complete) and <name>.report.json beside it: per tensor method, written type and bytes.
+      GGUF writes methods it cannot store as a ggml type: --gguf-fallback Q8_0|Q4_0|…|Q6_K
+      (default the nearest in bits), each listed in the report.
   recipe --plan FILE --for llama.cpp|llm-compressor
       The plan as a recipe for the tools that quantize big models: llama-quantize --tensor-type
       overrides and command, or an llm-compressor recipe YAML (config_groups by role pattern).
@@ -51,7 +53,7 @@ const VALUE_FLAGS = new Set([
   // quantization
   'quant', 'plan', 'calib',
   // export
-  'format', 'out', 'dtype', 'for',
+  'format', 'out', 'dtype', 'for', 'gguf-fallback',
   'prompt', 'max-tokens', 'temperature', 'top-p', 'seed', 'compare',
 ])
 
