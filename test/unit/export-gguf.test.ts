@@ -191,6 +191,34 @@ describe.each(CASES)('GGUF export of the default model as %s', (label, makePlan)
   })
 })
 
+describe('GGUF export of a qwen2 model (q/k/v biases, tied embeddings, no q/k permutation)', () => {
+  it('llama.cpp’s perplexity of qwen2-tiny with Q8_0 linears is the app’s (within 0.5 %), biases written exactly as F32', async () => {
+    const QWEN = join(__dirname, '../../resources/models/qwen2-tiny')
+    const qwen = await openModel(QWEN)
+    try {
+      const plan = planFromSpec(qwen, 'ggml:type=Q8_0')
+      const out = join(dir, 'qwen2-q8_0.gguf')
+      const report = await runExport({ model: qwen, modelPath: QWEN, plan, planSource: 'qwen2 Q8_0', format: 'gguf', out })
+      expect(report.tensors.some((t) => t.name === 'output.weight')).toBe(false)
+      const qids = (await loadTokenizer(join(QWEN, 'tokenizer.json'))).encode(await readFile(HELDOUT, 'utf8'))
+      const app = await evaluatePerplexity(qwen, qids, { ctx: CTX, maxWindows: WINDOWS, threads: 2, overrides: await createOverrides(qwen, { plan, source: 'qwen2' }) })
+      const cpp = Math.exp((await llamaCppNll(out, planWindows(qids, CTX, WINDOWS))).nll)
+      console.info(`qwen2-tiny Q8_0: app ppl ${app.ppl.toFixed(4)}, llama.cpp ppl ${cpp.toFixed(4)} (${(100 * (cpp / app.ppl - 1)).toFixed(3)} %)`)
+      expect(Math.abs(cpp / app.ppl - 1)).toBeLessThan(0.005)
+      const gguf = await openModel(out)
+      try {
+        expect(gguf.tensors.find((t) => t.name === 'blk.1.attn_k.bias')!.dtype).toBe('F32')
+        // qwen2 keeps HF's row order (NEOX RoPE in llama.cpp): no permutation of q/k rows or biases.
+        expect(await gguf.readRows('blk.1.attn_k.bias', 0, 1)).toEqual(await qwen.readRows('model.layers.1.self_attn.k_proj.bias', 0, 1))
+      } finally {
+        await gguf.close()
+      }
+    } finally {
+      await qwen.close()
+    }
+  })
+})
+
 describe('GGUF export: cancel and failure leave nothing', () => {
   it('a cancel mid-export and a full disk remove the partial file and say why', async () => {
     const sub = await mkdtemp(join(dir, 'fail-'))
