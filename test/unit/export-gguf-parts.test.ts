@@ -17,7 +17,7 @@ import { permuteToGgufRows } from '../../worker/inference/gguf-layout'
 import { openModel } from '../../worker/formats/open-model'
 import type { OpenedModel } from '../../worker/formats/contract'
 import { PLAN_FORMAT, PLAN_VERSION, modelFingerprint, type Plan } from '../../worker/plan/plan'
-import { readOrientedWeight, resolvePlanFor } from '../../worker/plan/apply'
+import { createOverrides, readOrientedWeight, resolvePlanFor } from '../../worker/plan/apply'
 import { runExport } from '../../worker/export/run-export'
 import { gaussianWeights } from '../helpers/quant-random'
 import { planFromLlamaCppPreset, useMoreBits } from '../../worker/plan/llama-cpp-presets'
@@ -194,5 +194,33 @@ describe("llama.cpp's mixes as plans (llama_tensor_get_type)", () => {
     expect(typesByRole('Q8_0')).toMatchObject({ 'lm_head.weight': ['Q8_0'], v: eight('Q8_0') })
     expect([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15].filter((i) => useMoreBits(i, 16))).toEqual([0, 1, 4, 7, 10, 13, 14, 15])
     expect(() => planFromLlamaCppPreset(model, 'Q4_K_X')).toThrow(/unknown llama.cpp preset 'Q4_K_X'/)
+  })
+})
+
+describe('GGUF export of an imatrix plan', () => {
+  it('captures the same activations as the evaluation, so the written Q4_K blocks are the ones the app evaluates', async () => {
+    const up = 'model.layers.2.mlp.up_proj.weight'
+    const plan: Plan = {
+      format: PLAN_FORMAT,
+      version: PLAN_VERSION,
+      model: { name: 'default', fingerprint: modelFingerprint(model) },
+      tensors: { [up]: { method: 'ggml', params: { type: 'Q4_K', imatrix: true } } },
+    }
+    const calibration = { cacheDir: null }
+    const out = join(dir, 'imatrix.gguf')
+    const report = await runExport({ model, modelPath: DEFAULT, plan, planSource: 'imatrix plan', format: 'gguf', out, options: { calibration } })
+    expect(report.tensors.find((t) => t.source === up)).toMatchObject({ writtenType: 'Q4_K', support: 'exact' })
+    const produce = (await createOverrides(model, { plan, source: 'imatrix plan', calibration })).get(up) as (r0: number, r1: number) => Promise<Float32Array>
+    const evaluated = await produce(0, 768)
+    const plain = ggmlMethod.quantize(await model.readRows(up, 0, 768), 768, 256, { type: 'Q4_K', imatrix: false }).dequantizeRows(0, 768)
+    const gguf = await openModel(out)
+    try {
+      const written = await gguf.readRows('blk.2.ffn_up.weight', 0, 768)
+      expect(Buffer.from(written.buffer).equals(Buffer.from(evaluated.buffer))).toBe(true)
+      // The weighting changed the blocks: without it they differ.
+      expect(Buffer.from(written.buffer).equals(Buffer.from(plain.buffer))).toBe(false)
+    } finally {
+      await gguf.close()
+    }
   })
 })
