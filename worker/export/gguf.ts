@@ -17,7 +17,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { OpenedModel, TensorEntry } from '../formats/contract'
 import { ggmlTypeByName } from '../formats/gguf/ggml-types'
-import { GgufStreamWriter, u32, type GgufKv, type GgufTensorInfo } from '../formats/gguf/writer'
+import { GGUF_DEFAULT_ALIGNMENT, GgufStreamWriter, u32, type GgufKv, type GgufTensorInfo } from '../formats/gguf/writer'
 import { openOutputFile } from '../io/output-file'
 import { readOrientedWeight, quantizeEntry } from '../plan/apply'
 import { captureCalibration } from '../plan/calibration'
@@ -213,7 +213,7 @@ async function exportGguf(job: ExportJob, stagePath: string, hooks: ExportHooks)
       hooks.onProgress?.({ stage: 'writing', done: i, total: writes.length, tensor: w.hf.name })
       const { data, record } = w.entry ? await quantizedData(model, w, calibration.get(w.hf.name), hooks.signal) : await keptData(model, w, stagePath)
       await writer.writeTensor(w.info.name, data)
-      const padded = Math.ceil(data.length / 32) * 32
+      const padded = Math.ceil(data.length / GGUF_DEFAULT_ALIGNMENT) * GGUF_DEFAULT_ALIGNMENT
       sections[w.entry ? (w.choice!.exact ? 'quantized' : 'fallback') : 'kept'] += padded
       tensors.push({ ...record, bytes: data.length })
     }
@@ -273,8 +273,8 @@ async function keptData(model: OpenedModel, w: PlannedWrite, file: string): Prom
   const { bytes, maxAbsError, rmsError } = floatBytes(values, type, file, w.hf.name)
   let data = bytes
   if (w.heads !== null) {
-    // A 1-D bias is permuted value by value, a matrix row by row.
-    const n = shape.length === 1 ? shape[0]! : shape[0]!
+    // A 1-D bias is permuted value by value, a matrix row by row: shape[0] rows either way.
+    const n = shape[0]!
     data = permuteRowsToGguf(bytes, w.heads, n, bytes.length / n, w.hf.name)
   }
   const rounded = maxAbsError > 0
