@@ -1,4 +1,3 @@
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { OpenedModel } from '../formats/contract'
 import { filesFingerprint } from '../io/file-fingerprint'
@@ -9,7 +8,6 @@ import type { BackendKind } from './ort-backend'
 import {
   cacheBytes,
   cacheKey,
-  fingerprintFiles,
   LogprobCacheReader,
   LogprobCacheWriter,
   pruneCache,
@@ -33,7 +31,7 @@ export interface KldOptions {
   base?: OpenedModel
   baseOverrides?: WeightOverrides
   cache?: KldCacheMode
-  /** Default: <tmpdir>/quantscope/logprob-cache. */
+  /** Default: the per-user private cache folder's `logprobs/` (io/private-dir.ts). */
   cacheDir?: string
   /** Disk the cache folder may use (default 4 GiB): larger files are not written, least recently used ones are removed. */
   cacheBudgetBytes?: number
@@ -57,8 +55,8 @@ export interface KldBaseSource {
 
 export const DEFAULT_CACHE_BUDGET = 4 * 2 ** 30
 
-export function defaultCacheDir(): string {
-  return join(tmpdir(), 'quantscope', 'logprob-cache')
+export function defaultLogprobCacheDir(): string {
+  return join(defaultCacheDir(), 'logprobs')
 }
 
 export async function openKldBase(
@@ -70,10 +68,11 @@ export async function openKldBase(
   const mode = options.cache ?? 'auto'
   const vocab = resolveDecoder(baseModel).vocab
   let key: string | null = null
-  const dir = options.cacheDir ?? defaultCacheDir()
+  const dir = options.cacheDir ?? defaultLogprobCacheDir()
   if (mode !== 'off' && !options.baseOverrides) {
-    key = cacheKey(await fingerprintFiles(baseModel.files), ctx, vocab, windows)
-    const reader = await LogprobCacheReader.open(cachePath(dir, key), ctx, vocab, windows.length)
+    key = cacheKey(await filesFingerprint(baseModel.files), ctx, vocab, windows)
+    // A cache folder that is not private (a symlink, another user's) is never read.
+    const reader = await LogprobCacheReader.open(dir, key, ctx, vocab, windows.length).catch(() => null)
     if (reader) {
       return {
         mode: 'cache-read',
