@@ -286,18 +286,6 @@ export const savedPlanSchema = v.object({
   plan: planSchema(),
 })
 
-/** The plans file: { "version": 1, "models": { "/abs/model/path": [SavedPlan, …] } }, plans checked one by one. */
-export const plansDocumentSchema = v.object({
-  version: v.optional(v.literal(1)),
-  models: v.record(v.string(), v.array(v.unknown(), 'must be a list of plans'), 'must be an object'),
-})
-
-/** The runs file: { "version": 1, "models": { "/abs/model/path": [EvalRun, …] } }, runs checked one by one. */
-export const runsDocumentSchema = v.object({
-  version: v.optional(v.literal(1)),
-  models: v.record(v.string(), v.array(v.unknown(), 'must be a list of runs'), 'must be an object'),
-})
-
 // The summary inference computes and the schema of what is stored must stay the same type.
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false
 const kldSchemaMatchesEngine: Same<v.InferOutput<typeof kldSummarySchema>, KldSummary> = true
