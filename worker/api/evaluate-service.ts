@@ -231,6 +231,7 @@ export class EvaluateService {
       tokensPerSecond: result.tokensPerSecond,
       // A plan variant records what it costs: the whole model's bytes and bits per quantized weight.
       ...(variant.size ? { bytes: variant.size.bytes, bitsPerWeight: variant.size.bitsPerWeight } : {}),
+      ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
     }
     // Keeping the run is best effort: the numbers are returned either way.
     await this.runs.add(run).catch(() => {})

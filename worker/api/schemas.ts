@@ -273,6 +273,8 @@ export const evalRunSchema = v.object({
   bytes: v.optional(num()),
   /** Plan variants: bits per weight over the quantized tensors. */
   bitsPerWeight: v.optional(v.nullable(num())),
+  /** What the user should know about the result (e.g. ctx beyond max_position_embeddings). */
+  warnings: v.optional(v.array(str())),
 })
 
 /** One saved plan, as listPlans returns it and as it is kept per model. */

@@ -126,8 +126,15 @@ export async function openKldBase(
       }))
       for (let i = 0; i < windows.length; i++) {
         if (writer && first + i === next) {
-          await writer.append(windows[i]!)
-          next++
+          try {
+            await writer.append(windows[i]!)
+            next++
+          } catch {
+            // A full disk costs the cache, never this evaluation: drop the partial file and go on.
+            const failed = writer
+            writer = null
+            await failed.finish().catch(() => {})
+          }
         }
       }
       return { windows, logprobs }

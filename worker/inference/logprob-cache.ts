@@ -26,6 +26,7 @@ const HEADER_BYTES = 64
 const KEY_OFFSET = 32
 const DIGEST_BYTES = 32
 const RANGE_NATS = 24
+const STALE_PARTIAL_MS = 60 * 60 * 1000
 // O_NOFOLLOW: a symlink planted under an entry's name is refused, not followed.
 const NO_FOLLOW = constants.O_NOFOLLOW ?? 0
 
@@ -260,12 +261,19 @@ export function cachePath(dir: string, key: string): string {
  * so repeated evaluations of different texts or models never fill the disk.
  */
 export async function pruneCache(dir: string, incoming: number, budget: number): Promise<void> {
-  let names: string[]
+  let all: string[]
   try {
-    names = (await readdir(dir)).filter((n) => n.endsWith('.qslp'))
+    all = await readdir(dir)
   } catch {
     return
   }
+  // Partial files of a run that was killed would escape the budget forever: an hour after
+  // their last write nobody is appending to them.
+  for (const n of all.filter((n) => n.includes('.qslp.partial-'))) {
+    const st = await lstat(join(dir, n)).catch(() => null)
+    if (st?.isFile() && Date.now() - st.mtimeMs > STALE_PARTIAL_MS) await rm(join(dir, n), { force: true })
+  }
+  const names = all.filter((n) => n.endsWith('.qslp'))
   const files = (
     await Promise.all(
       names.map(async (n) => {
