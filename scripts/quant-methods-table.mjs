@@ -46,7 +46,7 @@ for (const [key, ref] of Object.entries(fixture.methods)) {
 const mib = (b) => (b / 2 ** 20).toFixed(2)
 console.log(`| method (spec) | bits/weight | model MiB | ppl | reference ppl | Δ vs reference | KLD mean | top-1 |`)
 console.log(`| --- | --- | --- | --- | --- | --- | --- | --- |`)
-console.log(`| unquantized (bf16) | 16 | ${mib(storedBytes)} | ${base.ppl.toFixed(3)} | ${fixture.fp32.ppl.toFixed(3)} | ${(100 * (base.ppl / fixture.fp32.ppl - 1)).toFixed(2)}% | 0 | 100% |`)
+console.log(`| unquantized (bf16) | 16 | ${mib(storedBytes)} | ${base.ppl.toFixed(3)} | ${fixture.fp32.ppl.toFixed(3)} | ${(100 * (base.ppl / fixture.fp32.ppl - 1)).toFixed(2)}% | ${base.kld.mean.toFixed(4)} | ${(100 * base.kld.top1).toFixed(1)}% |`)
 for (const { ref, r } of rows) {
   const seeds = ref.pplSeeds ? ` (seeds ${ref.pplSeeds.min.toFixed(2)}–${ref.pplSeeds.max.toFixed(2)})` : ''
   console.log(

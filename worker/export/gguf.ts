@@ -79,7 +79,7 @@ function chooseType(entry: ResolvedEntry, options: ExportOptions): TypeChoice | 
   let why = picked ? 'the chosen fallback type' : `the ggml type nearest to its ${bits} bits`
   if (type.endsWith('_K') && entry.cols % 256 !== 0) {
     const legacy = LEGACY_FOR_K[type]!
-    why += `; rows of ${entry.cols} are not a multiple of 256, so ${legacy} instead of ${type} (as llama-quantize does)`
+    why += `; rows of ${entry.cols} are not a multiple of 256, so ${legacy} instead of ${type} (llama-quantize's 32-block fallback, with Q4_0 where it would use IQ4_NL)`
     type = legacy
   }
   if (entry.cols % 32 !== 0) return { unsupported: `rows of ${entry.cols} values fit no ggml block type (blocks of 32 or 256)` }
