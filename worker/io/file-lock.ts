@@ -1,4 +1,5 @@
-import { open, readFile, rm, stat } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { open, readFile, rename, rm, stat } from 'node:fs/promises'
 
 /**
  * A lock file beside a file that several processes read-modify-write (the runs file, the
@@ -28,12 +29,14 @@ export async function withFileLock<T>(file: string, body: () => Promise<T>, opti
   const lock = `${file}.lock`
   const deadline = Date.now() + (options.timeoutMs ?? 10_000)
   const staleMs = options.staleMs ?? 30_000
+  // pid (for staleness) and a nonce (so we only ever remove our own lock).
+  const mine = `${process.pid} ${randomBytes(8).toString('hex')}`
   let wait = 2
   for (;;) {
     try {
       const fh = await open(lock, 'wx', 0o600)
       try {
-        await fh.writeFile(String(process.pid))
+        await fh.writeFile(mine)
       } finally {
         await fh.close()
       }
@@ -41,7 +44,10 @@ export async function withFileLock<T>(file: string, body: () => Promise<T>, opti
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
       if (await isStale(lock, staleMs)) {
-        await rm(lock, { force: true })
+        // Rename, not remove: of two waiters judging the same stale lock, only one rename
+        // succeeds, so the other can never delete the fresh lock the first one then takes.
+        const grave = `${lock}.stale-${randomBytes(6).toString('hex')}`
+        if (await rename(lock, grave).then(() => true, () => false)) await rm(grave, { force: true })
         continue
       }
       if (Date.now() > deadline) throw new FileLockTimeoutError(file)
@@ -52,7 +58,8 @@ export async function withFileLock<T>(file: string, body: () => Promise<T>, opti
   try {
     return await body()
   } finally {
-    await rm(lock, { force: true })
+    // Only our own lock: if it was taken over as stale meanwhile, the new holder's stays.
+    if ((await readFile(lock, 'utf8').catch(() => null)) === mine) await rm(lock, { force: true })
   }
 }
 
@@ -60,7 +67,7 @@ async function isStale(lock: string, staleMs: number): Promise<boolean> {
   try {
     const [info, text] = await Promise.all([stat(lock), readFile(lock, 'utf8')])
     if (Date.now() - info.mtimeMs > staleMs) return true
-    const pid = Number(text)
+    const pid = Number(text.split(' ')[0])
     // An empty file is a lock being written right now, not a stale one.
     if (!Number.isInteger(pid) || pid <= 0) return false
     if (pid === process.pid) return false
