@@ -4,18 +4,10 @@
  * channels), and the float64 output error tr(E·G·Eᵀ) computed the plain way.
  */
 import type { LayerCalibration } from '../../worker/quant/contract'
+import { seededRandom } from '../../worker/inference/sampler'
 
-/** mulberry32: small, seeded, good enough for test data. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** The project's one seeded PRNG (mulberry32), re-exported for the quantizer tests. */
+export { seededRandom }
 
 export function gaussian(rand: () => number): number {
   return Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand())
