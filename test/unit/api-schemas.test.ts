@@ -296,10 +296,12 @@ describe('files read through the schemas', () => {
       `quantscope: ${file}: skipped run 3 of /m: the run must be an object`,
       `quantscope: ${file}: skipped run 4 of /m: 'kld.median' is missing`,
     ])
-    // Adding a run rewrites the file with the valid records only, and reading still works.
+    // Adding a run keeps the records it cannot read, unchanged (a newer build may read them), and reading still works.
     await store.add(run('good-3', { createdAt: 3000 }) as unknown as EvalRun)
     expect((await store.list('/m')).map((r) => r.id)).toEqual(['good-3', 'good-2', 'good-1'])
-    expect(JSON.parse(await readFile(file, 'utf8')).models['/m']).toHaveLength(3)
+    const stored = JSON.parse(await readFile(file, 'utf8')).models['/m'] as unknown[]
+    expect(stored).toHaveLength(7)
+    expect(stored.slice(3)).toEqual(records.slice(1, 5))
   })
 
   it('runs file: a document of the wrong shape or broken JSON lists nothing and warns', async () => {
@@ -309,7 +311,7 @@ describe('files read through the schemas', () => {
     expect(await new EvalRunsFile(file, 200, (l) => warnings.push(l)).list('/m')).toEqual([])
     await writeFile(file, '{"models": {"/m": [ ')
     expect(await new EvalRunsFile(file, 200, (l) => warnings.push(l)).list('/m')).toEqual([])
-    expect(warnings).toEqual([expect.stringContaining("not a runs file: 'models./m' must be a list of runs"), expect.stringContaining('is not valid JSON')])
+    expect(warnings).toEqual([expect.stringContaining("is not a runs file of this version: 'models./m' must be a list"), expect.stringContaining('is not valid JSON')])
   })
 
   it('recent-models file: bad entries are skipped with a warning, good ones kept', async () => {
