@@ -39,12 +39,8 @@ export function roundAway(x: number): number {
   return x < 0 ? -Math.floor(-x + 0.5) : Math.floor(x + 0.5)
 }
 
-/**
- * make_qx_quants: symmetric codes L ∈ [0, 2·nmax) (stored as l + nmax) and the scale that
- * minimises Σ w·(x − scale·l)², trying 18 scales around nmax/max. Weights: `qw`, else by
- * rmseType (1: x², 2: 1, 3: |x|, else √|x|). rmseType 0 = plain rounding; negative = one pass.
- */
-export function makeQxQuants(n: number, nmax: number, x: ArrayLike<number>, xo: number, L: Int8Array | Uint8Array, lo: number, rmseType: number, qw: ArrayLike<number> | null, qo = 0): number {
+/** The value of x[xo … xo+n) with the largest magnitude, sign kept (the first on ties; 0 when none is non-zero). */
+function largestMagnitude(x: ArrayLike<number>, xo: number, n: number): number {
   let max = 0
   let amax = 0
   for (let i = 0; i < n; i++) {
@@ -54,7 +50,17 @@ export function makeQxQuants(n: number, nmax: number, x: ArrayLike<number>, xo: 
       max = x[xo + i]!
     }
   }
-  if (amax < GROUP_MAX_EPS) {
+  return max
+}
+
+/**
+ * make_qx_quants: symmetric codes L ∈ [0, 2·nmax) (stored as l + nmax) and the scale that
+ * minimises Σ w·(x − scale·l)², trying 18 scales around nmax/max. Weights: `qw`, else by
+ * rmseType (1: x², 2: 1, 3: |x|, else √|x|). rmseType 0 = plain rounding; negative = one pass.
+ */
+export function makeQxQuants(n: number, nmax: number, x: ArrayLike<number>, xo: number, L: Int8Array | Uint8Array, lo: number, rmseType: number, qw: ArrayLike<number> | null, qo = 0): number {
+  const max = largestMagnitude(x, xo, n)
+  if (Math.abs(max) < GROUP_MAX_EPS) {
     for (let i = 0; i < n; i++) L[lo + i] = 0
     return 0
   }
@@ -121,16 +127,8 @@ function qxWeights(n: number, x: ArrayLike<number>, xo: number, rmseType: number
  * (Σwxl)²/Σwl². L ends as l + nmax.
  */
 export function makeQ3Quants(n: number, nmax: number, x: ArrayLike<number>, xo: number, L: Int8Array, lo: number, doRmse: boolean): number {
-  let max = 0
-  let amax = 0
-  for (let i = 0; i < n; i++) {
-    const ax = Math.abs(x[xo + i]!)
-    if (ax > amax) {
-      amax = ax
-      max = x[xo + i]!
-    }
-  }
-  if (amax < GROUP_MAX_EPS) {
+  const max = largestMagnitude(x, xo, n)
+  if (Math.abs(max) < GROUP_MAX_EPS) {
     for (let i = 0; i < n; i++) L[lo + i] = 0
     return 0
   }
