@@ -1,5 +1,5 @@
-import type { GraphBuilder } from './onnx-graph-builder'
-import { MS_DOMAIN } from './onnx-graph-builder'
+import type { GraphBuilder } from '../formats/onnx/graph-builder'
+import { MS_DOMAIN } from '../formats/onnx/graph-builder'
 
 /**
  * The attention part of a decoder block, from the fused q|k|v projection to the input of the

@@ -1,4 +1,4 @@
-import type { GraphBuilder } from './onnx-graph-builder'
+import type { GraphBuilder } from '../formats/onnx/graph-builder'
 
 /**
  * Where the decoder graph can tap activations: the residual stream entering every block

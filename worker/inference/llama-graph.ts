@@ -1,5 +1,5 @@
 import type { OpenedModel } from '../formats/contract'
-import { GraphBuilder, type Dim } from './onnx-graph-builder'
+import { GraphBuilder, type Dim } from '../formats/onnx/graph-builder'
 import type { DecoderSpec } from './decoder-spec'
 import { ropeInverseFrequencies, ropeTables } from './rope'
 import { readAttentionTensor, readTensor, type WeightOverrides } from './weights'

@@ -1,7 +1,7 @@
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises'
 import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
-import type { GraphBuilder } from './onnx-graph-builder'
+import type { GraphBuilder } from '../formats/onnx/graph-builder'
 import { InferenceRuntimeError } from './errors'
 
 /**
