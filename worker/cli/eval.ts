@@ -9,14 +9,14 @@ import { openModel } from '../formats/open-model'
 import { engineModuleUrl } from '../jobs/spawn-worker'
 import type { PlanOverridesOptions } from '../plan/apply'
 import { planSize, type PlanSize } from '../plan/size'
-import { planArgument } from './plan-args'
+import { hasPlanArgument, planArgument } from './plan-args'
 
 /**
- * `eval MODEL --text FILE [--quant SPEC | --plan FILE [--calib FILE]] [--ctx 256] [--max-windows N]
+ * `eval MODEL --text FILE [--quant SPEC | --plan FILE | --preset NAME [--calib FILE]] [--ctx 256] [--max-windows N]
  *  [--backend wasm|native] [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]] [--tokenizer FILE] [--json]`
  * Perplexity by the project protocol; with --kld also the KL divergence against the base
  * model (default: MODEL itself, which checks the pipeline: KL 0, top-1 agreement 1). With
- * --quant/--plan the evaluated variant is MODEL with the plan's tensors quantized and
+ * --quant/--plan/--preset the evaluated variant is MODEL with the plan's tensors quantized and
  * dequantised (the KLD base stays MODEL as stored); the plan is checked before any work.
  */
 export async function runEval(args: ParsedArgs): Promise<number> {
@@ -37,7 +37,7 @@ export async function runEval(args: ParsedArgs): Promise<number> {
 
   const tokenizerPath = typeof tokenizer === 'string' ? resolve(tokenizer) : undefined
   let planned: { size: PlanSize; options: PlanOverridesOptions } | null = null
-  if (args.flags.has('quant') || args.flags.has('plan') || args.flags.has('calib')) {
+  if (hasPlanArgument(args)) {
     const opened = await openModel(model)
     try {
       const p = await planArgument(opened, args, tokenizerPath)

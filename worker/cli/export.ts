@@ -7,12 +7,12 @@ import { GGUF_FALLBACK_OPTION } from '../export/gguf'
 import { GGML_QUANT_TYPES } from '../quant/ggml'
 import { UsageError, type ParsedArgs } from './args'
 import { formatBytes, progressLine } from './format'
-import { planArgument } from './plan-args'
+import { PLAN_FLAGS, planArgument, planFlag } from './plan-args'
 
 const FLOAT_TYPES: readonly ExportFloatType[] = ['bf16', 'fp16', 'fp32']
 
 /**
- * `export MODEL (--plan FILE | --quant SPEC) --format gguf|onnx|safetensors|compressed-tensors
+ * `export MODEL (--plan FILE | --quant SPEC | --preset NAME) --format gguf|onnx|safetensors|compressed-tensors
  *  --out PATH [--dtype bf16|fp16|fp32] [--gguf-fallback TYPE] [--calib FILE] [--tokenizer FILE] [--json]`
  * Writes the model as planned in the target format (staged beside PATH, renamed when
  * complete) and its report beside it as <name>.report.json; prints the path, bytes per
@@ -25,7 +25,8 @@ export async function runExportCommand(args: ParsedArgs): Promise<number> {
   if (typeof formatId !== 'string') throw new UsageError(`export needs --format ${EXPORT_FORMAT_IDS.join('|')}`)
   const out = args.flags.get('out')
   if (typeof out !== 'string') throw new UsageError('export needs --out PATH')
-  if (!args.flags.has('plan') && !args.flags.has('quant')) throw new UsageError('export needs --plan FILE or --quant SPEC')
+  // The plan flags (one of three, a known preset name) are checked before the model is read.
+  if (planFlag(args) === null) throw new UsageError(`export needs ${PLAN_FLAGS}`)
   const dtype = args.flags.get('dtype')
   if (dtype !== undefined && !FLOAT_TYPES.includes(dtype as ExportFloatType)) {
     throw new UsageError(`--dtype must be ${FLOAT_TYPES.join(', ')}, got '${String(dtype)}'`)
@@ -43,7 +44,7 @@ export async function runExportCommand(args: ParsedArgs): Promise<number> {
   const model = await openModel(modelPath)
   try {
     const planned = await planArgument(model, args, tokenizerPath)
-    if (!planned) throw new UsageError('export needs --plan FILE or --quant SPEC')
+    if (!planned) throw new UsageError(`export needs ${PLAN_FLAGS}`)
     const controller = new AbortController()
     process.once('SIGINT', () => controller.abort())
     const report = await runExport(

@@ -11,6 +11,7 @@ import { runRecipe } from './recipe'
 import { runGenerate } from './generate'
 import { runQuantize } from './quantize'
 import { formatBytes, formatCount, progressLine } from './format'
+import { LLAMA_CPP_PRESETS } from '../plan/llama-cpp-presets'
 
 const USAGE = `usage: npm run cli -- <command> [options]
 
@@ -18,18 +19,20 @@ commands:
   inspect PATH [--stats] [--threads N] [--json]
       PATH: a Hugging Face folder, a .safetensors file, a *.safetensors.index.json,
       a .gguf or an .onnx file. --stats computes per-tensor statistics.
-  eval MODEL --text FILE [--quant SPEC | --plan FILE [--calib FILE]] [--ctx 256] [--max-windows N]
+  eval MODEL --text FILE [--quant SPEC | --plan FILE | --preset NAME [--calib FILE]] [--ctx 256] [--max-windows N]
        [--backend wasm|native] [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]]
        [--tokenizer FILE] [--json]
       Perplexity on the text (windows of ctx tokens, remainder dropped); --kld adds the KL
       divergence against the base model (default: MODEL itself). --quant applies one method
       to every decoder linear weight (e.g. rtn:bits=4,group=128,sym=false, nf4:group=64,
       any4:group=128, kmeans:bits=3,per=row,outliers=0.005, gptq:bits=3,group=128,
-      awq:bits=4,group=128); --plan FILE applies a plan; --calib replaces the calibration text.
-  quantize MODEL (--quant SPEC | --plan FILE) [--calib FILE] [--tokenizer FILE] [--threads N] [--json]
+      awq:bits=4,group=128); --plan FILE applies a plan; --preset NAME applies llama.cpp's mix
+      of that name (the ggml type llama-quantize gives each tensor): ${LLAMA_CPP_PRESETS.join(', ')};
+      --calib replaces the calibration text.
+  quantize MODEL (--quant SPEC | --plan FILE | --preset NAME) [--calib FILE] [--tokenizer FILE] [--threads N] [--json]
       Quantizes every planned tensor without evaluating, N tensors at a time on worker
       threads (default 2): per tensor method, bytes, MSE, SQNR and seconds, plus totals.
-  export MODEL (--plan FILE | --quant SPEC) --format gguf|onnx|safetensors|compressed-tensors --out PATH
+  export MODEL (--plan FILE | --quant SPEC | --preset NAME) --format gguf|onnx|safetensors|compressed-tensors --out PATH
        [--dtype bf16|fp16|fp32] [--gguf-fallback TYPE] [--calib FILE] [--tokenizer FILE] [--json]
       Writes the model as planned in a format other runtimes load (staged beside PATH, renamed
       when complete) and <name>.report.json beside it: per tensor method, written type and bytes.
@@ -51,7 +54,7 @@ const VALUE_FLAGS = new Set([
   // eval / generate
   'text', 'ctx', 'max-windows', 'backend', 'base', 'kld-cache', 'tokenizer',
   // quantization
-  'quant', 'plan', 'calib',
+  'quant', 'plan', 'preset', 'calib',
   // export
   'format', 'out', 'dtype', 'for', 'gguf-fallback',
   'prompt', 'max-tokens', 'temperature', 'top-p', 'seed', 'compare',

@@ -12,7 +12,7 @@ import { quantErrorMetrics } from '../quant/metrics'
 import { formatQuantSpec } from '../quant/spec'
 import { intFlag, UsageError, type ParsedArgs } from './args'
 import { formatBytes, progressLine } from './format'
-import { planArgument } from './plan-args'
+import { PLAN_FLAGS, planArgument } from './plan-args'
 
 /** One tensor of the `quantize --json` report (a contract scripts rely on). */
 export interface QuantizedTensorReport {
@@ -59,7 +59,7 @@ export interface QuantizeModelOptions {
 }
 
 /**
- * `quantize MODEL (--quant SPEC | --plan FILE) [--calib FILE] [--tokenizer FILE] [--threads N] [--json]`:
+ * `quantize MODEL (--quant SPEC | --plan FILE | --preset NAME) [--calib FILE] [--tokenizer FILE] [--threads N] [--json]`:
  * quantizes every planned tensor without evaluating, N tensors at a time on worker threads
  * (default 2), and reports per tensor (in model order) its method, exact bytes, weight MSE,
  * SQNR, max error (and output MSE where the method had XᵀX), and the seconds it took. Writes
@@ -88,7 +88,7 @@ export async function quantizeModel(path: string, args: ParsedArgs, options: Qua
   const model = await openModel(path)
   try {
     const planned = await planArgument(model, args, typeof tokenizer === 'string' ? resolve(tokenizer) : undefined)
-    if (!planned) throw new UsageError('quantize needs --quant SPEC or --plan FILE')
+    if (!planned) throw new UsageError(`quantize needs ${PLAN_FLAGS}`)
     const { entries } = planned
     await checkPlannedWeightsFinite(model, entries, signal)
     const tc = performance.now()
