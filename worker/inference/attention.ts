@@ -42,6 +42,11 @@ export interface AttentionShared {
   sinTable: string
   /** Values computed once per graph and reused by every layer. */
   cache: Map<string, string>
+  /**
+   * Additive mask [batch, 1, 1, seq, keys] replacing the 'ops' form's causal mask from position
+   * ids (io 'hf': causal by sequence index, and attention_mask's padding).
+   */
+  mask?: string
 }
 
 export interface AttentionOutput {
@@ -122,7 +127,7 @@ function opsAttention(s: AttentionShared, qkv: string, past: { key: string; valu
     v = g.op('Concat', [past.value, v], { axis: { int: 2 } })
   }
   // 0 where a key is visible, −inf where it lies after the query: [batch, 1, 1, seq, keys].
-  const mask = once(s, `ops-mask:${past !== null}`, () => {
+  const mask = s.mask ?? once(s, `ops-mask:${past !== null}`, () => {
     const queryPos = g.op('Unsqueeze', [s.positions, axes(2)]) // [batch, seq, 1]
     let keyPos: string
     if (past) {

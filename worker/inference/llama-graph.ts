@@ -5,6 +5,7 @@ import { ropeInverseFrequencies, ropeTables } from './rope'
 import { readAttentionTensor, readTensor, type WeightOverrides } from './weights'
 import { addCaptureOutputs, type CapturePoint, type CaptureSite } from './capture-points'
 import { attention, resolveAttention, type AttentionKind, type AttentionShared } from './attention'
+import { concat, ENGINE_WEIGHTS, type GraphWeights } from './graph-weights'
 
 /**
  * The ONNX graph of a llama / mistral / qwen2 decoder, built from the opened weights with
@@ -40,6 +41,16 @@ export interface DecoderGraphOptions {
   maxPositions: number
   /** Attention implementation; 'auto' (default) = 'ops' (see resolveAttention). */
   attention?: AttentionKind | 'auto'
+  /**
+   * 'engine' (default): the evaluation engine's inputs (input_ids, position_ids, past_key.L …).
+   * 'hf': the names transformers.js, Optimum and onnxruntime-genai use — inputs input_ids,
+   * attention_mask [batch, past + seq] (0 = padding, honoured over past and new keys, so
+   * left-padded batches work), position_ids, past_key_values.L.key/value; outputs logits
+   * [batch, seq, vocab], present.L.key/value. Needs kvCache, logits 'all' and 'ops' attention.
+   */
+  io?: 'engine' | 'hf'
+  /** Where weights come from and how linears are written (default: the engine's float32 arrays). */
+  weights?: GraphWeights
 }
 
 export interface KvNames {
@@ -94,10 +105,23 @@ export async function buildDecoderGraph(
     tick()
     return data
   }
+  const readQk = async (name: string, kind: 'q' | 'k'): Promise<Float32Array> => {
+    const data = await readAttentionTensor(model, spec, name, kind, overrides, signal)
+    tick()
+    return data
+  }
+  const W = options.weights ?? ENGINE_WEIGHTS
+  const hfIo = options.io === 'hf'
+  if (hfIo && (!options.kvCache || options.logits !== 'all' || options.nll || options.logprobs || options.kl || options.argmax || options.capture)) {
+    throw new Error("decoder graph: io 'hf' takes kvCache and logits 'all' only")
+  }
+  if (options.weights && !hfIo) throw new Error("decoder graph: custom weights are for io 'hf' (exports)")
+  const [B, S] = hfIo ? ['batch_size', 'sequence_length'] : ['batch', 'seq']
 
   // ---- inputs and shape helpers
-  const ids = g.input('input_ids', 'int64', ['batch', 'seq'])
-  const pos = g.input('position_ids', 'int64', ['batch', 'seq'])
+  const ids = g.input('input_ids', 'int64', [B, S])
+  const attentionMask = hfIo ? g.input('attention_mask', 'int64', [B, 'total_sequence_length']) : null
+  const pos = g.input('position_ids', 'int64', [B, S])
   const shapeBT = g.op('Shape', [ids])
   const seqLen = g.op('Gather', [shapeBT, g.constInt64([1], [])], { axis: { int: 0 } })
   const axes = (...a: number[]): string => g.constInt64(a)
@@ -113,14 +137,15 @@ export async function buildDecoderGraph(
     shapeBT,
     seqLen,
     positions: pos,
-    cosTable: g.constFloat(cos, [options.maxPositions, d / 2], 'rope_cos'),
-    sinTable: g.constFloat(sin, [options.maxPositions, d / 2], 'rope_sin'),
+    cosTable: await W.table(g, 'rope_cos', [options.maxPositions, d / 2], cos),
+    sinTable: await W.table(g, 'rope_sin', [options.maxPositions, d / 2], sin),
     cache: new Map(),
   }
   const attentionKind = resolveAttention(options.attention, d)
+  if (hfIo && attentionKind !== 'ops') throw new Error("decoder graph: io 'hf' builds the standard-op attention")
 
   // ---- embedding
-  const embedW = g.weight('embed.weight', [V, H], await read(spec.embed))
+  const embedW = await W.float(g, 'embed.weight', [V, H], spec.embed, () => read(spec.embed))
   let x = g.op('Reshape', [g.op('Gather', [embedW, ids], { axis: { int: 0 } }), g.constInt64([-1, H])])
 
   const rmsNorm = (v: string, w: string): string =>
@@ -141,70 +166,86 @@ export async function buildDecoderGraph(
     const t = spec.layers[l]!
     tap('resid_in', l, x, H, [])
     // attention
-    const h = rmsNorm(x, g.weight(`L${l}.attn_norm`, [H], await read(t.attnNorm)))
+    const h = rmsNorm(x, await W.float(g, `L${l}.attn_norm`, [H], t.attnNorm, () => read(t.attnNorm)))
     tap('attn_in', l, h, H, [t.q, t.k, t.v])
-    const qw = await readAttentionTensor(model, spec, t.q, 'q', overrides, signal)
-    tick()
-    const kw = await readAttentionTensor(model, spec, t.k, 'k', overrides, signal)
-    tick()
-    const vw = await read(t.v)
-    const wqkv = concat([qw, kw, vw])
+    const qkvParts = [
+      { tensor: t.q, rows: Hq * d, read: () => readQk(t.q, 'q') },
+      { tensor: t.k, rows: Hkv * d, read: () => readQk(t.k, 'k') },
+      { tensor: t.v, rows: Hkv * d, read: () => read(t.v) },
+    ]
     let bias: string | undefined
     if (t.qBias || t.kBias || t.vBias) {
-      const qb = t.qBias ? await readAttentionTensor(model, spec, t.qBias, 'q', overrides, signal) : new Float32Array(Hq * d)
-      const kb = t.kBias ? await readAttentionTensor(model, spec, t.kBias, 'k', overrides, signal) : new Float32Array(Hkv * d)
-      const vb = t.vBias ? await readTensor(model, t.vBias, overrides, signal) : new Float32Array(Hkv * d)
-      bias = g.weight(`L${l}.qkv_bias`, [(Hq + 2 * Hkv) * d], concat([qb, kb, vb]))
+      const qBias = t.qBias
+      const kBias = t.kBias
+      const vBias = t.vBias
+      const readBias = async (): Promise<Float32Array> => {
+        const qb = qBias ? await readAttentionTensor(model, spec, qBias, 'q', overrides, signal) : new Float32Array(Hq * d)
+        const kb = kBias ? await readAttentionTensor(model, spec, kBias, 'k', overrides, signal) : new Float32Array(Hkv * d)
+        const vb = vBias ? await readTensor(model, vBias, overrides, signal) : new Float32Array(Hkv * d)
+        return concat([qb, kb, vb])
+      }
+      bias = await W.float(g, `L${l}.qkv_bias`, [(Hq + 2 * Hkv) * d], qBias ?? kBias ?? vBias!, readBias)
     }
-    const qkv = linear(h, g.weight(`L${l}.qkv`, [(Hq + 2 * Hkv) * d, H], wqkv), bias)
+    const qkv = await W.linear(g, h, `L${l}.qkv`, qkvParts, H, bias)
     let past: { key: string; value: string } | null = null
     if (kv) {
-      past = {
-        key: g.input(`past_key.${l}`, 'float32', ['batch', Hkv, 'past', d]),
-        value: g.input(`past_value.${l}`, 'float32', ['batch', Hkv, 'past', d]),
-      }
+      const [pk, pv] = hfIo ? [`past_key_values.${l}.key`, `past_key_values.${l}.value`] : [`past_key.${l}`, `past_value.${l}`]
+      const pastDims: Dim[] = hfIo ? [B, Hkv, 'past_sequence_length', d] : ['batch', Hkv, 'past', d]
+      past = { key: g.input(pk, 'float32', pastDims), value: g.input(pv, 'float32', pastDims) }
       kv.pastKey.push(past.key)
       kv.pastValue.push(past.value)
+      if (hfIo && l === 0) shared.mask = paddedCausalMask(g, shared, attentionMask!, past.key)
     }
     const { out: attn, presentKey, presentValue } = attention(attentionKind, shared, qkv, past)
     if (kv) {
-      kv.presentKey.push(`present_key.${l}`)
-      kv.presentValue.push(`present_value.${l}`)
-      g.output(`present_key.${l}`, presentKey, 'float32', ['batch', Hkv, 'total', d])
-      g.output(`present_value.${l}`, presentValue, 'float32', ['batch', Hkv, 'total', d])
+      const [nk, nv] = hfIo ? [`present.${l}.key`, `present.${l}.value`] : [`present_key.${l}`, `present_value.${l}`]
+      const presentDims: Dim[] = hfIo ? [B, Hkv, 'total_sequence_length', d] : ['batch', Hkv, 'total', d]
+      kv.presentKey.push(nk)
+      kv.presentValue.push(nv)
+      g.output(nk, presentKey, 'float32', presentDims)
+      g.output(nv, presentValue, 'float32', presentDims)
     }
     tap('o_in', l, attn, Hq * d, [t.o])
-    x = g.op('Add', [x, linear(attn, g.weight(`L${l}.o`, [H, Hq * d], await read(t.o)))])
+    x = g.op('Add', [x, await W.linear(g, attn, `L${l}.o`, [{ tensor: t.o, rows: H, read: () => read(t.o) }], Hq * d)])
     // SwiGLU MLP
-    const h2 = rmsNorm(x, g.weight(`L${l}.mlp_norm`, [H], await read(t.mlpNorm)))
+    const h2 = rmsNorm(x, await W.float(g, `L${l}.mlp_norm`, [H], t.mlpNorm, () => read(t.mlpNorm)))
     tap('mlp_in', l, h2, H, [t.gate, t.up])
-    const wgu = concat([await read(t.gate), await read(t.up)])
-    const gu = linear(h2, g.weight(`L${l}.gate_up`, [2 * I, H], wgu))
+    const guParts = [
+      { tensor: t.gate, rows: I, read: () => read(t.gate) },
+      { tensor: t.up, rows: I, read: () => read(t.up) },
+    ]
+    const gu = await W.linear(g, h2, `L${l}.gate_up`, guParts, H)
     const [gate, up] = g.node('Split', [gu, guSplit], { attrs: { axis: { int: 1 } }, outputs: 2 }) as [string, string]
     const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up])
     tap('down_in', l, act, I, [t.down])
-    x = g.op('Add', [x, linear(act, g.weight(`L${l}.down`, [H, I], await read(t.down)))])
+    x = g.op('Add', [x, await W.linear(g, act, `L${l}.down`, [{ tensor: t.down, rows: H, read: () => read(t.down) }], I)])
     tap('resid_out', l, x, H, [])
   }
 
   // ---- head
-  const hf = rmsNorm(x, g.weight('final_norm', [H], await read(spec.finalNorm)))
+  const hf = rmsNorm(x, await W.float(g, 'final_norm', [H], spec.finalNorm, () => read(spec.finalNorm)))
   tap('lm_head_in', null, hf, H, [spec.lmHead])
-  const lmW = spec.tied ? embedW : g.weight('lm_head.weight', [V, H], await read(spec.lmHead))
   const wantAll = options.logits === 'all' || options.nll || options.logprobs || options.kl || options.argmax
+  let lmW: string | null = spec.tied ? embedW : null
   let logits2d: string | null = null
-  if (wantAll) logits2d = linear(hf, lmW)
+  if (options.weights && !spec.tied) {
+    // An export writes lm_head like any linear (it may be planned); io 'hf' wants all logits only.
+    logits2d = await W.linear(g, hf, 'lm_head.weight', [{ tensor: spec.lmHead, rows: V, read: () => read(spec.lmHead) }], H)
+  } else {
+    lmW ??= await W.float(g, 'lm_head.weight', [V, H], spec.lmHead, () => read(spec.lmHead))
+    if (wantAll) logits2d = linear(hf, lmW)
+  }
   const toBTV = dimsOf(V)
   const outputs: string[] = []
   const out = (name: string, value: string, type: 'float32' | 'int64', dims: Dim[]): void => {
     g.output(name, value, type, dims)
     outputs.push(name)
   }
-  if (options.logits === 'all') out('logits', g.op('Reshape', [logits2d!, toBTV]), 'float32', ['batch', 'seq', V])
+  if (options.logits === 'all') out('logits', g.op('Reshape', [logits2d!, toBTV]), 'float32', [B, S, V])
   if (options.logits === 'last') {
     const last = g.op('Sub', [seqLen, g.constInt64([1], [])])
     const hLast = g.op('Gather', [g.op('Reshape', [hf, dimsOf(H)]), last], { axis: { int: 1 } })
-    out('logits', g.op('Unsqueeze', [linear(hLast, lmW), axes(1)]), 'float32', ['batch', 1, V])
+    out('logits', g.op('Unsqueeze', [linear(hLast, lmW!), axes(1)]), 'float32', ['batch', 1, V])
   }
   // One log-softmax serves nll, logprobs and kl (onnxruntime's LogSoftmax is vectorised;
   // ReduceLogSumExp was twice as slow in WASM).
@@ -233,19 +274,29 @@ export async function buildDecoderGraph(
   if (kv) outputs.push(...kv.presentKey, ...kv.presentValue)
   if (outputs.length === 0) throw new Error('decoder graph: no outputs requested')
 
-  const inputs = ['input_ids', 'position_ids']
+  const inputs = hfIo ? ['input_ids', 'attention_mask', 'position_ids'] : ['input_ids', 'position_ids']
   if (kv) inputs.push(...kv.pastKey, ...kv.pastValue)
   if (options.nll) inputs.push('targets')
   if (options.kl) inputs.push('ref_logprobs')
   return { builder: g, info: { spec, options, attention: attentionKind, inputs, outputs, kv, capturePoints, weightBytes: g.externalBytes } }
 }
 
-function concat(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0))
-  let o = 0
-  for (const p of parts) {
-    out.set(p, o)
-    o += p.length
-  }
-  return out
+/**
+ * The additive attention mask of io 'hf' [batch, 1, 1, seq, past + seq]: a key is visible when
+ * it is not after the query in the sequence (queries sit at past … past + seq − 1, whatever
+ * their position ids say — left padding shifts those) and attention_mask marks it as a token.
+ * Hidden keys get float32's lowest value rather than −inf, so a padding query that sees no key
+ * at all gets a uniform softmax instead of NaN (as transformers' masks do).
+ */
+function paddedCausalMask(g: GraphBuilder, s: AttentionShared, attentionMask: string, pastKey: string): string {
+  const scalar = (v: number): string => g.constInt64([v], [])
+  const past = g.op('Gather', [g.op('Shape', [pastKey]), scalar(2)], { axis: { int: 0 } })
+  const total = g.op('Add', [past, s.seqLen])
+  const queryAt = g.op('Unsqueeze', [g.op('Range', [past, total, scalar(1)]), g.constInt64([1])]) // [seq, 1]
+  const keyAt = g.op('Range', [scalar(0), total, scalar(1)]) // [total]
+  const causal = g.op('LessOrEqual', [keyAt, queryAt]) // [seq, total]
+  const isToken = g.op('Unsqueeze', [g.op('Cast', [attentionMask], { to: { int: 9 } }), g.constInt64([1])]) // [batch, 1, total]
+  const visible = g.op('And', [causal, isToken]) // [batch, seq, total]
+  const additive = g.op('Where', [visible, g.constFloat([0], []), g.constFloat([-3.4028234663852886e38], [])])
+  return g.op('Unsqueeze', [additive, g.constInt64([1, 2])])
 }

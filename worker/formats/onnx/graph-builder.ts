@@ -14,13 +14,15 @@ export const IR_VERSION = 8
 export const OPSET = 17
 export const MS_DOMAIN = 'com.microsoft'
 
-export type ElemType = 'float32' | 'int64' | 'bool'
+export type ElemType = 'float32' | 'float16' | 'uint8' | 'int64' | 'bool'
 export type Dim = number | string
 
 export type Attr = { int: number } | { float: number } | { ints: number[] } | { string: string }
 
 const ELEM: Record<ElemType, number> = {
   float32: onnx.TensorProto.DataType.FLOAT,
+  float16: onnx.TensorProto.DataType.FLOAT16,
+  uint8: onnx.TensorProto.DataType.UINT8,
   int64: onnx.TensorProto.DataType.INT64,
   bool: onnx.TensorProto.DataType.BOOL,
 }
@@ -47,9 +49,23 @@ export interface SerializedModel {
   files: { path: string; parts: { offset: number; data: Float32Array }[]; byteLength: number }[]
 }
 
+/**
+ * An initializer whose bytes a writer has already put into an external data file (an export
+ * streams its weights to disk one by one): the model only names file, offset and length.
+ */
+export interface ExternalRef {
+  name: string
+  type: ElemType
+  dims: number[]
+  location: string
+  offset: number
+  length: number
+}
+
 export class GraphBuilder {
   private readonly nodes: OnnxTypes.INodeProto[] = []
   private readonly inline: OnnxTypes.ITensorProto[] = []
+  private readonly written: OnnxTypes.ITensorProto[] = []
   private readonly external: ExternalWeight[] = []
   private readonly inputs: OnnxTypes.IValueInfoProto[] = []
   private readonly outputs: OnnxTypes.IValueInfoProto[] = []
@@ -105,6 +121,13 @@ export class GraphBuilder {
     return name
   }
 
+  /** A uint8 scalar (BitShift amounts). */
+  constUint8(value: number, prefix = 'c'): string {
+    const name = this.fresh(prefix)
+    this.inline.push({ name, dataType: ELEM.uint8, dims: [], rawData: Uint8Array.of(value) })
+    return name
+  }
+
   constFloat(values: ArrayLike<number>, dims: number[], prefix = 'c'): string {
     const name = this.fresh(prefix)
     const data = Float32Array.from(values)
@@ -118,6 +141,22 @@ export class GraphBuilder {
     if (data.length !== count) throw new Error(`graph builder: weight '${name}' has ${data.length} values, dims [${dims.join(', ')}] need ${count}`)
     this.external.push({ name: this.claim(name), dims, data })
     return name
+  }
+
+  /** An initializer already written to an external data file (see ExternalRef). */
+  externalRef(ref: ExternalRef): string {
+    this.written.push({
+      name: this.claim(ref.name),
+      dataType: ELEM[ref.type],
+      dims: ref.dims,
+      dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+      externalData: [
+        { key: 'location', value: ref.location },
+        { key: 'offset', value: String(ref.offset) },
+        { key: 'length', value: String(ref.length) },
+      ],
+    })
+    return ref.name
   }
 
   get externalBytes(): number {
@@ -137,7 +176,7 @@ export class GraphBuilder {
   serialize(layout: ExternalLayout): SerializedModel {
     if (this.released) throw new Error('graph builder: weights were released; build the graph again')
     const files: SerializedModel['files'] = []
-    const initializers = [...this.inline]
+    const initializers = [...this.inline, ...this.written]
     let single: SerializedModel['files'][number] | null = null
     this.external.forEach((w, i) => {
       let path: string
