@@ -72,6 +72,15 @@ export class FakeBackend implements ApiBackend {
   async deletePlan(): Promise<ApiResult<'deletePlan'>> {
     return { deleted: false }
   }
+  async exportFormats(): Promise<ApiResult<'exportFormats'>> {
+    return []
+  }
+  async exportSupport(): Promise<ApiResult<'exportSupport'>> {
+    throw new Error('not used')
+  }
+  async exportModel(): Promise<ApiResult<'exportModel'>> {
+    throw new Error('not used')
+  }
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
     this.cancelled.push(jobId)
     const stop = this.running.get(jobId)

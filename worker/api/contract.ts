@@ -10,6 +10,7 @@
  * while it runs, and may call `cancelJob`; the response then fails with `cancelled: true`.
  */
 import type * as v from 'valibot'
+import type { ExportedTensor, ExportFloatType, ExportFormatId, ExportReport } from '../export/contract'
 import type { ModelConfig, ModelFormatId } from '../formats/contract'
 import type { KldBaseMode, KldSummary } from '../inference/kld-types'
 import type { LinearRole } from '../model/logical-model'
@@ -19,6 +20,7 @@ import type { OrientedTensorStats, StatsOptions, StatsOrientation, TensorStats }
 import type { ApiMethodName } from './method-names'
 import type * as schemas from './schemas'
 
+export type { ExportedTensor, ExportFloatType, ExportFormatId }
 export type { CalibrationNeed, KldBaseMode, KldSummary, LinearRole, ModelConfig, ModelFormatId, OrientedTensorStats, Plan, PlanEntry, StatsOptions, StatsOrientation, StorageBreakdown, TensorStats }
 
 /** Parameters of a method as its schema (worker/api/schemas.ts) outputs them. */
@@ -284,6 +286,83 @@ export type EvaluateParams = ParamsOf<'evaluate'>
 
 export type GenerateParams = ParamsOf<'generate'>
 
+// ---- Export ------------------------------------------------------------------------------
+
+/** A choice a format offers beyond the float type (GGUF: the ggml type for methods it cannot store). */
+export interface ExportFormatOptionInfo {
+  /** Key in `formatOptions`. */
+  key: string
+  label: string
+  /** Allowed values; `default` null: the format picks per tensor (e.g. the ggml type nearest in bits). */
+  choices: string[]
+  default: string | null
+  hint: string
+}
+
+/** An export format as the dialog lists it (worker/export/registry.ts). */
+export interface ExportFormatInfo {
+  id: ExportFormatId
+  label: string
+  /** False: named, but not in this build. */
+  built: boolean
+  /** A single file or a folder; null when not built. */
+  output: 'file' | 'folder' | null
+  /** Why this model cannot be exported to it (not built, or not a model the format takes), or null. */
+  unavailable: string | null
+  dtypes: ExportFloatType[]
+  options: ExportFormatOptionInfo[]
+}
+
+/** What a format does with one planned tensor (export/contract.ts TensorSupport). */
+export interface ExportTensorSupport {
+  tensor: string
+  /** The plan's method as a spec. */
+  method: string
+  support: 'exact' | 'fallback' | 'unsupported'
+  /** Fallback: what is written instead; unsupported: why not. */
+  detail?: string
+}
+
+/** What a format can represent of a plan, checked before any work. */
+export interface ExportSupportInfo {
+  format: ExportFormatId
+  label: string
+  output: 'file' | 'folder' | null
+  /** Why the export cannot run at all (format not built, model not taken, tensors unsupported), or null. */
+  refusal: string | null
+  counts: { exact: number; fallback: number; unsupported: number; kept: number }
+  /** Planned tensors in model order. */
+  tensors: ExportTensorSupport[]
+  /** A free destination beside the source model, named after the model, plan and format. */
+  defaultDestination: string
+  /** The destination asked about (`out`), and why it cannot be written (null: it can). */
+  destination: { path: string; problem: string | null } | null
+}
+
+/** The export's own perplexity and KLD against the source model, measured after writing it. */
+export type ExportEvaluation =
+  | {
+      status: 'measured'
+      textLabel: string
+      ctx: number
+      windows: number
+      tokens: number
+      backend: InferenceBackendId
+      ppl: number
+      nll: number
+      kld: KldSummary | null
+      seconds: number
+      /** The run kept with the source model's runs (Evaluate tab). */
+      runId: string
+    }
+  /** The export could not be opened or run by the evaluation (e.g. a format it does not read yet). */
+  | { status: 'failed'; message: string }
+
+/** The export's report, as written beside it (`reportPath`), with the evaluation when one ran. */
+export type ExportModelReport = Omit<ExportReport, 'evaluation'> & { evaluation?: ExportEvaluation }
+
+export type ExportModelParams = ParamsOf<'exportModel'>
+
 /** Method table: params and result of every call. */
 export interface ApiMethods {
   openModel: { params: ParamsOf<'openModel'>; result: ModelSummary }
@@ -319,6 +398,12 @@ export interface ApiMethods {
   /** Saves (or, with `id`, replaces) a plan for the model; the plan must fit the model. */
   savePlan: { params: ParamsOf<'savePlan'>; result: SavedPlan }
   deletePlan: { params: ParamsOf<'deletePlan'>; result: { deleted: boolean } }
+  /** Every export format, built or not, with its options and whether this model can go to it. */
+  exportFormats: { params: ParamsOf<'exportFormats'>; result: ExportFormatInfo[] }
+  /** What a format represents of a plan (exact / fallback / unsupported per tensor), and whether `out` can be written. */
+  exportSupport: { params: ParamsOf<'exportSupport'>; result: ExportSupportInfo }
+  /** Job: writes the export (export worker thread), then optionally evaluates the written model. */
+  exportModel: { params: ExportModelParams; result: ExportModelReport }
 }
 
 // Every method of the table has a schema and every schema a method: otherwise this fails to compile.
@@ -331,7 +416,7 @@ export type ApiParams<M extends ApiMethod> = ApiMethods[M]['params']
 export type ApiResult<M extends ApiMethod> = ApiMethods[M]['result']
 
 /** Methods that run as jobs (take a jobId, emit progress, can be cancelled). */
-export type JobMethod = 'tensorStats' | 'layerGridStats' | 'evaluate' | 'generate' | 'quantizePreview'
+export type JobMethod = 'tensorStats' | 'layerGridStats' | 'evaluate' | 'generate' | 'quantizePreview' | 'exportModel'
 
 /** A request on the wire: a discriminated union on `method`. */
 export type ApiRequest = { [M in ApiMethod]: { id: number; method: M; params: ApiParams<M> } }[ApiMethod]
@@ -363,7 +448,9 @@ export type ApiEvent =
  * tensors; while evaluating or generating they count tokens.
  */
 export interface JobProgressDetail {
-  stage: 'loading' | 'loading-base' | 'evaluating' | 'generating' | 'calibrating' | 'quantizing'
+  stage: 'loading' | 'loading-base' | 'evaluating' | 'generating' | 'calibrating' | 'quantizing' | 'writing' | 'finishing'
+  /** Exporting: the tensor being written. */
+  tensor?: string
   /** Tokens per second over the stage so far (evaluating, generating). */
   tokensPerSecond?: number
   /** Perplexity over the windows done so far (evaluating). */

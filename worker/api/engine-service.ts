@@ -33,7 +33,8 @@ import { classifyTensor, describeModel, LINEAR_ROLES, type LogicalModel } from '
 import { StatsService } from '../stats/stats-service'
 import { orientationPlan, orientStats } from '../stats/orientation'
 import { EngineError } from './errors'
-import { EvaluateService, type EvalRunsBackend, type InferenceApi, type VariantCatalog } from './evaluate-service'
+import { EvaluateService, MemoryEvalRuns, type EvalRunsBackend, type EvaluateServiceOptions, type InferenceApi, type VariantCatalog } from './evaluate-service'
+import { ExportApi } from './export-api'
 import { QuantApi } from './quant-api'
 import { modelFingerprint } from '../plan/plan'
 import type { SavedPlansBackend } from './saved-plans'
@@ -107,21 +108,22 @@ export class EngineService implements ApiFunctions {
   private readonly stats: StatsBackend
   private readonly evaluation: EvaluateService
   private readonly quantization: QuantApi
+  private readonly exports: ExportApi
   private nextModel = 1
 
   constructor(private readonly options: EngineServiceOptions = {}) {
     this.stats = options.stats ?? new StatsService({ threads: options.statsThreads, cacheDir: options.cacheDir })
-    this.evaluation = new EvaluateService(
-      {
-        runs: options.runs,
-        variants: options.variants,
-        heldoutText: options.heldoutText,
-        threads: options.inferenceThreads,
-        inference: options.inference,
-        calibrationCacheDir: options.calibrationCacheDir,
-      },
-      (jobId, work) => this.runJob(jobId, work),
-    )
+    const evaluationOptions: EvaluateServiceOptions = {
+      // One runs store: the evaluation of an export is kept with the source model's runs.
+      runs: options.runs ?? new MemoryEvalRuns(),
+      variants: options.variants,
+      heldoutText: options.heldoutText,
+      threads: options.inferenceThreads,
+      inference: options.inference,
+      calibrationCacheDir: options.calibrationCacheDir,
+    }
+    this.evaluation = new EvaluateService(evaluationOptions, (jobId, work) => this.runJob(jobId, work))
+    this.exports = new ExportApi({ evaluation: evaluationOptions }, (jobId, work) => this.runJob(jobId, work))
     this.quantization = new QuantApi(
       { plans: options.plans, threads: options.quantThreads, calibrationCacheDir: options.calibrationCacheDir },
       (jobId, work) => this.runJob(jobId, work),
@@ -275,6 +277,17 @@ export class EngineService implements ApiFunctions {
   }
   async deletePlan({ modelId, planId }: ApiParams<'deletePlan'>): Promise<ApiResult<'deletePlan'>> {
     return { deleted: await this.quantization.deletePlan(this.model(modelId), planId) }
+  }
+
+  // Export: export-api.ts, on an export worker thread, then the evaluation's inference worker.
+  async exportFormats({ modelId }: ApiParams<'exportFormats'>): Promise<ApiResult<'exportFormats'>> {
+    return this.exports.formats(this.model(modelId))
+  }
+  async exportSupport(params: ApiParams<'exportSupport'>): Promise<ApiResult<'exportSupport'>> {
+    return this.exports.support(this.model(params.modelId), params)
+  }
+  async exportModel(params: ApiParams<'exportModel'>): Promise<ApiResult<'exportModel'>> {
+    return this.exports.exportModel(this.model(params.modelId), params)
   }
 
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {

@@ -24,6 +24,9 @@ export const API_METHOD_NAMES = [
   'listPlans',
   'savePlan',
   'deletePlan',
+  'exportFormats',
+  'exportSupport',
+  'exportModel',
 ] as const
 
 export type ApiMethodName = (typeof API_METHOD_NAMES)[number]

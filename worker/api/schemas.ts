@@ -13,6 +13,7 @@
  * keys (a newer version may have added one) but strict about the ones they need.
  */
 import * as v from 'valibot'
+import { EXPORT_FORMAT_IDS } from '../export/contract'
 import type { ModelFormatId } from '../formats/contract'
 import { KLD_BASE_MODES, type KldSummary } from '../inference/kld-types'
 import { PlanSchema } from '../plan/plan-schema'
@@ -183,6 +184,40 @@ export const quantizePreviewParamsSchema = v.strictObject({
   calibrationWindows: v.optional(integer(1, API_LIMITS.windows)),
 })
 
+const exportFormatSchema = v.picklist(EXPORT_FORMAT_IDS, `must be one of ${EXPORT_FORMAT_IDS.join(', ')}`)
+
+/** The export's float type and the format's own options (the engine checks the keys against the format). */
+const exportOptionsEntries = {
+  dtype: v.optional(v.picklist(['bf16', 'fp16', 'fp32'], "must be 'bf16', 'fp16' or 'fp32'")),
+  formatOptions: v.optional(
+    v.record(
+      v.pipe(v.string(), v.maxLength(64, 'option names are at most 64 characters')),
+      v.union([v.number(), v.boolean(), v.pipe(v.string(), v.maxLength(256))], 'must be a number, a boolean or a string'),
+      'must be an object of options',
+    ),
+  ),
+}
+
+export const exportModelParamsSchema = v.strictObject({
+  jobId: name(),
+  modelId: name(),
+  plan: planSchema(),
+  /** Names the plan in the report (a saved plan's name). */
+  planName: v.optional(planName()),
+  format: exportFormatSchema,
+  /** Absolute destination (file or folder by format); it must not exist and its folder must. */
+  out: name(),
+  ...exportOptionsEntries,
+  /** Evaluate the written export (perplexity on the held-out text, KLD against the source model); absent: do not. */
+  evaluate: v.optional(
+    v.strictObject({
+      ctx: integer(2, API_LIMITS.ctx),
+      maxWindows: v.optional(integer(1, API_LIMITS.windows)),
+      backend: backendSchema,
+    }),
+  ),
+})
+
 /** Every method's parameters. Keyed by exactly the names in method-names.ts. */
 export const apiParamSchemas = {
   openModel: v.strictObject({ path: name() }),
@@ -210,6 +245,17 @@ export const apiParamSchemas = {
     plan: planSchema(),
   }),
   deletePlan: v.strictObject({ modelId: name(), planId: name() }),
+  exportFormats: v.strictObject({ modelId: name() }),
+  exportSupport: v.strictObject({
+    modelId: name(),
+    plan: planSchema(),
+    planName: v.optional(planName()),
+    format: exportFormatSchema,
+    ...exportOptionsEntries,
+    /** A destination to check (absolute, free, its folder there, not the source model). */
+    out: v.optional(name()),
+  }),
+  exportModel: exportModelParamsSchema,
 } satisfies { [M in ApiMethodName]: v.GenericSchema }
 
 export type ApiParamSchemas = typeof apiParamSchemas

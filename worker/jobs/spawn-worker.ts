@@ -11,6 +11,8 @@ export const ENGINE_WORKERS = {
   quant: 'quant/quant.worker',
   /** Plans: one planned tensor per job, with calibration, error metrics and the inspector's payloads. */
   'plan-quant': 'plan/quant.worker',
+  /** Exports: one model written to a target format per thread (api/export-thread.ts). */
+  export: 'api/export.worker',
 } as const
 
 export type EngineWorkerName = keyof typeof ENGINE_WORKERS
