@@ -1,9 +1,11 @@
 import { stat } from 'node:fs/promises'
-import { resolve } from 'node:path'
+import { join, resolve } from 'node:path'
 import { ModelFormatError } from '../common/errors'
 import { FileByteSource } from '../io/byte-source'
+import { isRegularFile } from '../io/regular-file'
 import type { OpenedModel } from './contract'
 import { attachHfSidecars, resolveHfFolder } from './hf/folder'
+import { attachOnnxSidecars } from './onnx/sidecars'
 import { describeModelFiles, formatByContent, formatByFileName } from './registry'
 
 /**
@@ -22,6 +24,9 @@ export async function openModel(path: string): Promise<OpenedModel> {
     const found = await resolveHfFolder(abs)
     if ('weights' in found) return openFile(found.weights)
     if (found.other) return openFile(found.other)
+    // optimum / transformers.js layout: config.json and tokenizer.json here, the graph in onnx/.
+    const onnx = join(abs, 'onnx', 'model.onnx')
+    if (await isRegularFile(onnx)) return openFile(onnx)
     throw new ModelFormatError(abs, null, `folder holds no model file (${describeModelFiles()})`)
   }
   return openFile(abs)
@@ -42,5 +47,7 @@ async function openFile(abs: string): Promise<OpenedModel> {
   const model = await format.open(abs)
   // A safetensors file or index inside an HF folder gets the folder's config and tokenizer.
   if (model.format === 'safetensors') await attachHfSidecars(model, resolve(abs, '..'))
+  // An ONNX decoder gets config.json / tokenizer.json beside it or one folder up (onnx/model.onnx).
+  if (model.format === 'onnx') await attachOnnxSidecars(model)
   return model
 }

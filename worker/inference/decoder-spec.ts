@@ -55,7 +55,7 @@ export function resolveDecoder(model: OpenedModel): DecoderSpec {
     throw new ModelFormatError(file, tensor, problem)
   }
   if (model.format === 'onnx') {
-    fail(null, 'inference runs on the weights of a Hugging Face folder, safetensors or GGUF model; .onnx files are not supported as inference input')
+    fail(null, 'this step needs the weights of a Hugging Face folder, safetensors or GGUF model (activation capture and quantization plans build their own graph); an .onnx file is evaluated and generates only as it is')
   }
   const config = model.config
   if (!config) {

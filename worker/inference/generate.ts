@@ -3,7 +3,7 @@ import type { OpenedModel } from '../formats/contract'
 import { readRegularTextFile } from '../io/regular-file'
 import { InferenceInputError, NonFiniteResultError } from './errors'
 import { sampleToken, seededRandom, type SamplingOptions } from './sampler'
-import type { DecoderSession } from './session'
+import type { EvalSession } from './eval-session'
 
 /**
  * Text generation with the KV cache: one prefill of the prompt, then one token per step.
@@ -43,7 +43,7 @@ export function generationPositions(promptTokens: number, maxTokens: number): nu
   return promptTokens + maxTokens
 }
 
-export async function generateTokens(session: DecoderSession, prompt: readonly number[], options: GenerateOptions = {}, hooks: GenerateHooks = {}): Promise<GenerationResult> {
+export async function generateTokens(session: EvalSession, prompt: readonly number[], options: GenerateOptions = {}, hooks: GenerateHooks = {}): Promise<GenerationResult> {
   if (prompt.length === 0) throw new InferenceInputError('the prompt is empty (no tokens)')
   const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS
   if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new InferenceInputError(`maxTokens must be an integer ≥ 1, got ${maxTokens}`)

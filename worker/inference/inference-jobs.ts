@@ -19,7 +19,7 @@ import type {
   VariantSpec,
 } from './inference-protocol'
 import { evaluatePerplexity, type PerplexityResult } from './perplexity'
-import { DecoderSession } from './session'
+import { openEvalSession } from './eval-session'
 import { openTokenizer, tokensOf } from './text-source'
 import type { WeightOverrides } from './weights'
 
@@ -66,6 +66,12 @@ type Opener = (path: string) => Promise<OpenedModel>
 
 async function variantOverrides(model: OpenedModel, v: VariantSpec | undefined): Promise<WeightOverrides | undefined> {
   if (!v) return undefined
+  if (model.format === 'onnx' && (v.overridesModule || Object.keys(v.overrides ?? {}).length > 0)) {
+    // Plans rewrite weights in the graph built from them; an .onnx file runs as it is.
+    throw new InferenceInputError(
+      `${model.files[0]}: quantization plans need the model's weights (a Hugging Face folder, safetensors or GGUF); an .onnx file is evaluated only as it is`,
+    )
+  }
   const map = new Map<string, Float32Array | ((r0: number, r1: number) => Float32Array | Promise<Float32Array>)>()
   if (v.overridesModule) {
     const spec = v.overridesModule.module
@@ -144,7 +150,7 @@ async function runGenerate(job: GenerateJob, open: Opener, hooks: JobHooks): Pro
     const v = variants[vi]!
     const path = v.model ?? job.model
     const model = await open(path)
-    const session = await DecoderSession.create(model, {
+    const session = await openEvalSession(model, {
       backend: job.backend,
       threads: job.threads,
       overrides: await variantOverrides(model, v),

@@ -3,7 +3,7 @@ import type { OpenedModel } from '../formats/contract'
 import { filesFingerprint } from '../io/file-fingerprint'
 import { defaultCacheDir } from '../io/private-dir'
 import { resolveDecoder } from './decoder-spec'
-import { DecoderSession } from './session'
+import { openEvalSession, type EvalSession } from './eval-session'
 import type { BackendKind } from './ort-backend'
 import {
   cacheBytes,
@@ -66,14 +66,31 @@ export async function openKldBase(
   options: KldOptions & { backend?: BackendKind; threads?: number; signal?: AbortSignal; onLoadProgress?(done: number, total: number): void },
 ): Promise<KldBaseSource> {
   const mode = options.cache ?? 'auto'
-  const vocab = resolveDecoder(baseModel).vocab
+  const sessionOptions = {
+    backend: options.backend,
+    threads: options.threads,
+    overrides: options.baseOverrides,
+    signal: options.signal,
+    onLoadProgress: options.onLoadProgress,
+    graph: { nll: true, logprobs: true, argmax: true, maxPositions: ctx },
+  }
+  // An ONNX file's vocabulary is what its logits say, so its session is opened first.
+  const opened: EvalSession | null = baseModel.format === 'onnx' ? await openEvalSession(baseModel, sessionOptions) : null
+  const vocab = opened ? opened.vocab : resolveDecoder(baseModel).vocab
   let key: string | null = null
   const dir = options.cacheDir ?? defaultLogprobCacheDir()
   if (mode !== 'off' && !options.baseOverrides) {
-    key = cacheKey(await filesFingerprint(baseModel.files), ctx, vocab, windows)
-    // A cache folder that is not private (a symlink, another user's) is never read.
-    const reader = await LogprobCacheReader.open(dir, key, ctx, vocab, windows.length).catch(() => null)
+    let reader: LogprobCacheReader | null
+    try {
+      key = cacheKey(await filesFingerprint(baseModel.files), ctx, vocab, windows)
+      // A cache folder that is not private (a symlink, another user's) is never read.
+      reader = await LogprobCacheReader.open(dir, key, ctx, vocab, windows.length).catch(() => null)
+    } catch (err) {
+      await opened?.release()
+      throw err
+    }
     if (reader) {
+      await opened?.release()
       return {
         mode: 'cache-read',
         vocab,
@@ -88,14 +105,7 @@ export async function openKldBase(
       }
     }
   }
-  const session = await DecoderSession.create(baseModel, {
-    backend: options.backend,
-    threads: options.threads,
-    overrides: options.baseOverrides,
-    signal: options.signal,
-    onLoadProgress: options.onLoadProgress,
-    graph: { nll: true, logprobs: true, argmax: true, maxPositions: ctx },
-  })
+  const session = opened ?? (await openEvalSession(baseModel, sessionOptions))
   const budget = options.cacheBudgetBytes ?? DEFAULT_CACHE_BUDGET
   const size = cacheBytes(ctx, vocab, windows.length)
   let writer: LogprobCacheWriter | null = null

@@ -1,6 +1,6 @@
-import { mkdtemp, open, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { availableParallelism, tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join, relative, sep } from 'node:path'
 import type { GraphBuilder } from '../formats/onnx/graph-builder'
 import { InferenceRuntimeError } from './errors'
 
@@ -15,10 +15,11 @@ import { InferenceRuntimeError } from './errors'
  */
 export type BackendKind = 'wasm' | 'native'
 
-export type TensorType = 'float32' | 'int64'
+/** float16 only passes through (the KV cache of an fp16 ONNX file); its values are IEEE half bits. */
+export type TensorType = 'float32' | 'int64' | 'float16'
 export interface RunTensor {
   type: TensorType
-  data: Float32Array | BigInt64Array
+  data: Float32Array | BigInt64Array | Uint16Array
   dims: number[]
 }
 
@@ -54,13 +55,21 @@ interface OrtTensor {
   data: unknown
   dims: readonly number[]
 }
+interface OrtValueMetadata {
+  name: string
+  isTensor: boolean
+  type?: string
+  shape?: readonly (number | string)[]
+}
 interface OrtSession {
+  readonly inputMetadata?: readonly OrtValueMetadata[]
+  readonly outputMetadata?: readonly OrtValueMetadata[]
   run(feeds: Record<string, OrtTensor>, fetches?: readonly string[]): Promise<Record<string, OrtTensor>>
   release(): Promise<void>
 }
 interface OrtModule {
   env: { logLevel?: string; wasm?: { numThreads?: number } }
-  Tensor: new (type: string, data: Float32Array | BigInt64Array, dims: readonly number[]) => OrtTensor
+  Tensor: new (type: string, data: Float32Array | BigInt64Array | Uint16Array, dims: readonly number[]) => OrtTensor
   InferenceSession: { create(model: Uint8Array | string, options?: Record<string, unknown>): Promise<OrtSession> }
 }
 
@@ -113,15 +122,17 @@ export function defaultThreads(): number {
   return Math.max(1, availableParallelism())
 }
 
+const SESSION_OPTIONS = {
+  graphOptimizationLevel: 'all',
+  logSeverityLevel: 3,
+  // Idle kernel threads sleep instead of spinning: on a machine shared with the UI and other
+  // jobs, spinning threads lost 3× in generation and up to 3× in evaluation (measured).
+  extra: { session: { intra_op: { allow_spinning: '0' } } },
+}
+
 export async function createBackendSession(kind: BackendKind, graph: GraphBuilder, options: BackendOptions = {}): Promise<BackendSession> {
   const threads = options.threads ?? defaultThreads()
-  const sessionOptions = {
-    graphOptimizationLevel: 'all',
-    logSeverityLevel: 3,
-    // Idle kernel threads sleep instead of spinning: on a machine shared with the UI and other
-    // jobs, spinning threads lost 3× in generation and up to 3× in evaluation (measured).
-    extra: { session: { intra_op: { allow_spinning: '0' } } },
-  }
+  const sessionOptions = SESSION_OPTIONS
   if (kind === 'wasm') {
     if (graph.externalBytes > WASM_WEIGHT_LIMIT_BYTES) {
       throw new BackendUnavailableError(
@@ -177,6 +188,69 @@ async function writeModelFiles(graph: GraphBuilder, dir: string): Promise<string
   return modelPath
 }
 
+/** A graph input or output as the runtime sees it: element type and shape (numbers, or symbolic names). */
+export interface ValueInfo {
+  name: string
+  /** 'float32', 'int64', 'float16', … ; null for a non-tensor value. */
+  type: string | null
+  shape: (number | string)[]
+}
+
+export interface FileBackendSession extends BackendSession {
+  readonly inputs: ValueInfo[]
+  readonly outputs: ValueInfo[]
+}
+
+/**
+ * An ONNX file run as it is (not built by us). 'native' opens it by path, so onnxruntime reads
+ * the external data files next to it itself; 'wasm' has no file system, so the model's bytes
+ * and each external data file (`externalFiles`, absolute paths inside the model's folder) are
+ * handed over under the location the model names them by.
+ */
+export async function createFileBackendSession(
+  kind: BackendKind,
+  modelPath: string,
+  externalFiles: readonly string[],
+  options: BackendOptions = {},
+): Promise<FileBackendSession> {
+  const threads = options.threads ?? defaultThreads()
+  if (kind === 'wasm') {
+    let bytes = 0
+    for (const f of [modelPath, ...externalFiles]) bytes += (await stat(f)).size
+    if (bytes > WASM_WEIGHT_LIMIT_BYTES) {
+      throw new BackendUnavailableError(
+        `${modelPath} and its external data take ${(bytes / 2 ** 30).toFixed(2)} GiB, more than the WASM backend can hold ` +
+          `(wasm32 heap: 4 GiB for weights, their packed copies and activations); use the native backend`,
+      )
+    }
+    const ort = await loadWasm(threads)
+    const dir = dirname(modelPath)
+    const externalData = await Promise.all(
+      externalFiles.map(async (f) => ({ path: relative(dir, f).split(sep).join('/'), data: new Uint8Array(await readFile(f)) })),
+    )
+    const session = await ort.InferenceSession.create(new Uint8Array(await readFile(modelPath)), { ...SESSION_OPTIONS, executionProviders: ['wasm'], externalData }).catch(
+      (err: unknown) => {
+        throw new InferenceRuntimeError('wasm', `creating the session of ${modelPath}`, err)
+      },
+    )
+    return { ...wrap(ort, session, 'wasm', wasmThreads), inputs: valueInfos(session.inputMetadata), outputs: valueInfos(session.outputMetadata) }
+  }
+  const ort = await loadNative()
+  const session = await ort.InferenceSession.create(modelPath, {
+    ...SESSION_OPTIONS,
+    executionProviders: ['cpu'],
+    intraOpNumThreads: threads,
+    interOpNumThreads: 1,
+  }).catch((err: unknown) => {
+    throw new InferenceRuntimeError('native', `creating the session of ${modelPath}`, err)
+  })
+  return { ...wrap(ort, session, 'native', threads), inputs: valueInfos(session.inputMetadata), outputs: valueInfos(session.outputMetadata) }
+}
+
+function valueInfos(meta: readonly OrtValueMetadata[] | undefined): ValueInfo[] {
+  return (meta ?? []).map((m) => ({ name: m.name, type: m.isTensor ? (m.type ?? null) : null, shape: [...(m.shape ?? [])] }))
+}
+
 function wrap(ort: OrtModule, session: OrtSession, backend: BackendKind, threads: number): BackendSession {
   return {
     backend,
@@ -191,7 +265,7 @@ function wrap(ort: OrtModule, session: OrtSession, backend: BackendKind, threads
       for (const name of fetches) {
         const t = result[name]
         if (!t) throw new Error(`runtime returned no '${name}'`)
-        out[name] = { type: t.type as TensorType, data: t.data as Float32Array | BigInt64Array, dims: [...t.dims] }
+        out[name] = { type: t.type as TensorType, data: t.data as RunTensor['data'], dims: [...t.dims] }
       }
       return out
     },

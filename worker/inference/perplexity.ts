@@ -2,7 +2,8 @@ import type { OpenedModel } from '../formats/contract'
 import { InferenceInputError, NonFiniteResultError } from './errors'
 import { openKldBase, summarizeKld, type KldOptions, type KldSummary } from './kld'
 import type { BackendKind } from './ort-backend'
-import { DecoderSession, windowsPerRun } from './session'
+import { openEvalSession } from './eval-session'
+import { windowsPerRun } from './session'
 import type { WeightOverrides } from './weights'
 
 /**
@@ -94,7 +95,7 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
   const windows = planWindows(ids, ctx, options.maxWindows)
   const { signal, onProgress } = hooks
   const kldOn = options.kld !== undefined && options.kld !== null
-  const session = await DecoderSession.create(model, {
+  const session = await openEvalSession(model, {
     backend: options.backend,
     threads: options.threads,
     overrides: options.overrides,
