@@ -34,7 +34,7 @@ import { TORCH_DTYPE } from './float-encode'
 const PACKED_BITS = new Set([4, 8])
 
 /** One tensor in the layout's terms: unsigned codes q + 2^(b−1), fp16 scale bits, unsigned zero points z + 2^(b−1). */
-interface PackedInt {
+export interface PackedInt {
   bits: number
   symmetric: boolean
   groupCols: number
@@ -74,14 +74,20 @@ function exactPacked(q: QuantizedTensor): PackedInt | null {
     for (let i = 0; i < codes.length; i++) codes[i]! += 1
     return { bits, symmetric: true, groupCols: q.groupCols, codes, scaleBits: q.scales.bits, zeros: null }
   }
-  if (q instanceof IntGroupTensor && q.columnScales === null) {
-    // ŵ = scale·(code − zero) with code, zero ∈ [0, 2^b): the layout's unsigned q + 2^(b−1) and z + 2^(b−1) are the same numbers.
-    const groups = q.rows * (q.cols / q.groupCols)
-    const codes = unpackCodes(q.codes, q.bits, 0, q.rows * q.cols, new Uint8Array(q.rows * q.cols))
-    const zeros = q.zeros ? unpackCodes(q.zeros, q.bits, 0, groups, new Uint8Array(groups)) : null
-    return { bits: q.bits, symmetric: zeros === null, groupCols: q.groupCols, codes, scaleBits: q.scales.bits, zeros }
-  }
+  if (q instanceof IntGroupTensor && q.columnScales === null) return intGroupPacked(q)
   return null
+}
+
+/**
+ * GPTQ/AWQ codes and zero points unpacked (one byte each) with the fp16 scale bits; AWQ's
+ * per-column scales are not included (the ONNX export applies them to the input).
+ */
+export function intGroupPacked(q: IntGroupTensor): PackedInt {
+  // ŵ = scale·(code − zero) with code, zero ∈ [0, 2^b): the layout's unsigned q + 2^(b−1) and z + 2^(b−1) are the same numbers.
+  const groups = q.rows * (q.cols / q.groupCols)
+  const codes = unpackCodes(q.codes, q.bits, 0, q.rows * q.cols, new Uint8Array(q.rows * q.cols))
+  const zeros = q.zeros ? unpackCodes(q.zeros, q.bits, 0, groups, new Uint8Array(groups)) : null
+  return { bits: q.bits, symmetric: zeros === null, groupCols: q.groupCols, codes, scaleBits: q.scales.bits, zeros }
 }
 
 /** Re-quantizes dequantised values per group onto the layout's grid (fallback). */

@@ -7,11 +7,13 @@ import { compressedTensorsExport } from './compressed-tensors'
 import { safetensorsExport } from './safetensors'
 import { EXPORT_FORMAT_IDS, ExportError, type ExportFormat, type ExportFormatId } from './contract'
 import { ggufExportFormat } from './gguf'
+import { onnxExport } from './onnx'
 
 export const EXPORT_FORMATS: ReadonlyMap<ExportFormatId, ExportFormat> = new Map<ExportFormatId, ExportFormat>([
   ['gguf', ggufExportFormat],
   ['safetensors', safetensorsExport],
   ['compressed-tensors', compressedTensorsExport],
+  ['onnx', onnxExport],
 ])
 
 export function isExportFormatId(id: string): id is ExportFormatId {

