@@ -19,14 +19,26 @@ import type { OpenedModel } from '../formats/contract'
 import { isAbortError } from '../jobs/abort'
 import type { ResolvedEntry } from '../plan/plan'
 import { GGML_QUANT_TYPES } from '../quant/ggml'
-import type { ApiParams, ExportEvaluation, ExportFormatInfo, ExportFormatOptionInfo, ExportModelReport, ExportSupportInfo, ExportTensorSupport } from './contract'
+import type { ApiParams, ExportedTensor as ApiExportedTensor, ExportFloatType as ApiExportFloatType, ExportFormatId as ApiExportFormatId, ExportReportInfo, ExportEvaluation, ExportFormatInfo, ExportFormatOptionInfo, ExportModelReport, ExportSupportInfo, ExportTensorSupport } from './contract'
 import { EngineError } from './errors'
 import { EvaluateService, type EvaluateServiceOptions, type JobProgress, type JobRunner } from './evaluate-service'
 import { runExportInWorker } from './export-thread'
+import { API_EXPORT_FORMAT_IDS } from './schemas'
 import { resolveForApi } from './plan-variants'
 import type { OpenedModelHandle } from './quant-api'
 
 const FLOAT_TYPES: ExportFloatType[] = ['bf16', 'fp16', 'fp32']
+
+// The API's copies of the export types (contract.ts keeps the UI free of Node imports) must stay equal to the engine's.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false
+const exportTypesMatch: [
+  Same<ApiExportFormatId, ExportFormatId>,
+  Same<ApiExportFloatType, ExportFloatType>,
+  Same<ApiExportedTensor, ExportReport['tensors'][number]>,
+  Same<ExportReportInfo, Omit<ExportReport, 'evaluation'>>,
+] = [true, true, true, true]
+void exportTypesMatch
+if (API_EXPORT_FORMAT_IDS.join() !== EXPORT_FORMAT_IDS.join()) throw new Error('schemas.ts API_EXPORT_FORMAT_IDS differ from export/contract.ts EXPORT_FORMAT_IDS')
 
 /** Names of formats this build lacks (a built format names itself). */
 const UNBUILT_LABELS: Record<ExportFormatId, string> = { gguf: 'GGUF', onnx: 'ONNX', safetensors: 'safetensors (dequantised HF folder)', 'compressed-tensors': 'compressed-tensors' }

@@ -13,7 +13,6 @@
  * keys (a newer version may have added one) but strict about the ones they need.
  */
 import * as v from 'valibot'
-import { EXPORT_FORMAT_IDS } from '../export/contract'
 import type { ModelFormatId } from '../formats/contract'
 import { KLD_BASE_MODES, type KldSummary } from '../inference/kld-types'
 import { PlanSchema } from '../plan/plan-schema'
@@ -184,7 +183,10 @@ export const quantizePreviewParamsSchema = v.strictObject({
   calibrationWindows: v.optional(integer(1, API_LIMITS.windows)),
 })
 
-const exportFormatSchema = v.picklist(EXPORT_FORMAT_IDS, `must be one of ${EXPORT_FORMAT_IDS.join(', ')}`)
+/** Every export format the API names, built or not (export-api.ts checks this equals export/contract.ts EXPORT_FORMAT_IDS). */
+export const API_EXPORT_FORMAT_IDS = ['gguf', 'onnx', 'safetensors', 'compressed-tensors'] as const
+
+export const exportFormatSchema = v.picklist(API_EXPORT_FORMAT_IDS, `must be one of ${API_EXPORT_FORMAT_IDS.join(', ')}`)
 
 /** The export's float type and the format's own options (the engine checks the keys against the format). */
 const exportOptionsEntries = {

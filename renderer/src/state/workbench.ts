@@ -16,6 +16,7 @@ import type {
 import { asApiError, startJob, type ApiClient, type ConnectionState, type Job } from '../api'
 import { queueChartWork } from '../charts/chart-queue'
 import { createEvaluation } from './evaluation'
+import { createExportDialog } from './export-dialog'
 import type { JobView } from './job-view'
 import { createPlanEditor } from './plan-editor'
 import { createQuantCompare } from './quant-compare'
@@ -27,7 +28,7 @@ export type { JobView }
 
 /** A running job as the top bar lists it, whichever tab started it. */
 export interface RunningJob {
-  id: 'tensor' | 'grid' | 'evaluate' | 'generate' | 'compare' | 'plan-error'
+  id: 'tensor' | 'grid' | 'evaluate' | 'generate' | 'compare' | 'plan-error' | 'export'
   label: string
   /** 0..1, or null while the total is unknown. */
   fraction: number | null
@@ -92,6 +93,7 @@ export function createWorkbench(client: ApiClient) {
     const p = plan.currentPlan()
     return p && plan.plannedCount() > 0 ? { plan: p, name: plan.state.name.trim() || 'untitled plan', bytes: plan.state.size?.bytes ?? null, bitsPerWeight: plan.state.size?.bitsPerWeight ?? null } : null
   })
+  const exporter = createExportDialog(client, () => ({ plan: plan.currentPlan(), name: plan.state.name.trim() }))
   /** True while the view is being set from the URL (Back, reload): no new history entries then. */
   let restoring = false
   const statsCache = new Map<string, OrientedTensorStats>()
@@ -146,6 +148,8 @@ export function createWorkbench(client: ApiClient) {
     const e = evaluation.state
     if (e.evalJob) out.push({ id: 'evaluate', label: e.evalJob.label, fraction: frac(e.evalJob.done, e.evalJob.total), tab: 'evaluate', cancel: e.evalJob.cancel })
     if (e.genJob) out.push({ id: 'generate', label: e.genJob.label, fraction: frac(e.genJob.done, e.genJob.total), tab: 'evaluate', cancel: e.genJob.cancel })
+    const x = exporter.state.job
+    if (x) out.push({ id: 'export', label: x.label, fraction: frac(x.done, x.total), tab: 'grid', cancel: x.cancel })
     return out
   }
 
@@ -186,6 +190,7 @@ export function createWorkbench(client: ApiClient) {
       state.tab = 'overview'
       evaluation.setModel(summary)
       plan.setModel(summary)
+      exporter.setModel(summary)
       compare.reset()
       if (previous) void client.call('closeModel', { modelId: previous.modelId }).catch(() => {})
       void refreshRecent()
@@ -316,5 +321,5 @@ export function createWorkbench(client: ApiClient) {
     }
   }
 
-  return { state, client, evaluation, plan, compare, init, openModel, selectTensor, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs }
+  return { state, client, evaluation, plan, compare, exporter, init, openModel, selectTensor, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs }
 }
