@@ -11,7 +11,7 @@
  */
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { basename, dirname, join, resolve } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { OpenedModel } from '../../worker/formats/contract'
 import { openModel } from '../../worker/formats/open-model'
@@ -28,7 +28,8 @@ import type { WeightOverrides } from '../../worker/inference/weights'
 
 const DEFAULT = resolve('resources/models/default')
 const HELDOUT = resolve('resources/eval/heldout.txt')
-const CALIB: CalibrationOptions = { maxWindows: 2, cacheDir: null, threads: 2 }
+// The capture cache (in the test's folder) lets the export reuse the app's calibration capture.
+const CALIB: CalibrationOptions = { maxWindows: 2, threads: 2 }
 const CTX = 256
 
 let dir: string
@@ -75,10 +76,17 @@ async function exportedLogits(ort: Ort, session: import('onnxruntime-node').Infe
   return out.logits!.data as Float32Array
 }
 
-async function appLogits(tokens: number[]): Promise<Float32Array> {
-  const s = await DecoderSession.create(model, { backend: 'native', threads: 2, overrides, graph: { logits: 'all', maxPositions: CTX } })
+const appCache = new Map<string, Float32Array>()
+
+/** The app's logits for the plan (one session per call; cached per token list). */
+async function appLogits(tokens: number[], with_: WeightOverrides = overrides): Promise<Float32Array> {
+  const key = with_ === overrides ? tokens.join(',') : null
+  if (key && appCache.has(key)) return appCache.get(key)!
+  const s = await DecoderSession.create(model, { backend: 'native', threads: 2, overrides: with_, graph: { logits: 'all', maxPositions: CTX } })
   try {
-    return (await s.forward({ tokens })).outputs.logits!.data as Float32Array
+    const logits = (await s.forward({ tokens })).outputs.logits!.data as Float32Array
+    if (key) appCache.set(key, logits)
+    return logits
   } finally {
     await s.release()
   }
@@ -108,6 +116,7 @@ function perplexityOf(windows: number[][], logitsOf: (w: number[]) => Promise<Fl
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'qs-export-onnx-'))
+  CALIB.cacheDir = join(tmpdir(), `${basename(dir)}-calibration`)
   model = await openModel(DEFAULT)
   plan = mixedPlan(model)
   overrides = await createOverrides(model, { plan, source: 'test plan', calibration: CALIB })
@@ -118,6 +127,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await model.close()
   await rm(dir, { recursive: true, force: true })
+  await rm(CALIB.cacheDir!, { recursive: true, force: true })
 })
 
 describe('ONNX export', () => {
@@ -171,9 +181,138 @@ describe('ONNX export', () => {
       await session.release()
     }
   }, 60_000)
-})
 
-void basename
-void dirname
-void ExportError
-void generateTokens
+  it('honours attention_mask: a left-padded row gives the logits of the unpadded sequence (onnxruntime-node)', async () => {
+    const ort = await import('onnxruntime-node')
+    const session = await ort.InferenceSession.create(join(fp32.path, 'onnx/model.onnx'), { intraOpNumThreads: 2 })
+    try {
+      const tokens = heldout.slice(0, 12)
+      const plain = await exportedLogits(ort, session, tokens)
+      // Batch of 2: row 0 = 4 pad tokens + the sequence, row 1 = 16 tokens; positions as
+      // transformers.js makes them (cumsum(mask) − 1, pads at 1).
+      const pad = 4
+      const T = tokens.length + pad
+      const other = heldout.slice(100, 100 + T)
+      const ids = BigInt64Array.from([...new Array(pad).fill(0), ...tokens, ...other], BigInt)
+      const mask = BigInt64Array.from([...new Array(pad).fill(0), ...new Array(tokens.length).fill(1), ...new Array(T).fill(1)], BigInt)
+      const pos = BigInt64Array.from([...new Array(pad).fill(1), ...tokens.map((_, i) => i), ...other.map((_, i) => i)], BigInt)
+      const feeds: Record<string, import('onnxruntime-node').Tensor> = {
+        input_ids: new ort.Tensor('int64', ids, [2, T]),
+        attention_mask: new ort.Tensor('int64', mask, [2, T]),
+        position_ids: new ort.Tensor('int64', pos, [2, T]),
+      }
+      for (let l = 0; l < 8; l++) for (const kind of ['key', 'value']) feeds[`past_key_values.${l}.${kind}`] = new ort.Tensor('float32', new Float32Array(0), [2, 4, 0, 32])
+      const out = await session.run(feeds)
+      const V = 8192
+      const logits = out.logits!.data as Float32Array
+      expect(out.logits!.dims).toEqual([2, T, V])
+      expect(out['present.7.key']!.dims).toEqual([2, 4, T, 32])
+      expect(maxDiff(logits.subarray(pad * V, T * V), plain)).toBeLessThan(1e-4)
+      expect(maxDiff(logits.subarray(T * V, 2 * T * V), await exportedLogits(ort, session, other))).toBeLessThan(1e-4)
+      expect(logits.every(Number.isFinite)).toBe(true)
+    } finally {
+      await session.release()
+    }
+  }, 30_000)
+
+  it('onnxruntime-web (WASM, in Node) runs the same export within the same tolerance', async () => {
+    const web = await import('onnxruntime-web')
+    const ort = ((web as unknown as { default?: typeof web }).default ?? web) as unknown as Ort
+    ;(ort.env as { wasm: { numThreads: number } }).wasm.numThreads = 1
+    const session = await (ort.InferenceSession as unknown as { create(m: Uint8Array, o: object): Promise<import('onnxruntime-node').InferenceSession> }).create(
+      new Uint8Array(await readFile(join(fp32.path, 'onnx/model.onnx'))),
+      { executionProviders: ['wasm'], externalData: [{ path: 'model.onnx_data', data: new Uint8Array(await readFile(join(fp32.path, 'onnx/model.onnx_data'))) }] },
+    )
+    try {
+      const tokens = planWindows(heldout, CTX, 1)[0]!
+      const worst = maxDiff(await exportedLogits(ort, session, tokens), await appLogits(tokens))
+      console.log(`onnx export, onnxruntime-web: max |Δlogit| ${worst.toExponential(3)}`)
+      expect(worst).toBeLessThan(1e-3)
+    } finally {
+      await session.release()
+    }
+  }, 60_000)
+
+  it('transformers.js loads the folder offline and its greedy generation (KV cache) equals the app\'s', async () => {
+    const tjs = await import('@huggingface/transformers')
+    tjs.env.allowRemoteModels = false
+    tjs.env.allowLocalModels = true
+    tjs.env.localModelPath = dir + '/'
+    const name = 'fp32'
+    const tokenizer = await tjs.AutoTokenizer.from_pretrained(name)
+    const lm = await tjs.AutoModelForCausalLM.from_pretrained(name, { dtype: 'fp32', device: 'cpu' })
+    try {
+      const inputs = tokenizer('The history of the city begins', { return_tensors: 'pt' }) as { input_ids: { data: BigInt64Array }; attention_mask: unknown }
+      const prompt = Array.from(inputs.input_ids.data, Number)
+      const NEW = 16
+      const generated = (await lm.generate({ ...inputs, max_new_tokens: NEW, min_new_tokens: NEW, do_sample: false })) as { data: BigInt64Array; dims: number[] }
+      const theirs = Array.from(generated.data, Number).slice(prompt.length)
+      const session = await DecoderSession.create(model, { backend: 'native', threads: 2, overrides, graph: { logits: 'all', kvCache: true, maxPositions: CTX } })
+      let ours: number[]
+      try {
+        ours = (await generateTokens(session, prompt, { maxTokens: NEW })).ids
+      } finally {
+        await session.release()
+      }
+      console.log(`transformers.js: ${JSON.stringify(theirs)}\nquantscope:      ${JSON.stringify(ours)}`)
+      expect(theirs).toHaveLength(NEW)
+      expect(theirs).toEqual(ours)
+    } finally {
+      await lm.dispose()
+    }
+  }, 60_000)
+
+  it('fp16 kept tensors: the folder runs within the fp16 tolerance, rounding reported', async () => {
+    // A cheap plan (RTN only) keeps this test short; the kept tensors are what --dtype changes.
+    const rtnPlan: Plan = { ...plan, tensors: Object.fromEntries(Object.entries(plan.tensors).map(([k]) => [k, { method: 'rtn', params: { bits: 4, group: 32, sym: true } }])) }
+    const report = await runExport({ model, modelPath: DEFAULT, plan: rtnPlan, planSource: 'rtn plan', format: 'onnx', out: join(dir, 'fp16'), options: { dtype: 'fp16' } })
+    const down = report.tensors.find((t) => t.source === 'model.layers.0.mlp.down_proj.weight')!
+    expect(down.writtenType).toBe('float16')
+    // Quantized tensors are unaffected by --dtype (their scales are fp16 values already).
+    expect(report.tensors.find((t) => t.source === 'model.layers.0.mlp.gate_proj.weight')).toMatchObject({ support: 'exact', maxAbsError: 0 })
+    // The bf16 source is fp16-representable except magnitudes below fp16's normal range: those are reported.
+    const rounded = report.tensors.filter((t) => t.method === null && t.note)
+    for (const t of rounded) expect(t.maxAbsError!).toBeLessThan(6.2e-5 / 2 ** 10)
+    const ort = await import('onnxruntime-node')
+    const session = await ort.InferenceSession.create(join(report.path, 'onnx/model.onnx'), { intraOpNumThreads: 2 })
+    try {
+      const tokens = heldout.slice(0, 64)
+      const rtnOverrides = await createOverrides(model, { plan: rtnPlan, source: 'rtn plan' })
+      const worst = maxDiff(await exportedLogits(ort, session, tokens), await appLogits(tokens, rtnOverrides))
+      console.log(`onnx export fp16: max |Δlogit| ${worst.toExponential(3)}; ${rounded.length} kept tensors rounded`)
+      // Stated fp16 tolerance: 1e-3 for a bf16/fp16 source (exact but for subnormals); an fp32
+      // source rounds every kept weight by up to 2^-11 relative — expect ~1e-2 there.
+      expect(worst).toBeLessThan(1e-3)
+    } finally {
+      await session.release()
+    }
+  }, 60_000)
+
+  it('refuses a method ONNX cannot hold, naming the tensor, and writes nothing', async () => {
+    const bad: Plan = { ...plan, tensors: { ...plan.tensors, 'model.layers.3.mlp.down_proj.weight': { method: 'ggml', params: { type: 'Q4_K' } } } }
+    const out = join(dir, 'bad')
+    const err = await runExport({ model, modelPath: DEFAULT, plan: bad, planSource: 'bad plan', format: 'onnx', out, options: {} }).catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(ExportError)
+    expect((err as Error).message).toMatch(/model\.layers\.3\.mlp\.down_proj\.weight' \(ggml\): ggml block types have no ONNX operator/)
+    expect((await readdir(dir)).some((n) => n.startsWith('bad'))).toBe(false)
+  })
+
+  it('a cancel between tensors removes the partial folder and says so', async () => {
+    const controller = new AbortController()
+    const seen: string[] = []
+    const err = await runExport(
+      { model, modelPath: DEFAULT, plan, planSource: 'test plan', format: 'onnx', out: join(dir, 'cancelled'), options: { calibration: CALIB } },
+      {
+        signal: controller.signal,
+        onProgress: (p) => {
+          if (p.stage !== 'writing' || !p.tensor) return
+          seen.push(p.tensor)
+          if (seen.length === 10) controller.abort()
+        },
+      },
+    ).catch((e: unknown) => e)
+    expect((err as Error).message).toMatch(/export cancelled/)
+    expect(seen.length).toBe(10)
+    expect((await readdir(dir)).some((n) => n.startsWith('cancelled'))).toBe(false)
+  })
+})
