@@ -13,7 +13,7 @@ import { modelFileExtensions } from '../worker/formats/registry'
 import { defaultCacheDir } from '../worker/io/private-dir'
 import { resolveDefaultModel } from './default-model'
 import { startEngineThread } from './engine-thread'
-import { IPC_CHOOSE_MODEL_PATH } from './ipc-channels'
+import { IPC_CHOOSE_MODEL_PATH, IPC_CHOOSE_SAVE_PATH } from './ipc-channels'
 import { modelArgument } from './model-argument'
 import { registerIpcTransport } from './ipc-transport'
 import { RecentModelsFile } from './recent-models'
@@ -147,6 +147,13 @@ async function main(): Promise<void> {
   ipcMain.handle(IPC_CHOOSE_MODEL_PATH, (event, kind: unknown) => {
     if (!isTrustedSender(event) || (kind !== 'file' && kind !== 'folder')) return null
     return chooseModelPath(kind)
+  })
+  // The engine checks the chosen destination again (absolute, free, not the source model).
+  ipcMain.handle(IPC_CHOOSE_SAVE_PATH, async (event, defaultPath: unknown) => {
+    if (!isTrustedSender(event) || typeof defaultPath !== 'string' || defaultPath.length > 4096) return null
+    const options = { title: 'Export model', defaultPath, properties: ['createDirectory' as const, 'showOverwriteConfirmation' as const] }
+    const result = mainWindow ? await dialog.showSaveDialog(mainWindow, options) : await dialog.showSaveDialog(options)
+    return result.canceled || !result.filePath ? null : result.filePath
   })
 
   await buildMenu(recent)

@@ -6,6 +6,7 @@ import type { ApiMethod } from '../worker/api/contract'
 
 export const IPC_EVENT_CHANNEL = 'quantscope:event'
 export const IPC_CHOOSE_MODEL_PATH = 'quantscope:chooseModelPath'
+export const IPC_CHOOSE_SAVE_PATH = 'quantscope:chooseSavePath'
 
 export function ipcMethodChannel(method: ApiMethod): string {
   return `quantscope:api:${method}`

@@ -531,4 +531,6 @@ export type QuantscopeBridge = { [M in ApiMethod]: (params: ApiParams<M>) => Pro
   pathForFile(file: File): string
   /** Native open dialog; resolves to the chosen path or null. */
   chooseModelPath(kind: 'file' | 'folder'): Promise<string | null>
+  /** Native save dialog for an export's destination, starting at `defaultPath`; resolves to the chosen path or null. */
+  chooseSavePath(defaultPath: string): Promise<string | null>
 }

@@ -12,6 +12,8 @@ export interface ApiClient {
   pathForFile?(file: File): string
   /** Desktop only: native open dialog. */
   chooseModelPath?(kind: 'file' | 'folder'): Promise<string | null>
+  /** Desktop only: native save dialog (an export's destination). */
+  chooseSavePath?(defaultPath: string): Promise<string | null>
   /** Browser mode: connection state changes. */
   onConnection?(listener: (state: ConnectionState) => void): () => void
 }

@@ -14,5 +14,6 @@ export function createElectronClient(bridge: QuantscopeBridge): ApiClient {
     onEvent: (listener) => bridge.onEvent(listener),
     pathForFile: (file) => bridge.pathForFile(file),
     chooseModelPath: (kind) => bridge.chooseModelPath(kind),
+    chooseSavePath: (defaultPath) => bridge.chooseSavePath(defaultPath),
   }
 }
