@@ -14,7 +14,7 @@ import { generateTokens } from '../../worker/inference/generate'
 import { runInferenceJob } from '../../worker/inference/inference-jobs'
 import type { GenerateJobResult } from '../../worker/inference/inference-protocol'
 import { openTokenizer, tokensOf } from '../../worker/inference/text-source'
-import { DataType, encodeModel, f32Bytes } from '../helpers/onnx-builder'
+import { DataType, encodeModel, f16Bytes, f32Bytes, i64Bytes } from '../helpers/onnx-builder'
 import { writeDecoderOnnx } from '../helpers/onnx-decoder-file'
 import { runCli } from '../helpers/run-cli'
 
@@ -204,6 +204,97 @@ describe('an independent export: qwen2-tiny by torch.onnx.export (Hugging Face n
   })
 })
 
+describe('an fp16 merged decoder (use_cache_branch, no position_ids)', () => {
+  /**
+   * A toy graph in the shape of optimum's fp16 merged decoders: fp16 embedding E [V, 2], the new
+   * tokens' rows appended to an fp16 cache [1, 1, past, 2], and fp16 logits
+   *   logits[t] = (E[id_t] + use_cache_branch · Σ_{cache after this step} key) · W.
+   * Values are multiples of 1/8, so every result is exact in fp16 and the expectation exact.
+   */
+  const V = 6
+  const E = [0.5, -0.25, 1, 0.125, -0.5, 0.75, 0.25, 0.25, -1, 0.5, 0.375, -0.125]
+  const W = [1, 0, -1, 0.5, 0.25, 2, 0, 1, 0.5, -0.5, 1, 0.25] // [2, V]
+  async function writeToy(): Promise<string> {
+    const f16 = (name: string, shape: (number | string)[]) => ({ name, elemType: DataType.FLOAT16, shape })
+    const path = join(root, 'fp16-merged.onnx')
+    const kv = ['key', 'value'] as const
+    await writeFile(
+      path,
+      encodeModel({
+        initializers: [
+          { name: 'E', dataType: DataType.FLOAT16, dims: [V, 2], raw: f16Bytes(E) },
+          { name: 'W', dataType: DataType.FLOAT, dims: [2, V], raw: f32Bytes(W) },
+          { name: 'axis1', dataType: DataType.INT64, dims: [1], raw: i64Bytes([1]) },
+          { name: 'axis2', dataType: DataType.INT64, dims: [1], raw: i64Bytes([2]) },
+        ],
+        nodes: [
+          { opType: 'Gather', inputs: ['E', 'input_ids'], outputs: ['x16'], attrs: { axis: { i: 0 } } },
+          { opType: 'Unsqueeze', inputs: ['x16', 'axis1'], outputs: ['new_kv'] },
+          ...kv.map((k) => ({ opType: 'Concat', inputs: [`past_key_values.0.${k}`, 'new_kv'], outputs: [`present.0.${k}`], attrs: { axis: { i: 2 } } })),
+          { opType: 'Cast', inputs: ['present.0.key'], outputs: ['keys32'], attrs: { to: { i: DataType.FLOAT } } },
+          { opType: 'ReduceSum', inputs: ['keys32', 'axis2'], outputs: ['ksum'], attrs: { keepdims: { i: 0 } } },
+          { opType: 'Cast', inputs: ['use_cache_branch'], outputs: ['flag'], attrs: { to: { i: DataType.FLOAT } } },
+          { opType: 'Mul', inputs: ['ksum', 'flag'], outputs: ['ctx'] },
+          { opType: 'Cast', inputs: ['x16'], outputs: ['x32'], attrs: { to: { i: DataType.FLOAT } } },
+          { opType: 'Add', inputs: ['x32', 'ctx'], outputs: ['h'] },
+          { opType: 'MatMul', inputs: ['h', 'W'], outputs: ['logits32'] },
+          { opType: 'Cast', inputs: ['logits32'], outputs: ['logits'], attrs: { to: { i: DataType.FLOAT16 } } },
+        ],
+        inputs: [
+          { name: 'input_ids', elemType: DataType.INT64, shape: ['batch', 'seq'] },
+          { name: 'attention_mask', elemType: DataType.INT64, shape: ['batch', 'total'] },
+          ...kv.map((k) => f16(`past_key_values.0.${k}`, ['batch', 1, 'past', 2])),
+          { name: 'use_cache_branch', elemType: DataType.BOOL, shape: [1] },
+        ],
+        outputs: [f16('logits', ['batch', 'seq', V]), ...kv.map((k) => f16(`present.0.${k}`, ['batch', 1, 'total', 2]))],
+      }),
+    )
+    return path
+  }
+  function expected(cache: number[], chunk: number[], branch: boolean): number[] {
+    const sum = [0, 0]
+    for (const id of [...cache, ...chunk]) for (let c = 0; c < 2; c++) sum[c] += E[id * 2 + c]!
+    return chunk.flatMap((id) => {
+      const h = [0, 1].map((c) => E[id * 2 + c]! + (branch ? sum[c]! : 0))
+      return Array.from({ length: V }, (_, j) => h[0]! * W[j]! + h[1]! * W[V + j]!)
+    })
+  }
+
+  it.each(['native', 'wasm'] as const)('prefill and cached steps give the exact fp16 logits (%s)', async (backend) => {
+    const m = await openModel(await writeToy())
+    const s = await openEvalSession(m, { backend, threads: 1, graph: { kvCache: true, maxPositions: 16 } })
+    try {
+      expect(s.vocab).toBe(V)
+      expect(s.emptyCache().keys[0]).toMatchObject({ type: 'float16', dims: [1, 1, 0, 2] })
+      let step = await s.forward({ tokens: [1, 4, 2] })
+      expect(Array.from(step.outputs.logits!.data as Float32Array)).toEqual(expected([], [1, 4, 2], false))
+      const history = [1, 4, 2]
+      for (const id of [5, 0, 3]) {
+        step = await s.forward({ tokens: [id], past: step.present }, ['logits', 'argmax'])
+        const want = expected(history, [id], true)
+        expect(Array.from(step.outputs.logits!.data as Float32Array)).toEqual(want)
+        expect(Number((step.outputs.argmax!.data as BigInt64Array)[0])).toBe(want.indexOf(Math.max(...want)))
+        history.push(id)
+        expect(step.present!.length).toBe(history.length)
+      }
+      // Windows from an empty cache take the no-cache branch; nll and argmax from the fp16 logits.
+      const out = await s.forwardWindows([[3, 1]], { targets: [[2, 0]] }, ['nll', 'argmax'])
+      const rows = expected([], [3, 1], false)
+      const lse = (r: number[]) => Math.log(r.reduce((a, v) => a + Math.exp(v), 0))
+      const nll = [0, 1].map((t) => lse(rows.slice(t * V, (t + 1) * V)) - rows[t * V + [2, 0][t]!]!)
+      expect(maxDiff(out.nll!.data as Float32Array, nll)).toBeLessThan(1e-6)
+      const top = (t: number): number => {
+        const r = rows.slice(t * V, (t + 1) * V)
+        return r.indexOf(Math.max(...r))
+      }
+      expect(Array.from(out.argmax!.data as BigInt64Array, Number)).toEqual([top(0), top(1)])
+    } finally {
+      await s.release()
+      await m.close()
+    }
+  })
+})
+
 describe('what is not a runnable decoder is refused with the file and the reason', () => {
   async function writeGraph(name: string, inputs: string[], outputs: string[]): Promise<string> {
     const f = (n: string) => ({ name: n, elemType: DataType.FLOAT, shape: [1, 4] })
@@ -242,8 +333,8 @@ describe('what is not a runnable decoder is refused with the file and the reason
 
   it('logits but no input_ids, an input it cannot feed, a layer without its value cache', async () => {
     expect((await failure(await writeGraph('no-ids.onnx', ['x'], ['logits']))).message).toMatch(/no-ids\.onnx: no 'input_ids' input \(inputs: 'x'\)/)
-    expect((await failure(await writeGraph('branch.onnx', ['input_ids', 'use_cache_branch'], ['logits']))).message).toMatch(
-      /branch\.onnx: unexpected input 'use_cache_branch', which Quantscope cannot feed/,
+    expect((await failure(await writeGraph('types.onnx', ['input_ids', 'token_type_ids'], ['logits']))).message).toMatch(
+      /types\.onnx: unexpected input 'token_type_ids', which Quantscope cannot feed/,
     )
     expect((await failure(await writeGraph('half-cache.onnx', ['input_ids', 'past_key_values.0.key'], ['logits', 'present.0.key']))).message).toMatch(
       /half-cache\.onnx: past key\/value inputs: layer 0 has no value/,

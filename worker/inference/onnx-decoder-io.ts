@@ -17,6 +17,8 @@ export interface DecoderIo {
   positionIds: string | null
   /** `logits_to_keep` / `num_logits_to_keep` (newer transformers exports): fed 0 = every position. */
   logitsToKeep: string | null
+  /** optimum's merged decoders (`decoder_model_merged.onnx`): true once the cache holds tokens. */
+  useCacheBranch: string | null
   logits: string
   /** Per layer, in layer order; empty when the graph has no KV cache. */
   pastKey: string[]
@@ -70,7 +72,7 @@ export function matchDecoderIo(file: string, inputs: readonly string[], outputs:
   const contract = "a decoder needs input_ids → logits (optionally attention_mask, position_ids, past_key_values.N.key/value → present.N.key/value)"
   if (!outputs.includes('logits')) fail(`no 'logits' output (outputs: ${list(outputs)}); ${contract}`)
   if (!inputs.includes('input_ids')) fail(`no 'input_ids' input (inputs: ${list(inputs)}); ${contract}`)
-  const known = new Set(['input_ids', 'attention_mask', 'position_ids', ...LOGITS_TO_KEEP])
+  const known = new Set(['input_ids', 'attention_mask', 'position_ids', 'use_cache_branch', ...LOGITS_TO_KEEP])
   const unexpected = inputs.filter((n) => !known.has(n) && !cacheSlot(n, PAST))
   if (unexpected.length > 0) {
     fail(`unexpected input${unexpected.length > 1 ? 's' : ''} ${list(unexpected)}, which Quantscope cannot feed; ${contract}`)
@@ -85,6 +87,7 @@ export function matchDecoderIo(file: string, inputs: readonly string[], outputs:
     attentionMask: inputs.includes('attention_mask') ? 'attention_mask' : null,
     positionIds: inputs.includes('position_ids') ? 'position_ids' : null,
     logitsToKeep: LOGITS_TO_KEEP.find((n) => inputs.includes(n)) ?? null,
+    useCacheBranch: inputs.includes('use_cache_branch') ? 'use_cache_branch' : null,
     logits: 'logits',
     pastKey: past.key,
     pastValue: past.value,
@@ -113,6 +116,7 @@ export function checkDecoderTypes(file: string, io: DecoderIo, inputs: readonly 
   expect(io.attentionMask, ['int64'])
   expect(io.positionIds, ['int64'])
   expect(io.logitsToKeep, ['int64'])
+  expect(io.useCacheBranch, ['bool'])
   expect(io.logits, ['float32', 'float16'])
   const cacheType = io.pastKey[0] ? typeOf(io.pastKey[0]) : null
   for (const n of [...io.pastKey, ...io.pastValue, ...io.presentKey, ...io.presentValue]) expect(n, [cacheType === 'float16' ? 'float16' : 'float32'])

@@ -162,6 +162,7 @@ export class OnnxFileSession {
       feeds[this.io.positionIds] = { type: 'int64', data: pos, dims: [1, all] }
     }
     if (this.io.logitsToKeep) feeds[this.io.logitsToKeep] = { type: 'int64', data: new BigInt64Array(1), dims: [] }
+    if (this.io.useCacheBranch) feeds[this.io.useCacheBranch] = { type: 'bool', data: Uint8Array.of(start > 0 ? 1 : 0), dims: [1] }
     if (this.cache) {
       this.io.pastKey.forEach((n, l) => (feeds[n] = past.keys[l]!))
       this.io.pastValue.forEach((n, l) => (feeds[n] = past.values[l]!))

@@ -15,11 +15,14 @@ import { InferenceRuntimeError } from './errors'
  */
 export type BackendKind = 'wasm' | 'native'
 
-/** float16 only passes through (the KV cache of an fp16 ONNX file); its values are IEEE half bits. */
-export type TensorType = 'float32' | 'int64' | 'float16'
+/**
+ * float16 and bool appear only with ONNX files run as they are: an fp16 KV cache passed through
+ * (IEEE half bits), a merged decoder's `use_cache_branch` flag (one byte per value).
+ */
+export type TensorType = 'float32' | 'int64' | 'float16' | 'bool'
 export interface RunTensor {
   type: TensorType
-  data: Float32Array | BigInt64Array | Uint16Array
+  data: Float32Array | BigInt64Array | Uint16Array | Uint8Array
   dims: number[]
 }
 
@@ -69,7 +72,7 @@ interface OrtSession {
 }
 interface OrtModule {
   env: { logLevel?: string; wasm?: { numThreads?: number } }
-  Tensor: new (type: string, data: Float32Array | BigInt64Array | Uint16Array, dims: readonly number[]) => OrtTensor
+  Tensor: new (type: string, data: RunTensor['data'], dims: readonly number[]) => OrtTensor
   InferenceSession: { create(model: Uint8Array | string, options?: Record<string, unknown>): Promise<OrtSession> }
 }
 
