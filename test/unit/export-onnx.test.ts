@@ -5,9 +5,10 @@
  * the KV cache, past_key_values/attention_mask as it names them) equals the app's.
  *
  * The plan mixes every encoding: MatMulNBits 4-bit asymmetric g32 with uint8 zero points (GPTQ)
- * and with float zero points (RTN's fp16 minimum), 8-bit symmetric (RTN), lookup tables (NF4's
- * shared table, any4's per-row table), the integer dequantising subgraph (RTN 3-bit), and kept
- * float32 tensors.
+ * and with float zero points (RTN's fp16 minimum), 8-bit symmetric (RTN), AWQ (input ÷ its
+ * channel scale), lookup tables (NF4's shared table, any4's per-row table, k-means with
+ * outliers), the integer dequantising subgraph (RTN 3-bit), and kept float32 tensors. The
+ * exporter checks each exact encoding against dequantizeRows value by value as it writes.
  */
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -24,7 +25,7 @@ import { openTokenizer } from '../../worker/inference/text-source'
 import { createOverrides } from '../../worker/plan/apply'
 import type { CalibrationOptions } from '../../worker/plan/calibration'
 import { modelDisplayName, modelFingerprint, PLAN_FORMAT, PLAN_VERSION, type Plan, type PlanEntry } from '../../worker/plan/plan'
-import type { WeightOverrides } from '../../worker/inference/weights'
+import { readTensor, type WeightOverrides } from '../../worker/inference/weights'
 
 const DEFAULT = resolve('resources/models/default')
 const HELDOUT = resolve('resources/eval/heldout.txt')
@@ -50,6 +51,9 @@ function mixedPlan(m: OpenedModel): Plan {
     tensors[`${p}.mlp.gate_proj.weight`] = { method: 'gptq', params: { bits: 4, group: 32, sym: false } }
     tensors[`${p}.mlp.up_proj.weight`] = { method: 'rtn', params: { bits: 3, group: 64, sym: false } }
   }
+  // AWQ (MatMulNBits, input ÷ its channel scale) and k-means with outliers (ScatterElements) on a few tensors.
+  tensors['model.layers.1.mlp.up_proj.weight'] = { method: 'awq', params: { bits: 4, group: 64, clip: false } }
+  tensors['model.layers.2.self_attn.o_proj.weight'] = { method: 'kmeans', params: { bits: 3, outliers: 0.01, maxIter: 20 } }
   return { format: PLAN_FORMAT, version: PLAN_VERSION, model: { name: modelDisplayName(m), fingerprint: modelFingerprint(m) }, tensors }
 }
 
@@ -119,7 +123,11 @@ beforeAll(async () => {
   CALIB.cacheDir = join(tmpdir(), `${basename(dir)}-calibration`)
   model = await openModel(DEFAULT)
   plan = mixedPlan(model)
-  overrides = await createOverrides(model, { plan, source: 'test plan', calibration: CALIB })
+  // The app's plan values, quantized once (a lazy override re-quantizes for every session).
+  const lazy = await createOverrides(model, { plan, source: 'test plan', calibration: CALIB })
+  const values = new Map<string, Float32Array>()
+  for (const name of lazy.keys()) values.set(name, await readTensor(model, name, lazy))
+  overrides = values
   fp32 = await runExport({ model, modelPath: DEFAULT, plan, planSource: 'test plan', format: 'onnx', out: join(dir, 'fp32'), options: { dtype: 'fp32', calibration: CALIB } })
   const tokenizer = await openTokenizer(model)
   heldout = tokenizer.encode(await readFile(HELDOUT, 'utf8'))
@@ -159,6 +167,8 @@ describe('ONNX export', () => {
     expect(q.maxAbsError!).toBeGreaterThan(0)
     expect(q.maxAbsError!).toBeLessThan(1e-6)
     expect(byName(`${L0}.mlp.down_proj.weight`)).toMatchObject({ support: 'kept', writtenType: 'float32' })
+    expect(byName('model.layers.1.mlp.up_proj.weight')).toMatchObject({ support: 'exact', maxAbsError: 0, writtenType: 'MatMulNBits int4 block 64 uint8 zero points (input ÷ AWQ scale)' })
+    expect(byName('model.layers.2.self_attn.o_proj.weight').writtenType).toMatch(/3-bit codes, per-row fp16 codebook, \d+ fp16 outliers per row/)
   })
 
   it('onnxruntime-node runs it: logits within 1e-3 of the app, perplexity on 2 held-out windows within 0.1 %', async () => {
