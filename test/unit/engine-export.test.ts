@@ -16,7 +16,7 @@ import type { InferenceApi } from '../../worker/api/evaluate-service'
 import { EXPORT_FORMAT_IDS } from '../../worker/export/contract'
 import { EXPORT_FORMATS } from '../../worker/export/registry'
 import { openModel } from '../../worker/formats/open-model'
-import { availableBackends, evalPerplexity, generate } from '../../worker/inference/inference-service'
+import { availableBackends, generate } from '../../worker/inference/inference-service'
 import { planFromSpec } from '../../worker/plan/plan'
 import { dispatchRequest } from '../../main/api-dispatcher'
 
@@ -178,7 +178,6 @@ describe('EngineService export (default model)', () => {
       generate,
       availableBackends,
     }
-    void evalPerplexity
     const other = new EngineService({ statsThreads: 1, inference: failing, calibrationCacheDir: null })
     try {
       const id = (await other.openModel({ path: MODEL })).modelId

@@ -34,6 +34,8 @@ export interface RunningJob {
   fraction: number | null
   tab: Tab
   cancel(): void
+  /** Shows the job where it runs when that is not a tab (the Export dialog). */
+  reveal?(): void
 }
 
 export interface WorkbenchState {
@@ -149,7 +151,7 @@ export function createWorkbench(client: ApiClient) {
     if (e.evalJob) out.push({ id: 'evaluate', label: e.evalJob.label, fraction: frac(e.evalJob.done, e.evalJob.total), tab: 'evaluate', cancel: e.evalJob.cancel })
     if (e.genJob) out.push({ id: 'generate', label: e.genJob.label, fraction: frac(e.genJob.done, e.genJob.total), tab: 'evaluate', cancel: e.genJob.cancel })
     const x = exporter.state.job
-    if (x) out.push({ id: 'export', label: x.label, fraction: frac(x.done, x.total), tab: 'grid', cancel: x.cancel })
+    if (x) out.push({ id: 'export', label: x.label, fraction: frac(x.done, x.total), tab: 'grid', cancel: x.cancel, reveal: () => void exporter.show() })
     return out
   }
 
