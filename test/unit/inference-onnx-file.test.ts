@@ -82,20 +82,24 @@ describe.each([
     )
   })
 
-  it('perplexity and KL divergence equal the evaluation of the same weights', async () => {
-    const opts = { ctx: CTX, maxWindows: 2, backend, threads: 2 }
+  it('perplexity (and on native KL divergence) equals the evaluation of the same weights', async () => {
+    // WASM is the slow one on two shared cores: one window, no KL there.
+    const windows = backend === 'wasm' ? 1 : 2
+    const opts = { ctx: CTX, maxWindows: windows, backend, threads: 2 }
     const graph = await evaluatePerplexity(weights, ids, opts)
     // KL against the weights-built graph as base: both sides computed, nothing cached.
-    const onnx = await evaluatePerplexity(file, ids, { ...opts, kld: { base: weights, cache: 'off' } })
-    expect(onnx.windows).toBe(2)
+    const onnx = await evaluatePerplexity(file, ids, { ...opts, kld: backend === 'native' ? { base: weights, cache: 'off' } : null })
+    expect(onnx.windows).toBe(windows)
     expect(onnx.backend).toBe(backend)
     expect(Math.abs(onnx.ppl / graph.ppl - 1)).toBeLessThan(1e-4)
     expect(maxDiff(onnx.windowNll, graph.windowNll)).toBeLessThan(1e-4)
     expect(onnx.ppl).toBeGreaterThan(5) // a real model on real text: neither ~1 nor ~vocab
     expect(onnx.ppl).toBeLessThan(500)
-    expect(onnx.kld!.mean).toBeLessThan(1e-5)
-    expect(onnx.kld!.top1).toBeGreaterThan(0.99)
-    expect(Math.abs(onnx.kld!.basePpl / graph.ppl - 1)).toBeLessThan(1e-5)
+    if (backend === 'native') {
+      expect(onnx.kld!.mean).toBeLessThan(1e-5)
+      expect(onnx.kld!.top1).toBeGreaterThan(0.99)
+      expect(Math.abs(onnx.kld!.basePpl / graph.ppl - 1)).toBeLessThan(1e-5)
+    }
   })
 
   it('greedy generation equals the built graph with the KV cache', async () => {
@@ -140,6 +144,26 @@ describe('KL divergence between two different models', () => {
   })
 })
 
+describe('the log-prob cache with an ONNX file as the base', () => {
+  it('writes on the first run and reads back the same figures on the second', async () => {
+    const qwenOnnx = await openModel(FIXTURE)
+    try {
+      const opts = { ctx: CTX, maxWindows: 2, backend: 'native' as const, threads: 2 }
+      const kld = { base: qwenOnnx, cache: 'auto' as const, cacheDir: join(root, 'logprobs') }
+      const first = (await evaluatePerplexity(weights, ids, { ...opts, kld })).kld!
+      const second = (await evaluatePerplexity(weights, ids, { ...opts, kld })).kld!
+      expect(first.baseSource).toBe('cache-write')
+      expect(second.baseSource).toBe('cache-read')
+      expect(first.mean).toBeGreaterThan(0.1)
+      // The cache keeps 16-bit log-probs: the KL moves by rounding only.
+      expect(Math.abs(second.mean / first.mean - 1)).toBeLessThan(1e-2)
+      expect(Math.abs(second.basePpl / first.basePpl - 1)).toBeLessThan(1e-4)
+    } finally {
+      await qwenOnnx.close()
+    }
+  })
+})
+
 describe('an independent export: qwen2-tiny by torch.onnx.export (Hugging Face names)', () => {
   let ref: Reference
   let model: OpenedModel
@@ -149,13 +173,13 @@ describe('an independent export: qwen2-tiny by torch.onnx.export (Hugging Face n
   })
   afterAll(() => model.close())
 
-  it("per-window NLL on the held-out text equals onnxruntime's and PyTorch's (native 16 windows, wasm 2)", async () => {
+  it("per-window NLL on the held-out text equals onnxruntime's and PyTorch's (native 16 windows, wasm 1)", async () => {
     const fixtureIds = await tokensOf({ file: HELDOUT }, () => openTokenizer(model))
     const n = ref.ort_window_nll_prefix.length
     const native = await evaluatePerplexity(model, fixtureIds, { ctx: 256, maxWindows: n, backend: 'native', threads: 2 })
     expect(maxDiff(native.windowNll, ref.ort_window_nll_prefix)).toBeLessThan(2e-5)
-    const wasm = await evaluatePerplexity(model, fixtureIds, { ctx: 256, maxWindows: 2, backend: 'wasm', threads: 2 })
-    expect(maxDiff(wasm.windowNll, ref.ort_window_nll_prefix.slice(0, 2))).toBeLessThan(2e-5)
+    const wasm = await evaluatePerplexity(model, fixtureIds, { ctx: 256, maxWindows: 1, backend: 'wasm', threads: 2 })
+    expect(maxDiff(wasm.windowNll, ref.ort_window_nll_prefix.slice(0, 1))).toBeLessThan(2e-5)
     // PyTorch's and onnxruntime's whole-text figures agree with each other (the fixture's own check).
     expect(Math.abs(ref.ort_ppl / ref.torch_ppl - 1)).toBeLessThan(1e-6)
   })
