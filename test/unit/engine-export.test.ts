@@ -19,6 +19,7 @@ import { openModel } from '../../worker/formats/open-model'
 import { availableBackends, generate } from '../../worker/inference/inference-service'
 import { planFromSpec } from '../../worker/plan/plan'
 import { dispatchRequest } from '../../main/api-dispatcher'
+import { parseApiParams } from '../../worker/api/parse-request'
 
 const MODEL = resolve('resources/models/default')
 const EVAL = { ctx: 256, maxWindows: 2, backend: 'wasm' as const }
@@ -126,6 +127,24 @@ describe('EngineService export (default model)', () => {
     const onDisk = JSON.parse(await readFile(report.reportPath, 'utf8')) as ExportModelReport
     expect(onDisk.evaluation).toEqual(ev)
     expect((await engine.listRuns({ modelId })).some((r) => r.id === ev.runId && r.variantLabel === 'default-rtn8')).toBe(true)
+  })
+
+  it('checks the calls where they enter: format, float type, evaluation settings', () => {
+    const base = { jobId: 'j', modelId: 'm1', plan: rtn8, out: '/tmp/x.gguf' }
+    const rejection = (params: unknown): string => {
+      try {
+        parseApiParams('exportModel', params)
+        return 'accepted'
+      } catch (err) {
+        return (err as Error).message
+      }
+    }
+    expect(rejection({ ...base, format: 'gguf' })).toBe('accepted')
+    expect(rejection({ ...base, format: 'exl2' })).toBe("exportModel: 'format' must be one of gguf, onnx, safetensors, compressed-tensors")
+    expect(rejection({ ...base, format: 'gguf', dtype: 'fp8' })).toBe("exportModel: 'dtype' must be 'bf16', 'fp16' or 'fp32'")
+    expect(rejection({ ...base, format: 'gguf', evaluate: { ctx: 1, backend: 'wasm' } })).toBe("exportModel: 'evaluate.ctx' must be an integer in [2, 32768]")
+    expect(rejection({ ...base, format: 'gguf', out: '' })).toBe("exportModel: 'out' must be a non-empty string")
+    expect(rejection({ ...base, format: 'gguf', overwrite: true })).toBe("exportModel: unknown key 'overwrite'")
   })
 
   it('refuses a destination that exists, and a relative one, before any work', async () => {
