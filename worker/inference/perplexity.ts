@@ -11,7 +11,9 @@ import type { WeightOverrides } from './weights'
  * without special tokens, split into consecutive non-overlapping windows of `ctx` tokens (the
  * remainder dropped), each window evaluated from an empty cache, the NLL averaged over every
  * predicted token (ctx − 1 per window), ppl = exp(mean). The NLL is computed inside the graph
- * (logsumexp − target logit), so the [ctx, vocab] logits never leave the runtime.
+ * (logsumexp − target logit), so the [ctx, vocab] logits never leave the runtime; an .onnx
+ * file runs as it is and its session derives the same from one window's logits at a time
+ * (eval-session.ts).
  */
 export const DEFAULT_CTX = 256
 
