@@ -1,6 +1,7 @@
-import { mkdir, rm, stat, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { f32ToF16 } from '../worker/formats/dtypes'
 import { writeSafetensorsFile, type SafetensorsTensorSpec } from '../worker/formats/safetensors/writer'
 
@@ -9,7 +10,9 @@ import { writeSafetensorsFile, type SafetensorsTensorSpec } from '../worker/form
  * 24 layers, 14 heads / 2 KV heads, MLP 4864, vocab 151936, tied embeddings: ~1 GB).
  * Values come from a seeded PRNG through per-role lookup tables of normal samples, with a few
  * outlier input channels per matrix (as real LLM weights have). Generated once into
- * os.tmpdir() and reused by later runs.
+ * os.tmpdir() and reused by later runs. The default model's byte-level BPE tokenizer (8192
+ * tokens) is copied beside it, because the GGUF export carries a tokenizer (the GGUF pads the
+ * vocabulary to 151936 with unused tokens, as convert_hf_to_gguf.py does).
  */
 export interface SyntheticModelShape {
   hidden: number
@@ -150,7 +153,10 @@ export async function ensureSyntheticModel(quick: boolean, log: (m: string) => v
     ([w]) => w.size > weightBytes,
     () => false,
   )
-  if (complete) return { dir, weightBytes, tensors, generated: false }
+  if (complete) {
+    await copyTokenizer(dir)
+    return { dir, weightBytes, tensors, generated: false }
+  }
 
   log(`generating synthetic model (${(weightBytes / 1e9).toFixed(2)} GB fp16) in ${dir} …`)
   const t0 = performance.now()
@@ -158,7 +164,18 @@ export async function ensureSyntheticModel(quick: boolean, log: (m: string) => v
   await mkdir(dir, { recursive: true })
   const tables = new Map<string, Uint16Array>()
   await writeSafetensorsFile(weights, tensors, (spec, i) => tensorBytes(spec, i, tables), { format: 'pt', generator: `quantscope-bench-synth-${VERSION}` })
+  await copyTokenizer(dir)
   await writeFile(config, JSON.stringify(hfConfig(shape), null, 2))
   log(`generated in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
   return { dir, weightBytes, tensors, generated: true }
+}
+
+const TOKENIZER_SOURCE = fileURLToPath(new URL('../resources/models/default/', import.meta.url))
+
+/** tokenizer.json and tokenizer_config.json of the default model, unless already there (folders generated before the export bench have none). */
+async function copyTokenizer(dir: string): Promise<void> {
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) {
+    const to = join(dir, f)
+    if (!(await stat(to).then(() => true, () => false))) await copyFile(join(TOKENIZER_SOURCE, f), to)
+  }
 }
