@@ -57,6 +57,8 @@ describe('Export dialog end to end', () => {
 
     await page.click('[data-testid="export-open"]')
     await page.waitForSelector('[data-testid="export-dialog"]')
+    // The formats arrive from the engine a moment after the dialog opens.
+    await page.waitForSelector('[data-testid="export-format-compressed-tensors"]', { timeout: 10_000 })
     // Every format is listed; one this build lacks is greyed.
     const formats = await page.$$eval('[data-testid^="export-format-"]', (els) => els.map((e) => [e.getAttribute('data-testid'), (e as HTMLButtonElement).disabled]))
     expect(formats.map(([id]) => id)).toEqual(['export-format-gguf', 'export-format-onnx', 'export-format-safetensors', 'export-format-compressed-tensors'])
