@@ -6,6 +6,7 @@ import { readAttentionTensor, readTensor, type WeightOverrides } from './weights
 import { addCaptureOutputs, type CapturePoint, type CaptureSite } from './capture-points'
 import { attention, resolveAttention, type AttentionKind, type AttentionShared } from './attention'
 import { concat, ENGINE_WEIGHTS, type GraphWeights } from './graph-weights'
+import { addImportanceOutputs, type ImportanceGraphOptions, type ImportanceOutputs } from './importance-outputs'
 
 /**
  * The ONNX graph of a llama / mistral / qwen2 decoder, built from the opened weights with
@@ -37,6 +38,8 @@ export interface DecoderGraphOptions {
   argmax?: boolean
   /** Per-channel statistics (and optionally Gram matrices) of the captured activations. */
   capture?: { gram?: boolean; sites?: CaptureSite[] } | null
+  /** Logit-lens top-k ids and cosines of the residual stream for layer importance (importance-outputs.ts). */
+  importance?: ImportanceGraphOptions | null
   /** Length of the RoPE table: positions must stay below it. */
   maxPositions: number
   /** Attention implementation; 'auto' (default) = 'ops' (see resolveAttention). */
@@ -69,6 +72,8 @@ export interface DecoderGraphInfo {
   outputs: string[]
   kv: KvNames | null
   capturePoints: CapturePoint[]
+  /** Output names of the importance taps (null unless options.importance). */
+  importance: ImportanceOutputs | null
   /** Bytes of float32 weights handed to the runtime. */
   weightBytes: number
 }
@@ -112,7 +117,7 @@ export async function buildDecoderGraph(
   }
   const W = options.weights ?? ENGINE_WEIGHTS
   const hfIo = options.io === 'hf'
-  if (hfIo && (!options.kvCache || options.logits !== 'all' || options.nll || options.logprobs || options.kl || options.argmax || options.capture)) {
+  if (hfIo && (!options.kvCache || options.logits !== 'all' || options.nll || options.logprobs || options.kl || options.argmax || options.capture || options.importance)) {
     throw new Error("decoder graph: io 'hf' takes kvCache and logits 'all' only")
   }
   if (options.weights && !hfIo) throw new Error("decoder graph: custom weights are for io 'hf' (exports)")
@@ -223,7 +228,8 @@ export async function buildDecoderGraph(
   }
 
   // ---- head
-  const hf = rmsNorm(x, await W.float(g, 'final_norm', [H], spec.finalNorm, () => read(spec.finalNorm)))
+  const finalNormW = await W.float(g, 'final_norm', [H], spec.finalNorm, () => read(spec.finalNorm))
+  const hf = rmsNorm(x, finalNormW)
   tap('lm_head_in', null, hf, H, [spec.lmHead])
   const wantAll = options.logits === 'all' || options.nll || options.logprobs || options.kl || options.argmax
   let lmW: string | null = spec.tied ? embedW : null
@@ -271,6 +277,14 @@ export async function buildDecoderGraph(
     capturePoints = addCaptureOutputs(g, captureTaps, options.capture)
     for (const p of capturePoints) outputs.push(...Object.values(p.outputs))
   }
+  let importance: ImportanceOutputs | null = null
+  if (options.importance) {
+    // h_0 … h_L: every block's input, then the last block's output
+    const residuals = captureTaps.filter((t) => t.site === 'resid_in').map((t) => t.value)
+    residuals.push(x)
+    importance = addImportanceOutputs(g, residuals, { finalNorm: (v) => rmsNorm(v, finalNormW), lmHead: lmW!, vocab: V }, options.importance)
+    outputs.push(...importance.topk, ...importance.cos)
+  }
   if (kv) outputs.push(...kv.presentKey, ...kv.presentValue)
   if (outputs.length === 0) throw new Error('decoder graph: no outputs requested')
 
@@ -278,7 +292,7 @@ export async function buildDecoderGraph(
   if (kv) inputs.push(...kv.pastKey, ...kv.pastValue)
   if (options.nll) inputs.push('targets')
   if (options.kl) inputs.push('ref_logprobs')
-  return { builder: g, info: { spec, options, attention: attentionKind, inputs, outputs, kv, capturePoints, weightBytes: g.externalBytes } }
+  return { builder: g, info: { spec, options, attention: attentionKind, inputs, outputs, kv, capturePoints, importance, weightBytes: g.externalBytes } }
 }
 
 /**
