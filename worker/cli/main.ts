@@ -9,6 +9,7 @@ import { runEval } from './eval'
 import { runExportCommand } from './export'
 import { runRecipe } from './recipe'
 import { runGenerate } from './generate'
+import { runImportance } from './importance'
 import { runQuantize } from './quantize'
 import { formatBytes, formatCount, progressLine } from './format'
 import { LLAMA_CPP_PRESETS } from '../plan/llama-cpp-presets'
@@ -45,10 +46,16 @@ commands:
        [--compare MODEL2] [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
       Continues the prompt (greedy unless --temperature > 0); --compare runs a second model
       on the same prompt and settings, side by side.
+  importance MODEL --text FILE --method lsaq|cosine [--k 10] [--no-final-norm] [--ctx 256] [--max-windows N]
+       [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
+      Per decoder block importance on the text: lsaq = 1 − Jaccard of the logit-lens top-k
+      token sets of the block's input and output residual (final norm then lm_head; off with
+      --no-final-norm), cosine = 1 − cos(input, output); with lsaq also the Spearman rank
+      agreement with cosine.
   help
 `
 
-const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help', 'kld'])
+const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help', 'kld', 'no-final-norm'])
 const VALUE_FLAGS = new Set([
   'threads',
   // eval / generate
@@ -57,6 +64,8 @@ const VALUE_FLAGS = new Set([
   'quant', 'plan', 'preset', 'calib',
   // export
   'format', 'out', 'dtype', 'for', 'gguf-fallback',
+  // importance
+  'method', 'k',
   'prompt', 'max-tokens', 'temperature', 'top-p', 'seed', 'compare',
 ])
 
@@ -79,6 +88,8 @@ async function main(argv: string[]): Promise<number> {
       return runExportCommand(args)
     case 'recipe':
       return runRecipe(args)
+    case 'importance':
+      return runImportance(args)
     default:
       throw new UsageError(`unknown command '${args.command}'`)
   }
