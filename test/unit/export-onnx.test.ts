@@ -164,6 +164,7 @@ describe('ONNX export', () => {
     // RTN's fp16 minimum as a float zero point: a rounding difference, measured and small.
     const q = byName(`${L0}.self_attn.q_proj.weight`)
     expect(q).toMatchObject({ support: 'fallback', writtenType: 'MatMulNBits int4 block 32 float zero points' })
+    console.log(`RTN asym as a float zero point: max |Δw| ${q.maxAbsError!.toExponential(3)}, rms ${q.rmsError!.toExponential(3)}`)
     expect(q.maxAbsError!).toBeGreaterThan(0)
     expect(q.maxAbsError!).toBeLessThan(1e-6)
     expect(byName(`${L0}.mlp.down_proj.weight`)).toMatchObject({ support: 'kept', writtenType: 'float32' })
@@ -254,7 +255,7 @@ describe('ONNX export', () => {
     const tokenizer = await tjs.AutoTokenizer.from_pretrained(name)
     const lm = await tjs.AutoModelForCausalLM.from_pretrained(name, { dtype: 'fp32', device: 'cpu' })
     try {
-      const inputs = tokenizer('The history of the city begins', { return_tensors: 'pt' }) as { input_ids: { data: BigInt64Array }; attention_mask: unknown }
+      const inputs = tokenizer('The history of the city begins') as { input_ids: { data: BigInt64Array }; attention_mask: unknown }
       const prompt = Array.from(inputs.input_ids.data, Number)
       const NEW = 16
       const generated = (await lm.generate({ ...inputs, max_new_tokens: NEW, min_new_tokens: NEW, do_sample: false })) as { data: BigInt64Array; dims: number[] }
@@ -327,4 +328,16 @@ describe('ONNX export', () => {
     expect(seen.length).toBe(10)
     expect((await readdir(dir)).some((n) => n.startsWith('cancelled'))).toBe(false)
   })
+
+  it('reopens in Quantscope: the exported model.onnx evaluates to the app\'s perplexity of the plan', async () => {
+    const reopened = await openModel(join(fp32.path, 'onnx/model.onnx'))
+    try {
+      const again = await evaluatePerplexity(reopened, heldout, { ctx: CTX, maxWindows: 2, backend: 'native', threads: 2 })
+      const inApp = await evaluatePerplexity(model, heldout, { ctx: CTX, maxWindows: 2, overrides, backend: 'native', threads: 2 })
+      console.log(`reopened export: ppl ${again.ppl} (app ${inApp.ppl})`)
+      expect(Math.abs(again.ppl / inApp.ppl - 1)).toBeLessThan(1e-3)
+    } finally {
+      await reopened.close()
+    }
+  }, 60_000)
 })
