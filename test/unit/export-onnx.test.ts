@@ -24,8 +24,9 @@ import { evaluatePerplexity, planWindows } from '../../worker/inference/perplexi
 import { openTokenizer } from '../../worker/inference/text-source'
 import { createOverrides } from '../../worker/plan/apply'
 import type { CalibrationOptions } from '../../worker/plan/calibration'
-import { modelDisplayName, modelFingerprint, PLAN_FORMAT, PLAN_VERSION, type Plan, type PlanEntry } from '../../worker/plan/plan'
+import { modelDisplayName, modelFingerprint, planFromSpec, PLAN_FORMAT, PLAN_VERSION, type Plan, type PlanEntry } from '../../worker/plan/plan'
 import { readTensor, type WeightOverrides } from '../../worker/inference/weights'
+import { randomTokens, writeTinyDecoder } from '../helpers/tiny-decoder'
 
 const DEFAULT = resolve('resources/models/default')
 const HELDOUT = resolve('resources/eval/heldout.txt')
@@ -340,4 +341,36 @@ describe('ONNX export', () => {
       await reopened.close()
     }
   }, 60_000)
+
+  it('a qwen2 model with q/k/v biases and tied embeddings exports and runs the same (onnxruntime-node)', async () => {
+    const tiny = await writeTinyDecoder(join(dir, 'tiny-src'), { bias: true, tied: true, modelType: 'qwen2', seed: 7, hidden: 64, heads: 4, kvHeads: 2, intermediate: 128 })
+    const small = await openModel(tiny.dir)
+    try {
+      const spec = 'rtn:bits=4,group=16,sym=true'
+      const tinyPlan = planFromSpec(small, spec)
+      const report = await runExport({ model: small, modelPath: tiny.dir, plan: tinyPlan, planSource: spec, format: 'onnx', out: join(dir, 'tiny'), options: { dtype: 'fp32' } })
+      expect(report.tensors.filter((t) => t.writtenType.startsWith('MatMulNBits int4 block 16 sym'))).toHaveLength(Object.keys(tinyPlan.tensors).length)
+      const tokens = randomTokens(20, tiny.ref.vocab, 3)
+      const app = await DecoderSession.create(small, { backend: 'native', threads: 2, overrides: await createOverrides(small, { plan: tinyPlan, source: spec }), graph: { logits: 'all', maxPositions: 64 } })
+      const want = (await app.forward({ tokens })).outputs.logits!.data as Float32Array
+      await app.release()
+      const ort = await import('onnxruntime-node')
+      const session = await ort.InferenceSession.create(join(report.path, 'onnx/model.onnx'), { intraOpNumThreads: 1 })
+      try {
+        const T = tokens.length
+        const feeds: Record<string, import('onnxruntime-node').Tensor> = {
+          input_ids: new ort.Tensor('int64', BigInt64Array.from(tokens, BigInt), [1, T]),
+          attention_mask: new ort.Tensor('int64', new BigInt64Array(T).fill(1n), [1, T]),
+          position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: T }, (_, i) => BigInt(i)), [1, T]),
+        }
+        for (let l = 0; l < tiny.ref.layers; l++) for (const kind of ['key', 'value']) feeds[`past_key_values.${l}.${kind}`] = new ort.Tensor('float32', new Float32Array(0), [1, 2, 0, 16])
+        const got = (await session.run(feeds)).logits!.data as Float32Array
+        expect(maxDiff(got, want)).toBeLessThan(1e-4)
+      } finally {
+        await session.release()
+      }
+    } finally {
+      await small.close()
+    }
+  }, 30_000)
 })

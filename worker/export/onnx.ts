@@ -234,7 +234,8 @@ async function exportOnnx(job: ExportJob, stage: string, hooks: ExportHooks): Pr
   await mkdir(join(stage, 'onnx'))
   const dataFile = await openOutput(join(stage, ONNX_DATA_FILE))
   const written: Written = { records: [], sections: { quantized: 0, kept: 0 } }
-  const total = 2 + spec.layers.length * 9 + (spec.tied ? 0 : 1)
+  // Source tensors in the order the graph asks for them (a layer's q/k/v biases count once).
+  const total = 2 + spec.layers.length * 9 + (spec.tied ? 0 : 1) + spec.layers.filter((l) => l.qBias || l.kBias || l.vBias).length
   let modelBytes: Uint8Array
   const data = new ExternalDataWriter(dataFile, 'model.onnx_data')
   try {
