@@ -27,6 +27,7 @@ import type { CalibrationOptions } from '../../worker/plan/calibration'
 import { modelDisplayName, modelFingerprint, planFromSpec, PLAN_FORMAT, PLAN_VERSION, type Plan, type PlanEntry } from '../../worker/plan/plan'
 import { readTensor, type WeightOverrides } from '../../worker/inference/weights'
 import { randomTokens, writeTinyDecoder } from '../helpers/tiny-decoder'
+import { openOutputFile, type OpenOutput } from '../../worker/io/output-file'
 
 const DEFAULT = resolve('resources/models/default')
 const HELDOUT = resolve('resources/eval/heldout.txt')
@@ -342,13 +343,39 @@ describe('ONNX export', () => {
     }
   }, 60_000)
 
-  it('a qwen2 model with q/k/v biases and tied embeddings exports and runs the same (onnxruntime-node)', async () => {
+  it('a qwen2 model with q/k/v biases and tied embeddings exports and runs the same (onnxruntime-node); progress; a full disk', async () => {
     const tiny = await writeTinyDecoder(join(dir, 'tiny-src'), { bias: true, tied: true, modelType: 'qwen2', seed: 7, hidden: 64, heads: 4, kvHeads: 2, intermediate: 128 })
     const small = await openModel(tiny.dir)
     try {
       const spec = 'rtn:bits=4,group=16,sym=true'
       const tinyPlan = planFromSpec(small, spec)
-      const report = await runExport({ model: small, modelPath: tiny.dir, plan: tinyPlan, planSource: spec, format: 'onnx', out: join(dir, 'tiny'), options: { dtype: 'fp32' } })
+      const progress: { done: number; total: number; tensor?: string }[] = []
+      const report = await runExport(
+        { model: small, modelPath: tiny.dir, plan: tinyPlan, planSource: spec, format: 'onnx', out: join(dir, 'tiny'), options: { dtype: 'fp32' } },
+        { onProgress: (p) => p.stage === 'writing' && progress.push(p) },
+      )
+      // One progress step per source tensor (biases of a layer count once), ending at the total.
+      expect(progress.map((p) => p.done)).toEqual(progress.map((_, i) => i + 1))
+      expect(progress.at(-1)).toMatchObject({ done: 2 + 2 * 9 + 2, total: 2 + 2 * 9 + 2 })
+      expect(new Set(progress.map((p) => p.tensor)).size).toBe(progress.length)
+
+      // A full disk part-way through the data file: a clean failure, nothing left behind.
+      let budget = 20_000
+      const fullDisk: OpenOutput = async (path) => {
+        const real = await openOutputFile(path)
+        return {
+          async write(bytes) {
+            if (bytes.length > budget) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' })
+            budget -= bytes.length
+            await real.write(bytes)
+          },
+          close: () => real.close(),
+        }
+      }
+      const full = await runExport({ model: small, modelPath: tiny.dir, plan: tinyPlan, planSource: spec, format: 'onnx', out: join(dir, 'tiny-full') }, { openOutput: fullDisk }).catch((e: unknown) => e)
+      expect((full as Error).message).toMatch(/disk full while writing the export \(ENOSPC: no space left on device, write\); the partial output was removed/)
+      expect((await readdir(dir)).some((n) => n.startsWith('tiny-full'))).toBe(false)
+
       expect(report.tensors.filter((t) => t.writtenType.startsWith('MatMulNBits int4 block 16 sym'))).toHaveLength(Object.keys(tinyPlan.tensors).length)
       const tokens = randomTokens(20, tiny.ref.vocab, 3)
       const app = await DecoderSession.create(small, { backend: 'native', threads: 2, overrides: await createOverrides(small, { plan: tinyPlan, source: spec }), graph: { logits: 'all', maxPositions: 64 } })
