@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs'
 import * as v from 'valibot'
 import { seededRandom } from '../../worker/inference/sampler'
 import { ActivationValueError, topKOutliers } from '../../worker/quant/activations/orizuru'
+import { orizuruWasmAvailable, topKOutliersWasm } from '../../worker/quant/activations/orizuru-wasm'
 import { formatActivationSpec, intActSchema, kmeansActSchema, parseActivationSpec, type IntActParams, type KMeansActParams } from '../../worker/quant/activations/spec'
 import { fakeQuantIntPerToken } from '../../worker/quant/activations/int-per-token'
 import { dequantizeKMeansActivations, encodeKMeansActivations, fakeQuantKMeans, fitActivationCodebook } from '../../worker/quant/activations/kmeans-act'
@@ -83,6 +84,38 @@ describe('Orizuru top-k outlier detector', () => {
     expect(() => topKOutliers(x, 4, 10, 3)).toThrow(/row 3, column 0: NaN/)
     expect(() => topKOutliers(new Float32Array(10), 1, 10, 6)).toThrow(/0 ≤ 2k ≤ cols \(10\).*got 6/)
     expect(() => topKOutliers(new Float32Array(9), 1, 10, 1)).toThrow(/9 values do not make \[1, 10\]/)
+  })
+})
+
+describe.runIf(orizuruWasmAvailable())('Orizuru in WASM SIMD = the TS detector, element for element', () => {
+  it('on ties, ±0, ±Infinity and heavy tails, for row lengths around the vector width and many k', () => {
+    const rand = seededRandom(77)
+    for (const cols of [2, 5, 8, 13, 64, 67, 1000]) {
+      const rows = 9
+      const x = cols === 1000 ? heavyTailed(rows, cols, 3) : new Float32Array(rows * cols)
+      if (cols !== 1000) {
+        for (let i = 0; i < x.length; i++) {
+          const u = rand()
+          x[i] = u < 0.05 ? -0 : u < 0.1 ? 0 : u < 0.12 ? Infinity : u < 0.14 ? -Infinity : Math.floor(rand() * 5) - 2
+        }
+      }
+      for (const k of [1, 2, 3, 4, 5, 7, Math.floor(cols / 2)]) {
+        if (2 * k > cols) continue
+        const a = topKOutliers(x, rows, cols, k)
+        const b = topKOutliersWasm(x, rows, cols, k)
+        expect(b, `cols ${cols} k ${k}`).toEqual(a)
+      }
+    }
+  })
+
+  it('refuses NaN at the same row and column as the TS detector (heap fill, aligned head, vector body, tail)', () => {
+    const cols = 23
+    for (const col of [0, 2, 5, 9, 21, 22]) {
+      const x = heavyTailed(4, cols, 8)
+      x[3 * cols + col] = NaN
+      expect(() => topKOutliersWasm(x, 4, cols, 3, 'up_proj input')).toThrow(`up_proj input: row 3, column ${col}: NaN`)
+      expect(() => topKOutliers(x, 4, cols, 3, 'up_proj input')).toThrow(`up_proj input: row 3, column ${col}: NaN`)
+    }
   })
 })
 
