@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs'
 import { openModel } from '../worker/formats/open-model'
 import { runExport } from '../worker/export/run-export'
-import type { ExportFloatType } from '../worker/export/contract'
+import type { ExportFloatType, ExportProgress } from '../worker/export/contract'
 import { modelDisplayName, modelFingerprint, PLAN_FORMAT, PLAN_VERSION, planFromSpec, type Plan } from '../worker/plan/plan'
 
 export interface ExportProbeRequest {
@@ -29,6 +29,12 @@ export interface ExportProbeResult {
   baselineRssMB: number
   /** VmHWM at the end: the process's peak resident memory. */
   peakRssMB: number
+  /**
+   * Highest RSS sampled (every 20 ms and at each progress event) between the first progress
+   * event of layer 1 and the last of the second-to-last layer: the memory while streaming decoder
+   * layers, apart from the embedding and output tensors at either end. Null without such events.
+   */
+  layersPeakRssMB: number | null
   quantized: number
   fallbacks: number
 }
@@ -49,8 +55,14 @@ async function main(): Promise<void> {
       ? planFromSpec(model, req.spec)
       : { format: PLAN_FORMAT, version: PLAN_VERSION, model: { name: modelDisplayName(model), fingerprint: modelFingerprint(model) }, tensors: {} }
     const baselineRssMB = procStatusMB('VmRSS')
+    const lastMiddleLayer = (model.config?.numLayers ?? 0) - 2
+    const samples: { t: number; rss: number }[] = []
+    const sample = () => samples.push({ t: performance.now(), rss: process.memoryUsage.rss() })
+    const timer = setInterval(sample, 20)
+    let windowStart = Infinity
+    let windowEnd = -Infinity
     const cpu0 = process.cpuUsage()
-    const report = await runExport({
+    const request = {
       model,
       modelPath: req.model,
       plan,
@@ -58,7 +70,22 @@ async function main(): Promise<void> {
       format: req.format,
       out: req.out,
       options: req.dtype ? { dtype: req.dtype } : {},
-    })
+    }
+    const onProgress = (p: ExportProgress) => {
+      sample()
+      const layer = /(?:^|\.)(?:layers|blk)\.(\d+)\./.exec(p.tensor ?? '')
+      if (layer && Number(layer[1]) >= 1 && Number(layer[1]) <= lastMiddleLayer) {
+        windowStart = Math.min(windowStart, performance.now())
+        windowEnd = Math.max(windowEnd, performance.now())
+      }
+    }
+    let report
+    try {
+      report = await runExport(request, { onProgress })
+    } finally {
+      clearInterval(timer)
+    }
+    const inWindow = samples.filter((s) => s.t >= windowStart && s.t <= windowEnd)
     const cpu = process.cpuUsage(cpu0)
     const result: ExportProbeResult = {
       seconds: report.seconds,
@@ -66,6 +93,7 @@ async function main(): Promise<void> {
       bytes: report.bytes,
       baselineRssMB,
       peakRssMB: procStatusMB('VmHWM'),
+      layersPeakRssMB: inWindow.length ? Math.max(...inWindow.map((s) => s.rss)) / 2 ** 20 : null,
       quantized: report.plan.quantized,
       fallbacks: report.tensors.filter((t) => t.support === 'fallback').length,
     }

@@ -68,6 +68,7 @@ export const section: BenchSection = {
         const r = await exportInChild({ model: synth.dir, format: 'gguf', spec: null, out: f16, dtype: 'fp16' })
         rows.push(throughputRow('gguf F16, nothing quantized', synth.weightBytes, r, copy))
         rows.push({ name: '  peak RSS', value: r.peakRssMB, unit: 'MB', reference: modelRef, note: memoryNote(r) })
+        if (r.layersPeakRssMB !== null) rows.push(layersRow(r, sizes.largestLayer, synth.tensors))
         ctx.log(`llama-quantize ${quantize} …`)
         const q = await runLlamaQuantize(quantize, f16, join(dir, 'llama-quantize-q4_0.gguf'))
         const inBytes = (await stat(f16)).size
@@ -91,6 +92,7 @@ export const section: BenchSection = {
         const r = await exportInChild({ model: synth.dir, format: id, spec: c.spec, out, ...(c.dtype ? { dtype: c.dtype } : {}) })
         rows.push(throughputRow(`${id} ${c.label}`, synth.weightBytes, r, id === 'gguf' ? anchor : copy, c.spec))
         rows.push({ name: '  peak RSS', value: r.peakRssMB, unit: 'MB', reference: modelRef, note: memoryNote(r) })
+        if (r.layersPeakRssMB !== null) rows.push(layersRow(r, sizes.largestLayer, synth.tensors))
         await rm(out, { recursive: true, force: true })
       }
     } finally {
@@ -107,6 +109,18 @@ function throughputRow(name: string, sourceBytes: number, r: ExportProbeResult, 
     unit: 'GB/s',
     reference,
     note: `${spec ? `${spec}, 1 thread; ` : ''}${r.seconds.toFixed(1)} s wall, ${r.cpuSeconds.toFixed(1)} s CPU, ${mb(r.bytes)} MB written${r.fallbacks ? `, ${r.fallbacks} fallbacks` : ''}`,
+  }
+}
+
+/** RSS growth while the decoder layers stream (layers 1 … L-2), against one layer's stored bytes: the claim checked. */
+function layersRow(r: ExportProbeResult, layerBytes: number, tensors: { name: string }[]): BenchRow {
+  const layers = new Set(tensors.map((t) => /\.layers\.(\d+)\./.exec(t.name)?.[1]).filter(Boolean)).size
+  return {
+    name: `  RSS growth while writing layers 1–${layers - 2}`,
+    value: r.layersPeakRssMB! - r.baselineRssMB,
+    unit: 'MB',
+    reference: { name: 'one layer (fp16)', value: layerBytes / MB, unit: 'MB' },
+    note: `peak ${r.layersPeakRssMB!.toFixed(0)} MB then (sampled every 20 ms)`,
   }
 }
 
