@@ -162,12 +162,10 @@ export function onnxLinear(q: QuantizedTensor): OnnxLinear | null {
   }
   if (q instanceof IntGroupTensor) {
     const p = intGroupPacked(q)
-    const groups = q.rows * (q.cols / q.groupCols)
     if (nbitsBlockOk(q.bits, q.groupCols)) {
       return nbits(q, p.codes, q.bits, q.groupCols, q.scales.values, p.zeros ? { type: 'uint8', values: p.zeros } : null, q.columnScales)
     }
     const zero: FloatData = p.zeros ? { type: 'float32', values: Float32Array.from(p.zeros) } : { type: 'float32', values: Float32Array.of(2 ** (q.bits - 1)) }
-    void groups
     return dequant(
       q,
       { bits: q.bits, groupCols: q.groupCols, codes: p.codes, table: null, zero, scale: f16(q.scales), offset: null, columnDivisor: q.columnScales ? f16(q.columnScales) : null, outliers: null },
