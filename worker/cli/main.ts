@@ -10,6 +10,7 @@ import { runExportCommand } from './export'
 import { runRecipe } from './recipe'
 import { runGenerate } from './generate'
 import { runImportance } from './importance'
+import { runPlan } from './plan'
 import { runQuantize } from './quantize'
 import { formatBytes, formatCount, progressLine } from './format'
 import { LLAMA_CPP_PRESETS } from '../plan/llama-cpp-presets'
@@ -52,10 +53,18 @@ commands:
       token sets of the block's input and output residual (final norm then lm_head; off with
       --no-final-norm), cosine = 1 − cos(input, output); with lsaq also the Spearman rank
       agreement with cosine.
+  plan MODEL --budget SIZE --allocator lsaq|greedy|optimal [--options "SPEC;SPEC;…"] [--all-tensors]
+       [--text FILE] [--ctx 256] [--max-windows 4] [--format native|gguf] [--kv-ctx N [--kv-batch N] [--kv-bits N]]
+       [--importance-file FILE] --out plan.json [--json]
+      Allocates a plan under a budget (bytes, 12MB, 1.5GiB, or bits per weight: 3.5bpw) over the
+      options (default rtn:bits=4,group=128;rtn:bits=3,group=128; 'keep' = stored): lsaq puts the
+      most important blocks (logit-lens importance on the text, or --importance-file) at the larger
+      option; greedy and optimal minimise the summed per-tensor ΔKLD measured on the text (cached).
+      --all-tensors also plans embeddings and lm_head; --format gguf sizes tensors as the GGUF export.
   help
 `
 
-const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help', 'kld', 'no-final-norm'])
+const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help', 'kld', 'no-final-norm', 'all-tensors'])
 const VALUE_FLAGS = new Set([
   'threads',
   // eval / generate
@@ -66,6 +75,8 @@ const VALUE_FLAGS = new Set([
   'format', 'out', 'dtype', 'for', 'gguf-fallback',
   // importance
   'method', 'k',
+  // plan
+  'budget', 'allocator', 'options', 'importance-file', 'kv-ctx', 'kv-batch', 'kv-bits',
   'prompt', 'max-tokens', 'temperature', 'top-p', 'seed', 'compare',
 ])
 
@@ -90,6 +101,8 @@ async function main(argv: string[]): Promise<number> {
       return runRecipe(args)
     case 'importance':
       return runImportance(args)
+    case 'plan':
+      return runPlan(args)
     default:
       throw new UsageError(`unknown command '${args.command}'`)
   }
