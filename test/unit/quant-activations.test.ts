@@ -169,7 +169,8 @@ describe('per-token INT activations', () => {
     const cols = 96
     const x = heavyTailed(rows, cols, 11)
     for (const [bits, k] of [[4, 0], [4, 4], [8, 2], [2, 1]] as const) {
-      const got = fakeQuantIntPerToken(x, rows, cols, intParams({ bits, outliers: k })).values
+      const got = fakeQuantIntPerToken(x, rows, cols, intParams({ bits, outliers: k }), null, 'ts').values
+      if (orizuruWasmAvailable()) expect(fakeQuantIntPerToken(x, rows, cols, intParams({ bits, outliers: k }), null, 'wasm').values).toEqual(got)
       const ref = intReference(x, rows, cols, bits, k)
       for (let i = 0; i < got.length; i++) expect(got[i], `bits ${bits} k ${k} at ${i}`).toBe(Math.fround(ref[i]!))
     }

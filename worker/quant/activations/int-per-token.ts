@@ -11,7 +11,8 @@
  * the fake-quant graph).
  */
 import type { IntActParams } from './spec'
-import { ActivationValueError, allocTopK, markOutliers, topKOutliers, type TopKOutliers } from './orizuru'
+import { ActivationValueError, markOutliers, type TopKOutliers } from './orizuru'
+import { detectTopK, type OrizuruKernel } from './orizuru-wasm'
 
 export interface IntActResult {
   /** Fake-quantized activations, [rows, cols]. */
@@ -25,9 +26,9 @@ export function nonFiniteInlier(tensor: string | null, row: number, col: number,
   return new ActivationValueError(tensor, row, col, `${value} among the non-outlier values (no finite grid holds it: raise outliers or fix the input)`)
 }
 
-export function fakeQuantIntPerToken(x: Float32Array, rows: number, cols: number, params: IntActParams, tensor: string | null = null): IntActResult {
+export function fakeQuantIntPerToken(x: Float32Array, rows: number, cols: number, params: IntActParams, tensor: string | null = null, kernel?: OrizuruKernel): IntActResult {
   const k = params.outliers
-  const outliers = topKOutliers(x, rows, cols, k, tensor, allocTopK(rows, k))
+  const outliers = detectTopK(x, rows, cols, k, tensor, kernel)
   if (2 * k >= cols) throw new RangeError(`${tensor ? `${tensor}: ` : ''}int activations: ${2 * k} outliers per token leave no value of the ${cols} to quantize`)
   const qmax = 2 ** params.bits - 1
   const values = new Float32Array(rows * cols)

@@ -17,7 +17,8 @@
  */
 import { kmeans1D, midpoints, nearestLevel, sortPoints } from '../kmeans-1d'
 import type { KMeansActParams } from './spec'
-import { allocTopK, markOutliers, topKOutliers, type TopKOutliers } from './orizuru'
+import { markOutliers, type TopKOutliers } from './orizuru'
+import { detectTopK, type OrizuruKernel } from './orizuru-wasm'
 import { nonFiniteInlier } from './int-per-token'
 
 export interface ActivationCodebook {
@@ -44,6 +45,8 @@ export interface KMeansActCoded {
 export interface FitHooks {
   signal?: AbortSignal
   onProgress?(done: number, total: number): void
+  /** Which detector runs (same result either way); unset: WASM when it loads. */
+  kernel?: OrizuruKernel
 }
 
 function checkOutlierRoom(k: number, cols: number, tensor: string | null): void {
@@ -69,7 +72,7 @@ function tokenNorm(row: Float32Array, mask: Uint8Array, mode: KMeansActParams['n
  */
 export function fitActivationCodebook(calib: Float32Array, rows: number, cols: number, params: KMeansActParams, tensor: string | null = null, hooks?: FitHooks): ActivationCodebook {
   const k = params.outliers
-  const outliers = topKOutliers(calib, rows, cols, k, tensor)
+  const outliers = detectTopK(calib, rows, cols, k, tensor, hooks?.kernel)
   checkOutlierRoom(k, cols, tensor)
   const pool = new Float32Array(rows * (cols - 2 * k))
   const mask = new Uint8Array(cols)
@@ -93,10 +96,10 @@ export function fitActivationCodebook(calib: Float32Array, rows: number, cols: n
 }
 
 /** Codes x [rows, cols] against the codebook: indices, per-token normalisers and outliers. */
-export function encodeKMeansActivations(x: Float32Array, rows: number, cols: number, codebook: ActivationCodebook, tensor: string | null = null): KMeansActCoded {
+export function encodeKMeansActivations(x: Float32Array, rows: number, cols: number, codebook: ActivationCodebook, tensor: string | null = null, kernel?: OrizuruKernel): KMeansActCoded {
   const { params } = codebook
   const k = params.outliers
-  const outliers = topKOutliers(x, rows, cols, k, tensor, allocTopK(rows, k))
+  const outliers = detectTopK(x, rows, cols, k, tensor, kernel)
   checkOutlierRoom(k, cols, tensor)
   const mids = midpoints(codebook.centroids)
   const codes = new Uint8Array(rows * cols)
@@ -133,6 +136,6 @@ export function dequantizeKMeansActivations<T extends Float32Array | Float64Arra
 }
 
 /** Fake-quant in one call: encode then decode to float32. */
-export function fakeQuantKMeans(x: Float32Array, rows: number, cols: number, codebook: ActivationCodebook, tensor: string | null = null): Float32Array {
-  return dequantizeKMeansActivations(encodeKMeansActivations(x, rows, cols, codebook, tensor), new Float32Array(rows * cols))
+export function fakeQuantKMeans(x: Float32Array, rows: number, cols: number, codebook: ActivationCodebook, tensor: string | null = null, kernel?: OrizuruKernel): Float32Array {
+  return dequantizeKMeansActivations(encodeKMeansActivations(x, rows, cols, codebook, tensor, kernel), new Float32Array(rows * cols))
 }

@@ -77,3 +77,14 @@ export function topKOutliersWasm(x: Float32Array, rows: number, cols: number, k:
   }
   return res
 }
+
+export type OrizuruKernel = 'ts' | 'wasm'
+
+/**
+ * The detector by speed only (both give the same arrays): 'ts' forces the TS heaps, 'wasm' the
+ * kernel (an error when orizuru.wasm is missing), unset takes WASM when it loads.
+ */
+export function detectTopK(x: Float32Array, rows: number, cols: number, k: number, tensor: string | null = null, kernel?: OrizuruKernel): TopKOutliers {
+  const useWasm = kernel === 'wasm' || (kernel === undefined && orizuruWasmAvailable())
+  return useWasm ? topKOutliersWasm(x, rows, cols, k, tensor) : topKOutliers(x, rows, cols, k, tensor)
+}
