@@ -72,13 +72,14 @@ export const section: BenchSection = {
         ctx.log(`llama-quantize ${quantize} …`)
         const q = await runLlamaQuantize(quantize, f16, join(dir, 'llama-quantize-q4_0.gguf'))
         const inBytes = (await stat(f16)).size
+        const outBytes = (await stat(join(dir, 'llama-quantize-q4_0.gguf'))).size
         anchor = { name: `llama-quantize Q4_0 (${cpus().length} threads)`, value: inBytes / GB / q.seconds, unit: 'GB/s' }
         rows.push({
           name: `llama-quantize F16 GGUF → Q4_0, ${cpus().length} threads`,
           value: anchor.value,
           unit: 'GB/s',
           reference: copy,
-          note: `--pure --token-embedding-type f16; ${q.seconds.toFixed(1)} s wall${q.cpuSeconds === null ? '' : `, ${q.cpuSeconds.toFixed(1)} s CPU`} for ${mb(inBytes)} MB; ${quantize}`,
+          note: `--pure --token-embedding-type f16; ${q.seconds.toFixed(1)} s wall${q.cpuSeconds === null ? '' : `, ${q.cpuSeconds.toFixed(1)} s CPU`} for ${mb(inBytes)} MB, ${mb(outBytes)} MB written; ${quantize}`,
         })
         if (q.peakRssMB !== null) rows.push({ name: '  peak RSS', value: q.peakRssMB, unit: 'MB', reference: modelRef })
         await rm(f16, { force: true })
