@@ -102,14 +102,18 @@ export async function measureSensitivity(req: SensitivityRequest, hooks: Sensiti
   const disk = dir === null ? null : new BoundedCacheDir(dir, { kind: KIND, version: VERSION, maxBytes: CACHE_BYTES })
   const table: SensitivityTable = new Map()
   const methods = req.options.filter((o): o is AllocOption & { kind: 'method' } => o.kind === 'method')
-  const total = req.tensors.length * methods.length
+  // A shape an option does not fit is no measurement: the allocator skips that choice.
+  const total = req.tensors.reduce((a, t) => a + methods.filter((o) => fits(model, t, o)).length, 0)
   let done = 0
+  let baseReady = false
+  const kldOptions = req.logprobCacheDir ? { cacheDir: req.logprobCacheDir } : {}
   for (const tensor of req.tensors) {
     const row = new Map<string, number>()
     table.set(tensor.name, row)
     if (req.options.some((o) => o.kind === 'keep')) row.set('keep', 0)
     for (const option of methods) {
       signal?.throwIfAborted()
+      if (!fits(model, tensor, option)) continue
       const key = JSON.stringify({ files, tensor: tensor.name, spec: option.spec, tokens: `${req.ids.length}:${idsHash}`, ctx, maxWindows, backend: req.backend ?? 'wasm', calibration: req.calibration?.text ?? null })
       const hit = await disk?.get(key)
       let kld: number | null = null
@@ -119,13 +123,14 @@ export async function measureSensitivity(req: SensitivityRequest, hooks: Sensiti
       }
       const cached = kld !== null
       if (kld === null) {
-        // A shape the option does not fit is no measurement: the allocator skips that choice.
-        if (!fits(model, tensor, option)) {
-          done++
-          continue
+        // The first evaluation writes the base log-probs to their cache (16-bit) and later ones
+        // read them back: run the unquantized model once first, so every figure sees the same base.
+        if (!baseReady) {
+          await evaluatePerplexity(model, req.ids, { ctx, maxWindows, backend: req.backend, threads: req.threads, kld: kldOptions }, { signal })
+          baseReady = true
         }
         const overrides = await createOverrides(model, { plan: onePlan(model, tensor, option), source: `sensitivity of ${tensor.name} at ${option.spec}`, calibration: req.calibration })
-        const r = await evaluatePerplexity(model, req.ids, { ctx, maxWindows, backend: req.backend, threads: req.threads, overrides, kld: req.logprobCacheDir ? { cacheDir: req.logprobCacheDir } : {} }, { signal })
+        const r = await evaluatePerplexity(model, req.ids, { ctx, maxWindows, backend: req.backend, threads: req.threads, overrides, kld: kldOptions }, { signal })
         kld = r.kld!.mean
         await disk?.set(key, new TextEncoder().encode(JSON.stringify({ kld })))
       }
