@@ -8,6 +8,7 @@ import { formatActivationSpec, intActSchema, kmeansActSchema, parseActivationSpe
 import { fakeQuantIntPerToken } from '../../worker/quant/activations/int-per-token'
 import { dequantizeKMeansActivations, encodeKMeansActivations, fakeQuantKMeans, fitActivationCodebook } from '../../worker/quant/activations/kmeans-act'
 import { dequantizeIndexWeight, indexMatmul, indexWeightFromAnyN, indexWeightFromKMeans, lutApply, type OpCounter } from '../../worker/quant/activations/index-compute'
+import { ActivationCodebookFitter } from '../../worker/quant/activations/codebook-fitter'
 import { blockLinearShapes, linearOpCounts, modelOpCounts } from '../../worker/quant/activations/op-counts'
 import { quantizeKMeans, kmeansSchema } from '../../worker/quant/kmeans'
 import { quantizeAnyN, anynSchema } from '../../worker/quant/anyn'
@@ -383,5 +384,38 @@ describe('index-based compute', () => {
     expect(m.label).toBe('W4A4 (k-means, 4 outliers/side, per-token absmax)')
     const withHead = modelOpCounts(config, 4, { bits: 4, outliers: 4, normalised: true }, { tokens: 2, lmHead: true })
     expect(withHead.total.dense.mul).toBe(2 * (6_291_456 + 8192 * 256))
+  })
+})
+
+describe('streaming codebook fit (fp16 counts per layer input)', () => {
+  const cols = 128
+  const calib = heavyTailed(96, cols, 41)
+
+  it('batches and merged fitters give the same counts as one pass, and the centroids of the one-shot fit within fp16 precision', () => {
+    for (const norm of ['absmax-non-outlier', 'none'] as const) {
+      const params = kmParams({ bits: 4, outliers: 3, norm, init: 'quantile', tol: 0, maxIter: 200 })
+      const one = new ActivationCodebookFitter(params).add(calib, 96, cols)
+      const a = new ActivationCodebookFitter(params).add(calib.subarray(0, 40 * cols), 40, cols).add(calib.subarray(40 * cols, 70 * cols), 30, cols)
+      const b = new ActivationCodebookFitter(params).add(calib.subarray(70 * cols), 26, cols)
+      a.merge(b)
+      expect(Array.from(a.counts)).toEqual(Array.from(one.counts))
+      expect([a.tokens, a.samples]).toEqual([96, 96 * (cols - 6)])
+      const streamed = one.fit()
+      const exact = fitActivationCodebook(calib, 96, cols, params)
+      expect(streamed.samples).toBe(exact.samples)
+      // Every counted value is a pooled one rounded to fp16 (≤ 2⁻¹¹ relative), so each centroid,
+      // a mean of them, moves by about that much; 2⁻⁹ leaves room for the odd point near a
+      // midpoint that lands in the other cluster. Skipping the outliers or the norm is far off.
+      const scale = Math.max(...Array.from(exact.centroids, Math.abs))
+      for (let q = 0; q < 16; q++) expect(Math.abs(streamed.centroids[q]! - exact.centroids[q]!), `${norm} centroid ${q}`).toBeLessThan(2 ** -9 * scale)
+    }
+    expect(() => new ActivationCodebookFitter(kmParams({ bits: 4 })).merge(new ActivationCodebookFitter(kmParams({ bits: 3 })))).toThrow(/different params/)
+  })
+
+  it('refuses raw values beyond fp16 with norm none, naming the token across batches', () => {
+    const f = new ActivationCodebookFitter(kmParams({ bits: 2, norm: 'none' }), 'down_proj input').add(new Float32Array(2 * 8).fill(1), 2, 8)
+    const x = new Float32Array(8).fill(1)
+    x[5] = 1e6
+    expect(() => f.add(x, 1, 8)).toThrow('down_proj input: row 2, column 5: 1000000 is beyond the fp16 range')
   })
 })

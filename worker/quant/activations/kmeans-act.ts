@@ -49,12 +49,12 @@ export interface FitHooks {
   kernel?: OrizuruKernel
 }
 
-function checkOutlierRoom(k: number, cols: number, tensor: string | null): void {
+export function checkOutlierRoom(k: number, cols: number, tensor: string | null): void {
   if (2 * k >= cols) throw new RangeError(`${tensor ? `${tensor}: ` : ''}k-means activations: ${2 * k} outliers per token leave no value of the ${cols} to code`)
 }
 
 /** The token's normaliser over its non-outliers (checks that they are finite). */
-function tokenNorm(row: Float32Array, mask: Uint8Array, mode: KMeansActParams['norm'], tensor: string | null, r: number): number {
+export function tokenNorm(row: Float32Array, mask: Uint8Array, mode: KMeansActParams['norm'], tensor: string | null, r: number): number {
   let absmax = 0
   for (let j = 0; j < row.length; j++) {
     if (mask[j]) continue
