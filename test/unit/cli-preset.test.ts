@@ -11,6 +11,7 @@ import type { OpenedModel } from '../../worker/formats/contract'
 import { openModel } from '../../worker/formats/open-model'
 import { classifyTensor } from '../../worker/model/logical-model'
 import { planFromLlamaCppPreset } from '../../worker/plan/llama-cpp-presets'
+import { parsePlan } from '../../worker/plan/plan'
 import { runCli } from '../helpers/run-cli'
 
 const DEFAULT = 'resources/models/default'
@@ -83,6 +84,24 @@ describe('cli --preset', () => {
     expect(got.get('0/o')).toBe('Q3_K')
     expect(got.get('5/down')).toBe('Q3_K')
     expect(got.get('4/q')).toBe('Q2_K')
+  }, 120_000)
+
+  it('plan --preset Q3_K_M --out writes the preset as a plan file that --plan reads; --budget with it is refused', async () => {
+    const out = join(dir, 'q3km.plan.json')
+    const r = await runCli(['plan', DEFAULT, '--preset', 'Q3_K_M', '--out', out, '--json'])
+    expect(r.code, r.stderr).toBe(0)
+    const file = parsePlan(await readFile(out, 'utf8'), out)
+    expect(file.tensors).toEqual(planFromLlamaCppPreset(model, 'Q3_K_M').tensors)
+    const counts = JSON.parse(r.stdout).counts as Record<string, number>
+    expect(Object.values(counts).reduce((a, b) => a + b, 0)).toBe(Object.keys(file.tensors).length)
+    // The file drives the other commands as the preset itself does: same per-tensor specs.
+    const viaFile = await runCli(['quantize', DEFAULT, '--plan', out, '--threads', '1', '--json'])
+    expect(viaFile.code, viaFile.stderr).toBe(0)
+    const specs = (JSON.parse(viaFile.stdout) as { tensors: { name: string; spec: string }[] }).tensors.map((t) => [place(t.name), /type=(\w+)/.exec(t.spec)?.[1]])
+    expect(new Map(specs)).toEqual(new Map([...presetTypes('Q3_K_M')].filter(([, t]) => t !== 'keep')))
+    const mixed = await runCli(['plan', DEFAULT, '--preset', 'Q3_K_M', '--budget', '3bpw', '--allocator', 'lsaq', '--out', join(dir, 'mixed.json')])
+    expect(mixed.code).toBe(2)
+    expect(mixed.stderr).toMatch(/plan --preset writes llama\.cpp's mix as it is; --budget belongs to a budget allocation/)
   }, 120_000)
 
   it('an unknown preset is a usage error listing the presets; nothing is written', async () => {

@@ -47,12 +47,14 @@ commands:
        [--compare MODEL2] [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
       Continues the prompt (greedy unless --temperature > 0); --compare runs a second model
       on the same prompt and settings, side by side.
-  importance MODEL --text FILE --method lsaq|cosine [--k 10] [--no-final-norm] [--ctx 256] [--max-windows N]
-       [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
+  importance MODEL --text FILE --method lsaq|cosine|sensitivity [--k 10] [--no-final-norm]
+       [--quant SPEC [--calib FILE]] [--ctx 256] [--max-windows N] [--backend wasm|native] [--threads N]
+       [--tokenizer FILE] [--json]
       Per decoder block importance on the text: lsaq = 1 − Jaccard of the logit-lens top-k
       token sets of the block's input and output residual (final norm then lm_head; off with
-      --no-final-norm), cosine = 1 − cos(input, output); with lsaq also the Spearman rank
-      agreement with cosine.
+      --no-final-norm), cosine = 1 − cos(input, output), sensitivity = ΔKLD against the model
+      with only that block quantized by --quant SPEC (ΔPPL beside it; cached). Reports the
+      Spearman rank agreement between the methods computed.
   plan MODEL --budget SIZE --allocator lsaq|greedy|optimal [--options "SPEC;SPEC;…"] [--all-tensors]
        [--text FILE] [--ctx 256] [--max-windows 4] [--format native|gguf] [--kv-ctx N [--kv-batch N] [--kv-bits N]]
        [--importance-file FILE] --out plan.json [--json]
@@ -61,6 +63,8 @@ commands:
       most important blocks (logit-lens importance on the text, or --importance-file) at the larger
       option; greedy and optimal minimise the summed per-tensor ΔKLD measured on the text (cached).
       --all-tensors also plans embeddings and lm_head; --format gguf sizes tensors as the GGUF export.
+  plan MODEL --preset NAME --out plan.json [--json]
+      Writes llama.cpp's mix of that name (--preset of eval/quantize/export) as a plan file.
   help
 `
 

@@ -23,6 +23,7 @@ import type { MemoryOptions } from '../plan/memory-model'
 import { measureSensitivity } from '../plan/sensitivity'
 import { intFlag, UsageError, type ParsedArgs } from './args'
 import { progressLine } from './format'
+import { runPresetPlan } from './plan-preset'
 
 /** The issue's example set: 4- and 3-bit RTN in groups of 128. */
 export const DEFAULT_PLAN_OPTIONS = 'rtn:bits=4,group=128;rtn:bits=3,group=128'
@@ -77,6 +78,8 @@ async function readImportanceFile(path: string, layers: number): Promise<number[
 }
 
 export async function runPlan(args: ParsedArgs): Promise<number> {
+  // `plan MODEL --preset NAME --out plan.json`: llama.cpp's mix as a plan file, no allocation.
+  if (args.flags.has('preset')) return runPresetPlan(args)
   const modelPath = args.positionals[0]
   if (!modelPath || args.positionals.length > 1) throw new UsageError('plan takes exactly one MODEL')
   const budgetText = args.flags.get('budget')
