@@ -10,7 +10,8 @@ import { DecoderSession } from '../../worker/inference/session'
 import { openTokenizer, tokensOf } from '../../worker/inference/text-source'
 import { computeLayerImportance } from '../../worker/importance/layer-importance'
 import { averageRanks, jaccardSum, spearman } from '../../worker/importance/rank-math'
-import { referenceForward } from '../helpers/reference-forward'
+import { measureSensitivity } from '../../worker/importance/sensitivity'
+import { logSoftmax, referenceForward } from '../helpers/reference-forward'
 import { randomTokens, writeTinyDecoder, type TinyDecoder } from '../helpers/tiny-decoder'
 import { encode, llamaSpecs, rng } from '../helpers/tiny-llama'
 import { runCli } from '../helpers/run-cli'
@@ -195,6 +196,113 @@ describe('layer importance vs a float64 brute force (tiny decoder, tied logits)'
   }
 })
 
+/** Round to the nearest binary16 value, ties to even (normal and subnormal range; no overflow here). */
+function f16(x: number): number {
+  if (x === 0) return 0
+  const a = Math.abs(x)
+  const e = Math.max(-14, Math.floor(Math.log2(a)))
+  const quantum = 2 ** (e - 10)
+  const n = a / quantum
+  const fl = Math.floor(n)
+  const k = n - fl === 0.5 ? (fl % 2 === 0 ? fl : fl + 1) : Math.round(n)
+  return Math.sign(x) * k * quantum
+}
+
+/**
+ * Asymmetric 4-bit RTN per group as the engine documents it (worker/quant/rtn.ts): the
+ * reference formula of test/helpers/rtn-int4.ts with the group's min and scale stored as fp16
+ * and the codes taken against the stored values. (Without the fp16 step ~0.5% of the codes
+ * move by one and the tiny model's ΔKLD moves by ~10%: KLD is that sensitive.)
+ */
+function rtnInt4Fp16Params(w: Float64Array, cols: number, group: number): Float64Array {
+  const f = Math.fround
+  const out = new Float64Array(w.length)
+  for (let start = 0; start < w.length; start += group) {
+    let lo = Infinity
+    let hi = -Infinity
+    for (let i = start; i < start + group; i++) {
+      lo = Math.min(lo, w[i]!)
+      hi = Math.max(hi, w[i]!)
+    }
+    const s = f16(f(f(hi - lo) / 15))
+    const m = f16(lo)
+    for (let i = start; i < start + group; i++) {
+      const q = s === 0 ? 0 : Math.min(15, Math.max(0, Math.floor(f(f(f(w[i]! - m) / s) + 0.5))))
+      out[i] = f(f(q * s) + m)
+    }
+  }
+  if (w.length % cols !== 0 || cols % group !== 0) throw new Error('rtnInt4Fp16Params: shape')
+  return out
+}
+
+/** Mean KL(base ‖ variant) and perplexity over the ctx − 1 predictions of each window, float64. */
+function bruteKldPpl(tiny: TinyDecoder, variant: Map<string, Float64Array>, windows: number[][]): { kld: number; ppl: number; basePpl: number } {
+  let kl = 0
+  let nll = 0
+  let baseNll = 0
+  let n = 0
+  for (const w of windows) {
+    const base = referenceForward(tiny.ref, tiny.values, w).logits
+    const q = referenceForward(tiny.ref, variant, w).logits
+    for (let t = 0; t + 1 < w.length; t++) {
+      const lb = logSoftmax(base[t]!)
+      const lq = logSoftmax(q[t]!)
+      for (let v = 0; v < lb.length; v++) kl += Math.exp(lb[v]!) * (lb[v]! - lq[v]!)
+      nll -= lq[w[t + 1]!]!
+      baseNll -= lb[w[t + 1]!]!
+      n++
+    }
+  }
+  return { kld: kl / n, ppl: Math.exp(nll / n), basePpl: Math.exp(baseNll / n) }
+}
+
+describe('measured sensitivity (one block quantized) vs a float64 brute force', () => {
+  let root: string
+  let tiny: TinyDecoder
+  let model: OpenedModel
+  const CTX = 16
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'qs-sensitivity-'))
+    tiny = await writeTinyDecoder(join(root, 'tiny'), { seed: 3, layers: 3, dtype: 'F32' })
+    model = await openModel(tiny.dir)
+  })
+  afterAll(async () => {
+    await model.close()
+    await rm(root, { recursive: true, force: true })
+  })
+
+  it('ΔKLD and ΔPPL per block equal RTN int4 of that block alone in float64; the result is cached and verified', async () => {
+    const ids = randomTokens(2 * CTX, tiny.ref.vocab, 5)
+    const cacheDir = join(root, 'cache')
+    const options = { spec: 'rtn:bits=4,group=32,sym=false', ctx: CTX, backend: 'native' as const, threads: 2, cacheDir, kldCache: 'off' as const }
+    const r = await measureSensitivity(model, ids, options)
+    expect(r.cached).toBe(false)
+    expect(r.blocks.map((b) => b.layer)).toEqual([0, 1, 2])
+    const windows = planWindows(ids, CTX)
+    for (const b of r.blocks) {
+      const variant = new Map(tiny.values)
+      for (const [name, w] of tiny.values) {
+        if (!name.startsWith(`model.layers.${b.layer}.`) || !name.endsWith('proj.weight')) continue
+        const cols = name.endsWith('down_proj.weight') ? tiny.ref.intermediate : tiny.ref.hidden
+        variant.set(name, rtnInt4Fp16Params(w, cols, 32))
+      }
+      const brute = bruteKldPpl(tiny, variant, windows)
+      expect(b.tensors).toBe(7)
+      expect(b.deltaKld).toBeGreaterThan(0)
+      expect(Math.abs(b.deltaKld - brute.kld) / brute.kld).toBeLessThan(2e-4) // measured ≤ 4.4e-5
+      expect(Math.abs(b.deltaPpl - (brute.ppl - brute.basePpl))).toBeLessThan(1e-4) // measured ≤ 6e-6
+      expect(r.basePpl).toBeCloseTo(brute.basePpl, 3)
+    }
+    const again = await measureSensitivity(model, ids, options)
+    expect(again.cached).toBe(true)
+    expect(again.blocks).toEqual(r.blocks)
+    // Another spec is another entry.
+    const other = await measureSensitivity(model, ids, { ...options, spec: 'rtn:bits=3,group=32,sym=false' })
+    expect(other.cached).toBe(false)
+    other.blocks.forEach((b, i) => expect(b.deltaKld).toBeGreaterThan(r.blocks[i]!.deltaKld))
+  })
+})
+
 describe('rank math', () => {
   it('jaccardSum equals set arithmetic on random rows of distinct ids', () => {
     const r = rng(5)
@@ -221,6 +329,13 @@ describe('rank math', () => {
     expect(() => jaccardSum(a, b.slice(1), rows, k)).toThrow(/200×6/)
   })
 
+  it('the test\'s binary16 rounding agrees with known values', () => {
+    expect(f16(1 / 3)).toBe(0.333251953125)
+    expect(f16(-0.1)).toBe(-0.0999755859375)
+    expect(f16(1 + 2 ** -11)).toBe(1) // a tie goes to the even neighbour
+    expect(f16(1 + 3 * 2 ** -11)).toBe(1 + 2 ** -9)
+  })
+
   it('Spearman ρ on hand-checked cases', () => {
     // No ties: d = (−2, 1, −1, 2, 0), Σd² = 10, ρ = 1 − 6·10 / (5·24) = 0.5
     expect(spearman([10, 20, 30, 40, 50], [3, 1, 4, 2, 5])).toBeCloseTo(0.5, 12)
@@ -237,13 +352,14 @@ describe('importance CLI', () => {
   it('--json prints { method, layers: [{ layer, importance }] } equal to the reference', async () => {
     const r = await runCli(['importance', DEFAULT_MODEL, '--text', HELDOUT, '--method', 'lsaq', '--max-windows', '2', '--backend', 'native', '--json'])
     expect(r.code).toBe(0)
-    const out = JSON.parse(r.stdout) as { method: string; layers: { layer: number; importance: number }[]; k: number; cosine: number[]; spearmanVsCosine: number }
+    const out = JSON.parse(r.stdout) as { method: string; layers: { layer: number; importance: number }[]; k: number; cosine: number[]; spearman: Record<string, number> }
     expect(out.method).toBe('lsaq')
     expect(out.k).toBe(10)
     const ref = refPrefix('lsaq_k10_norm', 2)
     expect(out.layers.map((l) => l.layer)).toEqual(ref.map((_, l) => l))
     out.layers.forEach((l) => expect(Math.abs(l.importance - ref[l.layer]!)).toBeLessThan(1e-3))
-    expect(out.spearmanVsCosine).toBeCloseTo(spearman(ref, refPrefix('cosine', 2))!, 6)
+    expect(Object.keys(out.spearman)).toEqual(['lsaq~cosine'])
+    expect(out.spearman['lsaq~cosine']).toBeCloseTo(spearman(ref, refPrefix('cosine', 2))!, 6)
     const cos = await runCli(['importance', DEFAULT_MODEL, '--text', HELDOUT, '--method', 'cosine', '--max-windows', '1', '--backend', 'native', '--json'])
     const c = JSON.parse(cos.stdout) as { method: string; layers: { layer: number; importance: number }[] }
     expect(c.method).toBe('cosine')
@@ -251,13 +367,16 @@ describe('importance CLI', () => {
     c.layers.forEach((l) => expect(Math.abs(l.importance - refCos[l.layer]!)).toBeLessThan(1e-4))
   })
 
-  it('refuses an unknown method and --k without lsaq before any work (exit 2)', async () => {
+  it('refuses an unknown method, --k with cosine and sensitivity without a spec before any work (exit 2)', async () => {
     const bad = await runCli(['importance', DEFAULT_MODEL, '--text', HELDOUT, '--method', 'magic', '--json'])
     expect(bad.code).toBe(2)
-    expect(bad.stderr).toMatch(/--method must be one of lsaq, cosine/)
+    expect(bad.stderr).toMatch(/--method must be one of lsaq, cosine, sensitivity/)
     expect(bad.stdout).toBe('')
     const k = await runCli(['importance', DEFAULT_MODEL, '--text', HELDOUT, '--method', 'cosine', '--k', '5'])
     expect(k.code).toBe(2)
     expect(k.stderr).toMatch(/--k and --no-final-norm go with --method lsaq/)
+    const noSpec = await runCli(['importance', DEFAULT_MODEL, '--text', HELDOUT, '--method', 'sensitivity'])
+    expect(noSpec.code).toBe(2)
+    expect(noSpec.stderr).toMatch(/--method sensitivity needs --quant SPEC/)
   })
 })
