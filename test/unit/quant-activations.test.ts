@@ -362,6 +362,30 @@ describe('index-based compute', () => {
     }
   })
 
+  it('a token whose non-outliers are all zero decodes to zero: matmul = the outliers alone, SiLU LUT = one f(0)', () => {
+    const k = 2
+    const book = fitActivationCodebook(act, tokens, cols, kmParams({ bits: 3, outliers: k }))
+    const x = act.slice(0, 2 * cols)
+    x.fill(0, 0, cols)
+    ;[x[3], x[50], x[7], x[99]] = [5, 4, -6, -3]
+    const coded = encodeKMeansActivations(x, 2, cols, book)
+    expect(coded.norms[0]).toBe(0)
+    const W = indexWeightFromKMeans(quantizeKMeans(w, rows, cols, v.parse(kmeansSchema, { bits: 4 })))
+    const Wd = dequantizeIndexWeight(W)
+    const y = indexMatmul(W, coded)
+    for (let i = 0; i < rows; i++) {
+      const terms = [5 * Wd[i * cols + 3]!, 4 * Wd[i * cols + 50]!, -6 * Wd[i * cols + 7]!, -3 * Wd[i * cols + 99]!]
+      const ref = terms.reduce((a, b) => a + b)
+      expect(Math.abs(y[i]! - ref)).toBeLessThanOrEqual(8 * U * terms.reduce((a, b) => a + Math.abs(b), 0))
+    }
+    const evals = { count: 0 }
+    const s = lutApply(coded, undefined, evals)
+    const expected = new Array<number>(cols).fill(0)
+    for (const [j, val] of [[3, 5], [50, 4], [7, -6], [99, -3]] as const) expected[j] = val / (1 + Math.exp(-val))
+    expect(Array.from(s.subarray(0, cols))).toEqual(expected)
+    expect(evals.count).toBe(1 + 2 * k + 8 + 2 * k)
+  })
+
   it('whole-model counts for the default model (hand-computed)', () => {
     const cfg = JSON.parse(readFileSync('resources/models/default/config.json', 'utf8'))
     const config = {

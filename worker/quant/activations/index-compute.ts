@@ -192,22 +192,20 @@ export function lutApply(a: KMeansActCoded, f: (x: number) => number = silu, eva
   const out = new Float64Array(rows * cols)
   let lut = perToken ? null : centroidLut(C, 1, f)
   let n = perToken ? 0 : C.length
-  let zero = Number.NaN
+  // A token whose inliers are all 0 (n = 0) needs f(0) only: evaluated once, shared.
+  let atZero: number | null = null
   for (let t = 0; t < rows; t++) {
-    if (perToken) {
-      if (norms[t] === 0) {
-        // Every inlier decodes to 0: one evaluation, f(0), shared by all such tokens.
-        if (Number.isNaN(zero)) ((zero = f(0)), n++)
-        out.fill(zero, t * cols, (t + 1) * cols)
-      } else {
-        lut = centroidLut(C, norms[t]!, f)
-        n += C.length
-      }
+    const row = out.subarray(t * cols, (t + 1) * cols)
+    if (perToken && norms[t] === 0) {
+      if (atZero === null) ((atZero = f(0)), n++)
+      row.fill(atZero)
+    } else {
+      if (perToken) ((lut = centroidLut(C, norms[t]!, f)), (n += C.length))
+      for (let j = 0; j < cols; j++) row[j] = lut![codes[t * cols + j]!]!
     }
-    if (!perToken || norms[t] !== 0) for (let j = t * cols; j < (t + 1) * cols; j++) out[j] = lut![codes[j]!]!
     for (let s = t * k; s < (t + 1) * k; s++) {
-      out[t * cols + outliers.maxCols[s]!] = f(outliers.maxValues[s]!)
-      out[t * cols + outliers.minCols[s]!] = f(outliers.minValues[s]!)
+      row[outliers.maxCols[s]!] = f(outliers.maxValues[s]!)
+      row[outliers.minCols[s]!] = f(outliers.minValues[s]!)
     }
     n += 2 * k
   }
