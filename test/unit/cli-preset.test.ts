@@ -78,7 +78,7 @@ describe('cli --preset', () => {
     const report = JSON.parse(r.stdout) as { plan: string; tensors: { name: string; spec: string }[] }
     expect(report.plan).toBe('preset Q2_K')
     const want = presetTypes('Q2_K')
-    const got = new Map(report.tensors.map((t) => [place(t.name), /type=(\w+)/.exec(t.spec)?.[1]]))
+    const got = new Map(report.tensors.map((t) => [place(t.name), /type=(\w+)/.exec(t.spec)?.[1]] as const))
     expect(got).toEqual(new Map([...want].filter(([, type]) => type !== 'keep')))
     // Q2_K's own rules: attn_output Q3_K, ffn_down Q3_K, attn_v Q4_K at GQA 2 → Q3_K.
     expect(got.get('0/o')).toBe('Q3_K')
@@ -97,7 +97,7 @@ describe('cli --preset', () => {
     // The file drives the other commands as the preset itself does: same per-tensor specs.
     const viaFile = await runCli(['quantize', DEFAULT, '--plan', out, '--threads', '1', '--json'])
     expect(viaFile.code, viaFile.stderr).toBe(0)
-    const specs = (JSON.parse(viaFile.stdout) as { tensors: { name: string; spec: string }[] }).tensors.map((t) => [place(t.name), /type=(\w+)/.exec(t.spec)?.[1]])
+    const specs = (JSON.parse(viaFile.stdout) as { tensors: { name: string; spec: string }[] }).tensors.map((t) => [place(t.name), /type=(\w+)/.exec(t.spec)?.[1]] as const)
     expect(new Map(specs)).toEqual(new Map([...presetTypes('Q3_K_M')].filter(([, t]) => t !== 'keep')))
     const mixed = await runCli(['plan', DEFAULT, '--preset', 'Q3_K_M', '--budget', '3bpw', '--allocator', 'lsaq', '--out', join(dir, 'mixed.json')])
     expect(mixed.code).toBe(2)
