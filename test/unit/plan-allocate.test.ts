@@ -192,4 +192,16 @@ describe('allocation on qwen2-tiny', () => {
     expect(ok.bytes.total).toBe(smallest)
     expect(() => allocate({ model, allocator: 'greedy', budget: parseBudget('3bpw'), options, memory, costs: costs() })).toThrow(/the smallest feasible is 4 bpw/)
   })
+
+  it('GGUF layout: ggml options with embeddings (tied) and a byte budget; the plan measures what the allocator counted', () => {
+    const ggml = parseOptionSpecs('ggml:type=Q8_0;ggml:type=Q4_0;keep')
+    const memory = { format: 'gguf' as const }
+    const targets = allocationTargets(model, true)
+    const c = new Map(targets.map((t, i) => [t.name, new Map([[ggml[0]!.spec, 0.001], [ggml[1]!.spec, 0.01 * (1 + (i % 4))]])]))
+    const all8 = memoryModel(model, resolvePlanFor(model, { ...planFromSpec(model, ggml[0]!.spec), tensors: Object.fromEntries(targets.map((t) => [t.name, { method: 'ggml', params: { type: 'Q8_0' } }])) }, 's'), memory).total
+    const r = allocate({ model, allocator: 'optimal', budget: { kind: 'bytes', bytes: all8 - 1, text: 'just under all-Q8_0' }, options: ggml, memory, costs: c, allTensors: true })
+    expect(r.bytes.total).toBeLessThanOrEqual(all8 - 1)
+    expect(r.counts[ggml[1]!.spec]).toBeGreaterThanOrEqual(1)
+    expect(memoryModel(model, resolvePlanFor(model, r.plan, 'allocated'), memory).total).toBe(r.bytes.total)
+  })
 })

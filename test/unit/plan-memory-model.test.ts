@@ -42,7 +42,7 @@ function mixPlan(model: OpenedModel, pick: (i: number, name: string) => PlanEntr
 describe('memory model equals the exported bytes', () => {
   it('GGUF: a Q4_K/Q6_K/Q3_K mix with an RTN fallback and the embeddings planned — data section and every tensor', async () => {
     const types = ['Q4_K', 'Q6_K', 'Q3_K']
-    const plan = mixPlan(defaultModel, (i) => (i === 5 ? { method: 'rtn', params: { bits: 4, group: 64 } } : { method: 'ggml', params: { type: types[i % 3]! } }), {
+    const plan = mixPlan(defaultModel, (i): PlanEntry => (i === 5 ? { method: 'rtn', params: { bits: 4, group: 64 } } : { method: 'ggml', params: { type: types[i % 3]! } }), {
       'model.embed_tokens.weight': { method: 'ggml', params: { type: 'Q4_K' } },
     }, 14)
     const entries = resolvePlanFor(defaultModel, plan, 'test')
