@@ -88,6 +88,23 @@ describe('layer importance on the default model vs the PyTorch reference', () =>
   })
 })
 
+describe('layer importance on qwen2-tiny (q/k/v biases, tied lm_head) vs the PyTorch reference', () => {
+  it('LSAQ k=10 and cosine per layer', async () => {
+    const model = await openModel(join(ROOT, 'resources/models/qwen2-tiny'))
+    try {
+      const ids = await tokensOf({ file: HELDOUT }, () => openTokenizer(model))
+      const r = await computeLayerImportance(model, ids, { lsaq: { k: 10 }, cosine: true, maxWindows: WINDOWS, backend: 'native' })
+      const lsaq = refPrefix('lsaq_k10_norm', WINDOWS, 'qwen2-tiny')
+      const cos = refPrefix('cosine', WINDOWS, 'qwen2-tiny')
+      expect(r.lsaq).toHaveLength(4)
+      r.lsaq!.forEach((v, l) => expect(Math.abs(v - lsaq[l]!)).toBeLessThan(1e-3))
+      r.cosine!.forEach((v, l) => expect(Math.abs(v - cos[l]!)).toBeLessThan(1e-4))
+    } finally {
+      await model.close()
+    }
+  })
+})
+
 // ---------------------------------------------------------------- float64 brute force
 
 /** Top-k ids by (value desc, id asc) and whether the k-th and (k+1)-th values are equal. */
