@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { openModel } from '../../worker/formats/open-model'
@@ -313,6 +313,15 @@ describe('measured sensitivity (one block quantized) vs a float64 brute force', 
     const again = await measureSensitivity(model, ids, options)
     expect(again.cached).toBe(true)
     expect(again.blocks).toEqual(r.blocks)
+    // An edited entry fails its checksum and is recomputed, never trusted.
+    const [entry] = await readdir(cacheDir)
+    const bytes = await readFile(join(cacheDir, entry!))
+    const at = bytes.lastIndexOf('"deltaKld":')
+    bytes[at + 12] = bytes[at + 12] === 0x31 ? 0x32 : 0x31
+    await writeFile(join(cacheDir, entry!), bytes)
+    const recomputed = await measureSensitivity(model, ids, options)
+    expect(recomputed.cached).toBe(false)
+    expect(recomputed.blocks).toEqual(r.blocks)
     // Another spec is another entry.
     const other = await measureSensitivity(model, ids, { ...options, spec: 'rtn:bits=3,group=32,sym=false' })
     expect(other.cached).toBe(false)
@@ -377,11 +386,15 @@ describe('importance CLI', () => {
     out.layers.forEach((l) => expect(Math.abs(l.importance - ref[l.layer]!)).toBeLessThan(1e-3))
     expect(Object.keys(out.spearman)).toEqual(['lsaq~cosine'])
     expect(out.spearman['lsaq~cosine']).toBeCloseTo(spearman(ref, refPrefix('cosine', 2))!, 6)
-    const cos = await runCli(['importance', DEFAULT_MODEL, '--text', HELDOUT, '--method', 'cosine', '--max-windows', '1', '--backend', 'native', '--json'])
-    const c = JSON.parse(cos.stdout) as { method: string; layers: { layer: number; importance: number }[] }
+    // The default backend (onnxruntime-web's WASM build: its TopK and reductions) on one window.
+    const cos = await runCli(['importance', DEFAULT_MODEL, '--text', HELDOUT, '--method', 'cosine', '--max-windows', '1', '--json'])
+    const c = JSON.parse(cos.stdout) as { method: string; layers: { layer: number; importance: number }[]; lsaq: number[]; backend: string }
     expect(c.method).toBe('cosine')
+    expect(c.backend).toBe('wasm')
     const refCos = refPrefix('cosine', 1)
     c.layers.forEach((l) => expect(Math.abs(l.importance - refCos[l.layer]!)).toBeLessThan(1e-4))
+    const refLsaq1 = refPrefix('lsaq_k10_norm', 1)
+    c.lsaq.forEach((v, l) => expect(Math.abs(v - refLsaq1[l]!)).toBeLessThan(1e-3))
   })
 
   it('refuses an unknown method, --k with cosine and sensitivity without a spec before any work (exit 2)', async () => {
