@@ -67,6 +67,36 @@ describe('streaming GGUF writer', () => {
     expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true)
   })
 
+  it('writes a tensor from parts (row chunks) to the same bytes, and refuses parts that do not add up', async () => {
+    const tensors = tensorsOf()
+    const want = buildGguf({ kv: KV, tensors })
+    async function* split(data: Uint8Array, cuts: number[]): AsyncGenerator<Uint8Array> {
+      let at = 0
+      for (const c of [...cuts, data.length]) {
+        yield data.subarray(at, c)
+        at = c
+      }
+    }
+    const path = join(dir, 'parts.gguf')
+    const out = await openOutputFile(path)
+    const w = await GgufStreamWriter.begin(out, KV, tensors)
+    await w.writeTensorParts(tensors[0]!.name, split(tensors[0]!.data, [1, 7]))
+    await w.writeTensor(tensors[1]!.name, tensors[1]!.data)
+    await w.writeTensorParts(tensors[2]!.name, split(tensors[2]!.data, [0, 5]))
+    await w.end()
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(want))).toBe(true)
+
+    const short = join(dir, 'short.gguf')
+    const out2 = await openOutputFile(short)
+    const w2 = await GgufStreamWriter.begin(out2, KV, tensors)
+    const n = tensors[0]!.data.length
+    await expect(w2.writeTensorParts(tensors[0]!.name, split(tensors[0]!.data.subarray(0, n - 1), [3]))).rejects.toThrow(
+      new RegExp(`tensor '${tensors[0]!.name}': ${n - 1} bytes of data`),
+    )
+    await out2.close()
+    await rm(short)
+  })
+
   it('refuses data of the wrong size or order, naming the tensor, and leaves no file', async () => {
     const tensors = tensorsOf()
     const sub = await mkdtemp(join(dir, 'w-'))

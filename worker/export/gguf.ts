@@ -211,11 +211,17 @@ async function exportGguf(job: ExportJob, stagePath: string, hooks: ExportHooks)
       hooks.signal?.throwIfAborted()
       const w = writes[i]!
       hooks.onProgress?.({ stage: 'writing', done: i, total: writes.length, tensor: w.hf.name })
-      const { data, record } = w.entry ? await quantizedData(model, w, calibration.get(w.hf.name), hooks.signal) : await keptData(model, w, stagePath)
-      await writer.writeTensor(w.info.name, data)
-      const padded = Math.ceil(data.length / GGUF_DEFAULT_ALIGNMENT) * GGUF_DEFAULT_ALIGNMENT
-      sections[w.entry ? (w.choice!.exact ? 'quantized' : 'fallback') : 'kept'] += padded
-      tensors.push({ ...record, bytes: data.length })
+      let record: Omit<ExportedTensor, 'bytes'>
+      if (w.entry) {
+        const q = await quantizedData(model, w, calibration.get(w.hf.name), hooks.signal)
+        await writer.writeTensor(w.info.name, q.data)
+        record = q.record
+      } else {
+        record = await writeKept(model, w, stagePath, writer)
+      }
+      const bytes = writer.tensorBytes[i]!
+      sections[w.entry ? (w.choice!.exact ? 'quantized' : 'fallback') : 'kept'] += Math.ceil(bytes / GGUF_DEFAULT_ALIGNMENT) * GGUF_DEFAULT_ALIGNMENT
+      tensors.push({ ...record, bytes })
     }
     hooks.onProgress?.({ stage: 'finishing', done: writes.length, total: writes.length })
     await writer.end()
@@ -265,29 +271,44 @@ async function quantizedData(model: OpenedModel, w: PlannedWrite, calibration: L
   }
 }
 
-async function keptData(model: OpenedModel, w: PlannedWrite, file: string): Promise<{ data: Uint8Array; record: Omit<ExportedTensor, 'bytes'> }> {
+/** Values per chunk of a kept tensor (16 MB as float32): a large embedding is never in memory whole. */
+const KEPT_CHUNK_VALUES = 4 * 2 ** 20
+
+/** Writes a tensor the plan keeps, converted to its float type, in row chunks where no row permutation applies. */
+async function writeKept(model: OpenedModel, w: PlannedWrite, file: string, writer: GgufStreamWriter): Promise<Omit<ExportedTensor, 'bytes'>> {
   const shape = w.hf.shape
   const rows = shape.length === 1 ? 1 : shape.slice(0, -1).reduce((a, b) => a * b, 1)
-  const values = await model.readRows(w.hf.name, 0, rows)
+  const cols = shape.length === 0 ? 1 : shape[shape.length - 1]!
   const type = w.floatType!
-  const { bytes, maxAbsError, rmsError } = floatBytes(values, type, file, w.hf.name)
-  let data = bytes
-  if (w.heads !== null) {
-    // A 1-D bias is permuted value by value, a matrix row by row: shape[0] rows either way.
-    const n = shape[0]!
-    data = permuteRowsToGguf(bytes, w.heads, n, bytes.length / n, w.hf.name)
+  let maxAbsError = 0
+  let sumSq = 0
+  const encode = (values: Float32Array): Uint8Array => {
+    const e = floatBytes(values, type, file, w.hf.name)
+    maxAbsError = Math.max(maxAbsError, e.maxAbsError)
+    sumSq += e.rmsError * e.rmsError * values.length
+    return e.bytes
   }
-  const rounded = maxAbsError > 0
+  if (w.heads !== null) {
+    // q/k rows move between heads: permuted whole (one layer's tensor). A 1-D bias is
+    // permuted value by value, a matrix row by row: shape[0] rows either way.
+    const bytes = encode(await model.readRows(w.hf.name, 0, rows))
+    const n = shape[0]!
+    await writer.writeTensor(w.info.name, permuteRowsToGguf(bytes, w.heads, n, bytes.length / n, w.hf.name))
+  } else {
+    const step = Math.max(1, Math.floor(KEPT_CHUNK_VALUES / Math.max(1, cols)))
+    async function* chunks(): AsyncGenerator<Uint8Array> {
+      for (let r = 0; r < rows; r += step) yield encode(await model.readRows(w.hf.name, r, Math.min(rows, r + step)))
+    }
+    await writer.writeTensorParts(w.info.name, chunks())
+  }
+  const rmsError = Math.sqrt(sumSq / Math.max(1, rows * cols))
   return {
-    data,
-    record: {
-      name: w.info.name,
-      source: w.hf.name,
-      method: null,
-      writtenType: type,
-      support: 'kept',
-      ...(rounded ? { note: `${w.hf.dtype} values rounded to ${type}`, maxAbsError, rmsError } : {}),
-    },
+    name: w.info.name,
+    source: w.hf.name,
+    method: null,
+    writtenType: type,
+    support: 'kept',
+    ...(maxAbsError > 0 ? { note: `${w.hf.dtype} values rounded to ${type}`, maxAbsError, rmsError } : {}),
   }
 }
 

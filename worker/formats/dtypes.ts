@@ -101,7 +101,8 @@ export function f32ToBF16(value: number): number {
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff
 }
 
-function table16(kind: 'f16' | 'bf16'): Float32Array {
+/** float32 value of every 16-bit pattern (65536 entries, built once): decoding by lookup. */
+export function table16(kind: 'f16' | 'bf16'): Float32Array {
   if (kind === 'f16') {
     if (!f16Table) {
       f16Table = new Float32Array(65536)

@@ -252,12 +252,42 @@ export class GgufStreamWriter {
 
   /** The data of the next tensor in the declared order (its exact byte size). */
   async writeTensor(name: string, data: Uint8Array): Promise<void> {
+    const size = this.expect(name)
+    if (data.length !== size) throw this.sizeError(name, data.length)
+    await this.put(data)
+    await this.finishTensor(size)
+  }
+
+  /**
+   * Writes the next tensor from consecutive parts (e.g. row chunks of a large embedding), so
+   * a tensor never needs to be in memory whole. The parts must add up to its size.
+   */
+  async writeTensorParts(name: string, parts: AsyncIterable<Uint8Array>): Promise<void> {
+    const size = this.expect(name)
+    let total = 0
+    for await (const part of parts) {
+      total += part.length
+      if (total > size) throw this.sizeError(name, total)
+      await this.put(part)
+    }
+    if (total !== size) throw this.sizeError(name, total)
+    await this.finishTensor(size)
+  }
+
+  /** Checks that `name` is the next declared tensor; returns its data size. */
+  private expect(name: string): number {
     const t = this.tensors[this.next]
     if (!t) throw new GgufWriteError(this.file, name, `all ${this.tensors.length} declared tensors are already written`)
     if (t.name !== name) throw new GgufWriteError(this.file, name, `written out of order: tensor '${t.name}' comes next`)
-    const size = this.header.sizes[this.next]!
-    if (data.length !== size) throw new GgufWriteError(this.file, name, `${data.length} bytes of data, its type ${ggmlTypeById(t.type)?.name} and dimensions [${t.ne.join(', ')}] need ${size}`)
-    await this.put(data)
+    return this.header.sizes[this.next]!
+  }
+
+  private sizeError(name: string, bytes: number): GgufWriteError {
+    const t = this.tensors[this.next]!
+    return new GgufWriteError(this.file, name, `${bytes} bytes of data, its type ${ggmlTypeById(t.type)?.name} and dimensions [${t.ne.join(', ')}] need ${this.header.sizes[this.next]}`)
+  }
+
+  private async finishTensor(size: number): Promise<void> {
     const pad = (this.alignment - (size % this.alignment)) % this.alignment
     if (pad) await this.put(new Uint8Array(pad))
     this.next++
