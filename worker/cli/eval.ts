@@ -10,14 +10,18 @@ import { engineModuleUrl } from '../jobs/spawn-worker'
 import type { PlanOverridesOptions } from '../plan/apply'
 import { planSize, type PlanSize } from '../plan/size'
 import { hasPlanArgument, planArgument } from './plan-args'
+import type { KvQuantSettings } from '../inference/kv-quant'
 
 /**
  * `eval MODEL --text FILE [--quant SPEC | --plan FILE | --preset NAME [--calib FILE]] [--ctx 256] [--max-windows N]
- *  [--backend wasm|native] [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]] [--tokenizer FILE] [--json]`
+ *  [--backend wasm|native] [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]] [--tokenizer FILE] [--json]
+ *  [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]]`
  * Perplexity by the project protocol; with --kld also the KL divergence against the base
  * model (default: MODEL itself, which checks the pipeline: KL 0, top-1 agreement 1). With
  * --quant/--plan/--preset the evaluated variant is MODEL with the plan's tensors quantized and
  * dequantised (the KLD base stays MODEL as stored); the plan is checked before any work.
+ * --kv-bits fake-quantizes the KV cache (inference/kv-quant.ts): naive unless --kv-past-only,
+ * smoothed from resources/eval/calibration.txt with --kv-smooth.
  */
 export async function runEval(args: ParsedArgs): Promise<number> {
   const model = args.positionals[0]
@@ -35,6 +39,7 @@ export async function runEval(args: ParsedArgs): Promise<number> {
   const base = args.flags.get('base')
   const tokenizer = args.flags.get('tokenizer')
 
+  const kv = kvFlags(args)
   const tokenizerPath = typeof tokenizer === 'string' ? resolve(tokenizer) : undefined
   let planned: { size: PlanSize; options: PlanOverridesOptions } | null = null
   if (hasPlanArgument(args)) {
@@ -62,6 +67,7 @@ export async function runEval(args: ParsedArgs): Promise<number> {
         ? { variant: { label: planned.options.source, overridesModule: { module: engineModuleUrl('plan-overrides'), exportName: 'createOverrides', options: planned.options } } }
         : {}),
       kld: kldOn ? { base: typeof base === 'string' ? { model: resolve(base) } : undefined, cache: cache as KldCacheMode } : null,
+      kv,
     },
     {
       signal: controller.signal,
@@ -75,6 +81,18 @@ export async function runEval(args: ParsedArgs): Promise<number> {
   if (args.flags.has('json')) process.stdout.write(JSON.stringify(evalReport(result, planned?.size)) + '\n')
   else process.stdout.write(renderEval(result, planned?.size))
   return 0
+}
+
+/** --kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only] → the job's kv settings (null without --kv-bits). */
+export function kvFlags(args: ParsedArgs): KvQuantSettings | null {
+  if (!args.flags.has('kv-bits')) {
+    if (['kv-group', 'kv-smooth', 'kv-past-only'].some((f) => args.flags.has(f))) throw new UsageError('--kv-group, --kv-smooth and --kv-past-only go with --kv-bits')
+    return null
+  }
+  const bits = intFlag(args, 'kv-bits', 8, 2)
+  if (bits > 8) throw new UsageError(`--kv-bits must be 2 to 8, got ${bits}`)
+  const group = args.flags.has('kv-group') ? intFlag(args, 'kv-group', 32, 2) : null
+  return { bits, group, smooth: args.flags.has('kv-smooth'), pastOnly: args.flags.has('kv-past-only') }
 }
 
 export function backendFlag(args: ParsedArgs): BackendKind {
@@ -101,6 +119,7 @@ export function evalReport(r: PerplexityResult, size?: PlanSize): Record<string,
     evalSeconds: r.evalSeconds,
     tokensPerSecond: r.tokensPerSecond,
   })
+  if (r.kv) out.kv = r.kv
   if (r.warnings.length > 0) out.warnings = r.warnings
   return out
 }
@@ -113,6 +132,11 @@ function renderEval(r: PerplexityResult, size?: PlanSize): string {
     `backend       ${r.backend}, ${r.threads} threads`,
     `time          ${r.seconds.toFixed(2)} s (${r.tokensPerSecond.toFixed(0)} tokens/s evaluating)`,
   ]
+  if (r.kv) {
+    const kv = r.kv
+    const cal = kv.calibration ? `, smoothing from ${kv.calibration.tokens} tokens of ${kv.calibration.source}` : ''
+    lines.push(`KV cache      ${kv.bits}-bit per token${kv.group ? `, groups of ${kv.group}` : ''}, ${kv.pastOnly ? 'past-only' : 'naive'}${kv.smooth ? ', smoothed' : ''}${cal}`)
+  }
   if (r.kld) {
     const k = r.kld
     lines.push(

@@ -23,7 +23,7 @@ commands:
       a .gguf or an .onnx file. --stats computes per-tensor statistics.
   eval MODEL --text FILE [--quant SPEC | --plan FILE | --preset NAME [--calib FILE]] [--ctx 256] [--max-windows N]
        [--backend wasm|native] [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]]
-       [--tokenizer FILE] [--json]
+       [--tokenizer FILE] [--json] [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]]
       Perplexity on the text (windows of ctx tokens, remainder dropped); --kld adds the KL
       divergence against the base model (default: MODEL itself). --quant applies one method
       to every decoder linear weight (e.g. rtn:bits=4,group=128,sym=false, nf4:group=64,
@@ -68,11 +68,11 @@ commands:
   help
 `
 
-const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help', 'kld', 'no-final-norm', 'all-tensors'])
+const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help', 'kld', 'no-final-norm', 'all-tensors', 'kv-smooth', 'kv-past-only'])
 const VALUE_FLAGS = new Set([
   'threads',
   // eval / generate
-  'text', 'ctx', 'max-windows', 'backend', 'base', 'kld-cache', 'tokenizer',
+  'text', 'ctx', 'max-windows', 'backend', 'base', 'kld-cache', 'tokenizer', 'kv-group',
   // quantization
   'quant', 'plan', 'preset', 'calib',
   // export

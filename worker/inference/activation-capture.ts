@@ -31,6 +31,9 @@ export interface ChannelStats {
   meanAbs: number[]
   meanSq: number[]
   maxAbs: number[]
+  /** Per-channel min and max (the KV sites only). */
+  min?: number[]
+  max?: number[]
 }
 
 export interface CapturedPoint {
@@ -61,6 +64,8 @@ class PointAccumulator {
   readonly sumSq: Float64Array
   readonly maxAbs: Float64Array
   readonly gram: Float64Array | null
+  readonly min: Float64Array | null
+  readonly max: Float64Array | null
   count = 0
 
   constructor(
@@ -73,6 +78,8 @@ class PointAccumulator {
     this.sumSq = new Float64Array(C)
     this.maxAbs = new Float64Array(C)
     this.gram = gram && point.outputs.gram ? new Float64Array(C * C) : null
+    this.min = point.outputs.min ? new Float64Array(C).fill(Infinity) : null
+    this.max = point.outputs.max ? new Float64Array(C).fill(-Infinity) : null
   }
 
   add(outputs: Record<string, { data: unknown }>, rows: number): void {
@@ -87,18 +94,28 @@ class PointAccumulator {
     const mx = outputs[o.maxAbs]!.data as Float32Array
     for (let i = 0; i < mx.length; i++) if (mx[i]! > this.maxAbs[i]!) this.maxAbs[i] = mx[i]!
     if (this.gram && o.gram) acc(this.gram, o.gram)
+    if (this.min && o.min) {
+      const lo = outputs[o.min]!.data as Float32Array
+      for (let i = 0; i < lo.length; i++) if (lo[i]! < this.min[i]!) this.min[i] = lo[i]!
+    }
+    if (this.max && o.max) {
+      const hi = outputs[o.max]!.data as Float32Array
+      for (let i = 0; i < hi.length; i++) if (hi[i]! > this.max[i]!) this.max[i] = hi[i]!
+    }
     this.count += rows
   }
 
   stats(): ChannelStats {
     const n = this.count
-    return {
+    const stats: ChannelStats = {
       count: n,
       mean: Array.from(this.sum, (v) => v / n),
       meanAbs: Array.from(this.sumAbs, (v) => v / n),
       meanSq: Array.from(this.sumSq, (v) => v / n),
       maxAbs: Array.from(this.maxAbs),
     }
+    if (this.min && this.max) Object.assign(stats, { min: Array.from(this.min), max: Array.from(this.max) })
+    return stats
   }
 }
 

@@ -1,5 +1,6 @@
 import type { GraphBuilder } from '../formats/onnx/graph-builder'
 import { MS_DOMAIN } from '../formats/onnx/graph-builder'
+import { pastOnlyContext, type KvLayerQuant } from './kv-quant'
 
 /**
  * The attention part of a decoder block, from the fused q|k|v projection to the input of the
@@ -53,10 +54,15 @@ export interface AttentionOutput {
   out: string
   presentKey: string
   presentValue: string
+  /** The new tokens' K (after RoPE) and V [batch, Hkv, seq, d], full precision ('ops' only). */
+  newKey?: string
+  newValue?: string
 }
 
-export function attention(kind: AttentionKind, s: AttentionShared, qkv: string, past: { key: string; value: string } | null): AttentionOutput {
-  return kind === 'gqa' ? gqaAttention(s, qkv, past) : opsAttention(s, qkv, past)
+/** `kvQuant`: KV-cache fake quantization of this layer (kv-quant.ts; 'ops' only). */
+export function attention(kind: AttentionKind, s: AttentionShared, qkv: string, past: { key: string; value: string } | null, kvQuant?: KvLayerQuant | null): AttentionOutput {
+  if (kvQuant && kind !== 'ops') throw new Error('KV-cache quantization is built on the standard-op attention')
+  return kind === 'gqa' ? gqaAttention(s, qkv, past) : opsAttention(s, qkv, past, kvQuant ?? null)
 }
 
 function once(s: AttentionShared, key: string, make: () => string): string {
@@ -102,7 +108,7 @@ function gqaAttention(s: AttentionShared, qkv: string, past: { key: string; valu
   return { out: g.op('Reshape', [out, g.constInt64([-1, Hq * d])]), presentKey, presentValue }
 }
 
-function opsAttention(s: AttentionShared, qkv: string, past: { key: string; value: string } | null): AttentionOutput {
+function opsAttention(s: AttentionShared, qkv: string, past: { key: string; value: string } | null, kvQuant: KvLayerQuant | null): AttentionOutput {
   const { g, numHeads: Hq, numKvHeads: Hkv, headDim: d } = s
   const G = Hq / Hkv
   const axes = (...a: number[]): string => g.constInt64(a)
@@ -120,8 +126,11 @@ function opsAttention(s: AttentionShared, qkv: string, past: { key: string; valu
     return g.op('Concat', [r1, r2], { axis: { int: -1 } })
   }
   const q = rope(heads(q2, Hq))
-  let k = rope(heads(k2, Hkv))
-  let v = heads(v2, Hkv)
+  const newKey = rope(heads(k2, Hkv))
+  const newValue = heads(v2, Hkv)
+  // With KV quantization the keys/values attended to (and the cache) hold the dequantised new tokens.
+  let k = kvQuant ? kvQuant.key(newKey) : newKey
+  let v = kvQuant ? kvQuant.value(newValue) : newValue
   if (past) {
     k = g.op('Concat', [past.key, k], { axis: { int: 2 } })
     v = g.op('Concat', [past.value, v], { axis: { int: 2 } })
@@ -145,11 +154,12 @@ function opsAttention(s: AttentionShared, qkv: string, past: { key: string; valu
   const q5 = g.op('Reshape', [g.op('Mul', [q, scale]), g.constInt64([0, Hkv, G, -1, d])])
   const kT5 = g.op('Unsqueeze', [g.op('Transpose', [k], { perm: { ints: [0, 1, 3, 2] } }), axes(2)])
   const v5 = g.op('Unsqueeze', [v, axes(2)])
-  const probs = g.op('Softmax', [g.op('Add', [g.op('MatMul', [q5, kT5]), mask])], { axis: { int: -1 } })
-  const ctx = g.op('MatMul', [probs, v5]) // [batch, Hkv, G, seq, d]
+  const ctx = kvQuant?.pastOnly
+    ? pastOnlyContext(g, { q5, kT5, v5, kNew: newKey, vNew: newValue, mask, seqLen: s.seqLen, pastKey: past?.key ?? null })
+    : g.op('MatMul', [g.op('Softmax', [g.op('Add', [g.op('MatMul', [q5, kT5]), mask])], { axis: { int: -1 } }), v5]) // [batch, Hkv, G, seq, d]
   const out = g.op('Reshape', [
     g.op('Transpose', [g.op('Reshape', [ctx, g.constInt64([0, Hq, -1, d])])], { perm: { ints: [0, 2, 1, 3] } }),
     g.constInt64([-1, Hq * d]),
   ])
-  return { out, presentKey: k, presentValue: v }
+  return { out, presentKey: k, presentValue: v, newKey, newValue }
 }

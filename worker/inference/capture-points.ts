@@ -9,8 +9,17 @@ import type { GraphBuilder } from '../formats/onnx/graph-builder'
  * vectors (and [channels, channels] Gram matrices on request) instead of whole activations:
  * the runtime does the reduction with its SIMD kernels and nothing large crosses into JS.
  */
-export type CaptureSite = 'resid_in' | 'resid_out' | 'attn_in' | 'o_in' | 'mlp_in' | 'down_in' | 'lm_head_in'
+export type CaptureSite = 'resid_in' | 'resid_out' | 'attn_in' | 'o_in' | 'mlp_in' | 'down_in' | 'lm_head_in' | KvCaptureSite
 
+/**
+ * The new tokens' K after RoPE and V of every block as [batch·seq, Hkv·d] rows (kv head-major),
+ * with per-channel min and max besides the usual sums: the KV smoothing statistics
+ * (kv-quant.ts). Only captured when asked for by name ('ops' attention), never by default.
+ */
+export type KvCaptureSite = 'attn_k' | 'attn_v'
+export const KV_CAPTURE_SITES: readonly KvCaptureSite[] = Object.freeze(['attn_k', 'attn_v'])
+
+/** The default sites (all but the KV ones). */
 export const CAPTURE_SITES: readonly CaptureSite[] = Object.freeze(['resid_in', 'resid_out', 'attn_in', 'o_in', 'mlp_in', 'down_in', 'lm_head_in'])
 
 /** Sites that are inputs of linear layers (these can have Gram matrices). */
@@ -26,7 +35,7 @@ export interface CapturePoint {
   /** Tensor names of the linear layers this activation feeds (empty for the residual stream). */
   linears: string[]
   /** Graph output names of the per-run reductions over rows. */
-  outputs: { sum: string; sumAbs: string; sumSq: string; maxAbs: string; gram?: string }
+  outputs: { sum: string; sumAbs: string; sumSq: string; maxAbs: string; gram?: string; min?: string; max?: string }
 }
 
 export interface CaptureTap {
@@ -52,6 +61,11 @@ export function addCaptureOutputs(g: GraphBuilder, taps: CaptureTap[], options: 
     g.output(name('sum_sq'), g.op('ReduceSumSquare', [x], { axes: { ints: [0] }, keepdims: { int: 0 } }), 'float32', [C])
     g.output(name('max_abs'), g.op('ReduceMax', [g.op('Abs', [x])], { axes: { ints: [0] }, keepdims: { int: 0 } }), 'float32', [C])
     const outputs: CapturePoint['outputs'] = { sum: name('sum'), sumAbs: name('sum_abs'), sumSq: name('sum_sq'), maxAbs: name('max_abs') }
+    if ((KV_CAPTURE_SITES as readonly CaptureSite[]).includes(tap.site)) {
+      g.output(name('min'), g.op('ReduceMin', [x], { axes: { ints: [0] }, keepdims: { int: 0 } }), 'float32', [C])
+      g.output(name('max'), g.op('ReduceMax', [x], { axes: { ints: [0] }, keepdims: { int: 0 } }), 'float32', [C])
+      Object.assign(outputs, { min: name('min'), max: name('max') })
+    }
     if (options.gram && LINEAR_INPUT_SITES.has(tap.site)) {
       g.output(name('gram'), g.op('Gemm', [x, x], { transA: { int: 1 } }), 'float32', [C, C])
       outputs.gram = name('gram')

@@ -19,6 +19,7 @@ import type {
   VariantSpec,
 } from './inference-protocol'
 import { evaluatePerplexity, type PerplexityResult } from './perplexity'
+import { DEFAULT_KV_CALIBRATION_TEXT, type KvEvalOptions } from './kv-calibration'
 import { openEvalSession } from './eval-session'
 import { openTokenizer, tokensOf } from './text-source'
 import type { WeightOverrides } from './weights'
@@ -106,10 +107,23 @@ async function runPerplexity(job: PerplexityJob, open: Opener, hooks: JobHooks):
       cacheBudgetBytes: job.kld.cacheBudgetBytes,
     }
   }
+  let kv: KvEvalOptions | null = null
+  if (job.kv) {
+    const { calibrationText, calibrationWindows, ...settings } = job.kv
+    kv = { ...settings }
+    if (settings.smooth) {
+      const source = calibrationText ?? { file: DEFAULT_KV_CALIBRATION_TEXT }
+      if ('file' in source && 'file' in job.text && resolve(source.file) === resolve(job.text.file)) {
+        throw new InferenceInputError(`KV smoothing would calibrate on the evaluated text ${job.text.file}; give another calibration text`)
+      }
+      const calibIds = await tokensOf(source, lazyTokenizer(model, job.tokenizer))
+      kv.calibration = { ids: calibIds, maxWindows: calibrationWindows, source: 'file' in source ? source.file : 'text' in source ? 'text' : 'tokens' }
+    }
+  }
   return evaluatePerplexity(
     model,
     ids,
-    { ctx: job.ctx, maxWindows: job.maxWindows, backend: job.backend, threads: job.threads, overrides, kld },
+    { ctx: job.ctx, maxWindows: job.maxWindows, backend: job.backend, threads: job.threads, overrides, kld, kv },
     { onProgress: hooks.onProgress, signal: hooks.signal },
   )
 }

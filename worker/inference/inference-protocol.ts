@@ -3,6 +3,7 @@ import type { CaptureResult } from './activation-capture'
 import type { CaptureSite } from './capture-points'
 import { InferenceInputError } from './errors'
 import type { KldCacheMode } from './kld'
+import type { KvQuantSettings } from './kv-quant'
 import type { BackendKind } from './ort-backend'
 import type { EvalProgress, PerplexityResult } from './perplexity'
 import type { GenerationResult } from './generate'
@@ -49,6 +50,11 @@ export interface PerplexityJob extends JobCommon {
   maxWindows?: number
   /** KL divergence against `base` (default: the job's model without overrides). */
   kld?: { base?: VariantSpec; cache?: KldCacheMode; cacheDir?: string; cacheBudgetBytes?: number } | null
+  /**
+   * KV-cache fake quantization; with smooth, the ranges come from `calibrationText` (default
+   * resources/eval/calibration.txt, `calibrationWindows` windows of 256 tokens, default 32).
+   */
+  kv?: (KvQuantSettings & { calibrationText?: TextSource; calibrationWindows?: number }) | null
 }
 
 export interface GenerateJob extends JobCommon {

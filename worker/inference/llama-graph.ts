@@ -7,6 +7,7 @@ import { addCaptureOutputs, type CapturePoint, type CaptureSite } from './captur
 import { attention, resolveAttention, type AttentionKind, type AttentionShared } from './attention'
 import { concat, ENGINE_WEIGHTS, type GraphWeights } from './graph-weights'
 import { addImportanceOutputs, type ImportanceGraphOptions, type ImportanceOutputs } from './importance-outputs'
+import { kvLayerQuant, kvRows, type KvGraphOptions } from './kv-quant'
 
 /**
  * The ONNX graph of a llama / mistral / qwen2 decoder, built from the opened weights with
@@ -54,6 +55,8 @@ export interface DecoderGraphOptions {
   io?: 'engine' | 'hf'
   /** Where weights come from and how linears are written (default: the engine's float32 arrays). */
   weights?: GraphWeights
+  /** KV-cache fake quantization, past-only or naive, optionally smoothed (kv-quant.ts; 'ops' attention). */
+  kv?: KvGraphOptions | null
 }
 
 export interface KvNames {
@@ -121,6 +124,7 @@ export async function buildDecoderGraph(
     throw new Error("decoder graph: io 'hf' takes kvCache and logits 'all' only")
   }
   if (options.weights && !hfIo) throw new Error("decoder graph: custom weights are for io 'hf' (exports)")
+  if (options.kv && hfIo) throw new Error("decoder graph: KV-cache quantization is an evaluation option, not for io 'hf'")
   const [B, S] = hfIo ? ['batch_size', 'sequence_length'] : ['batch', 'seq']
 
   // ---- inputs and shape helpers
@@ -201,7 +205,13 @@ export async function buildDecoderGraph(
       kv.pastValue.push(past.value)
       if (hfIo && l === 0) shared.mask = paddedCausalMask(g, shared, attentionMask!, past.key)
     }
-    const { out: attn, presentKey, presentValue } = attention(attentionKind, shared, qkv, past)
+    const kvq = options.kv ? kvLayerQuant(g, options.kv, l, Hkv, d) : null
+    const { out: attn, presentKey, presentValue, newKey, newValue } = attention(attentionKind, shared, qkv, past, kvq)
+    if (options.capture?.sites?.some((site) => site === 'attn_k' || site === 'attn_v')) {
+      if (!newKey || !newValue) throw new Error('decoder graph: K/V capture needs the standard-op attention')
+      tap('attn_k', l, kvRows(g, newKey, Hkv, d), Hkv * d, [])
+      tap('attn_v', l, kvRows(g, newValue, Hkv, d), Hkv * d, [])
+    }
     if (kv) {
       const [nk, nv] = hfIo ? [`present.${l}.key`, `present.${l}.value`] : [`present_key.${l}`, `present_value.${l}`]
       const presentDims: Dim[] = hfIo ? [B, Hkv, 'total_sequence_length', d] : ['batch', Hkv, 'total', d]

@@ -5,6 +5,8 @@ import type { BackendKind } from './ort-backend'
 import { openEvalSession } from './eval-session'
 import { windowsPerRun } from './session'
 import type { WeightOverrides } from './weights'
+import { calibrateKvSmoothing, type KvEcho, type KvEvalOptions } from './kv-calibration'
+import { checkKvSettings, type KvGraphOptions } from './kv-quant'
 
 /**
  * Perplexity by the project's protocol (the reference-model issue): the whole text tokenized
@@ -40,6 +42,8 @@ export interface PerplexityOptions {
   kld?: KldOptions | null
   /** Windows evaluated per runtime call (default: windowsPerRun(ctx, vocab)); numbers do not depend on it. */
   windowsPerRun?: number
+  /** KV-cache fake quantization (kv-quant.ts); smoothing is calibrated on `kv.calibration` first. */
+  kv?: KvEvalOptions | null
 }
 
 export interface PerplexityResult {
@@ -64,6 +68,8 @@ export interface PerplexityResult {
   evalSeconds: number
   tokensPerSecond: number
   kld?: KldSummary
+  /** The KV-cache quantization evaluated (absent: full-precision K/V). */
+  kv?: KvEcho
   /** Things the user should know about this result (e.g. ctx beyond the trained positions); may be empty. */
   warnings: string[]
 }
@@ -97,13 +103,14 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
   const windows = planWindows(ids, ctx, options.maxWindows)
   const { signal, onProgress } = hooks
   const kldOn = options.kld !== undefined && options.kld !== null
+  const { graph: kvGraph, echo: kvEcho } = await kvGraphOptions(model, options, hooks)
   const session = await openEvalSession(model, {
     backend: options.backend,
     threads: options.threads,
     overrides: options.overrides,
     signal,
     onLoadProgress: (done, total) => onProgress?.({ stage: 'loading', done, total }),
-    graph: { nll: true, kl: kldOn, argmax: kldOn, maxPositions: ctx },
+    graph: { nll: true, kl: kldOn, argmax: kldOn, maxPositions: ctx, ...(kvGraph ? { kv: kvGraph } : {}) },
   })
   let base: Awaited<ReturnType<typeof openKldBase>> | null = null
   try {
@@ -185,9 +192,32 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
       warnings: [contextWarning(ctx, model.config?.maxPositionEmbeddings)].filter((w): w is string => w !== null),
     }
     if (kl && base) result.kld = summarizeKld(kl, agree, baseNllSum, ppl, base.mode)
+    if (kvEcho) result.kv = kvEcho
     return result
   } finally {
     await base?.close()
     await session.release()
   }
+}
+
+/** The graph's kv option (smoothing calibrated on the calibration tokens) and its echo; nulls when off. */
+async function kvGraphOptions(model: OpenedModel, options: PerplexityOptions, hooks: EvalHooks): Promise<{ graph: KvGraphOptions | null; echo: KvEcho | null }> {
+  const kv = options.kv
+  if (!kv) return { graph: null, echo: null }
+  checkKvSettings(kv, model.config?.headDim ?? undefined)
+  if (model.format === 'onnx') throw new InferenceInputError(`${model.files[0]}: KV-cache quantization is built into the graph made from the weights; an .onnx file is evaluated only as it is`)
+  const echo: KvEcho = { bits: kv.bits, group: kv.group ?? null, smooth: kv.smooth, pastOnly: kv.pastOnly }
+  const graph: KvGraphOptions = { bits: kv.bits, group: kv.group ?? null, pastOnly: kv.pastOnly }
+  if (kv.smooth) {
+    if (!kv.calibration) throw new InferenceInputError('KV smoothing needs calibration tokens (never the evaluated text)')
+    const c = await calibrateKvSmoothing(
+      model,
+      kv.calibration.ids,
+      { maxWindows: kv.calibration.maxWindows, backend: options.backend, threads: options.threads, overrides: options.overrides },
+      { signal: hooks.signal, onProgress: (p) => hooks.onProgress?.({ ...p, stage: 'loading' }) },
+    )
+    graph.smooth = c.smoothing
+    echo.calibration = { source: kv.calibration.source ?? 'tokens', tokens: c.tokens, windows: c.windows }
+  }
+  return { graph, echo }
 }
