@@ -66,6 +66,9 @@ function support(model: OpenedModel, entry: ResolvedEntry): TensorSupport {
   return { kind: 'unsupported', reason: 'not a weight of the decoder graph' }
 }
 
+/** Values per chunk of a kept float tensor (16 MB as float32). */
+const KEPT_CHUNK_VALUES = 4 * 2 ** 20
+
 interface Written {
   records: ExportedTensor[]
   sections: { quantized: number; kept: number }
@@ -85,23 +88,56 @@ function exportWeights(job: ExportJob, planned: PlannedWeights, data: ExternalDa
     await data.add(g!, name, elem, dims, bytes)
     return name
   }
-  const storeFloat = async (builder: GraphBuilder, name: string, dims: number[], values: Float32Array, source: string, method: string | null): Promise<{ value: string; bytes: number }> => {
+  /** Writes float values (one array, or row chunks of a large tensor) in the export's float type. */
+  const storeFloat = async (
+    builder: GraphBuilder,
+    name: string,
+    dims: number[],
+    values: Float32Array | AsyncIterable<Float32Array>,
+    source: string,
+    method: string | null,
+  ): Promise<{ value: string; bytes: number }> => {
     g = builder
-    const enc = encodeFloats(values, type)
-    const stored = await store(name, type === 'fp32' ? 'float32' : 'float16', dims, enc.bytes)
-    const value = type === 'fp32' ? stored : builder.op('Cast', [stored], { to: { int: 1 } })
-    const note = enc.rounded ? `rounded to fp16: ${enc.rounded} of ${values.length} values changed (max |error| ${enc.maxAbsError.toExponential(3)})${enc.overflowed ? `, ${enc.overflowed} overflowed` : ''}` : undefined
+    hooks.signal?.throwIfAborted()
+    let count = 0
+    let bytes = 0
+    let rounded = 0
+    let overflowed = 0
+    let maxAbsError = 0
+    let sumSqError = 0
+    async function* encoded(): AsyncGenerator<Uint8Array> {
+      const chunks = values instanceof Float32Array ? [values] : values
+      for await (const chunk of chunks) {
+        const enc = encodeFloats(chunk, type)
+        count += chunk.length
+        bytes += enc.bytes.length
+        rounded += enc.rounded
+        overflowed += enc.overflowed
+        maxAbsError = Math.max(maxAbsError, enc.maxAbsError)
+        sumSqError += enc.sumSqError
+        yield enc.bytes
+      }
+    }
+    await data.addParts(builder, name, type === 'fp32' ? 'float32' : 'float16', dims, encoded())
+    const value = type === 'fp32' ? name : builder.op('Cast', [name], { to: { int: 1 } })
+    const note = rounded ? `rounded to fp16: ${rounded} of ${count} values changed (max |error| ${maxAbsError.toExponential(3)})${overflowed ? `, ${overflowed} overflowed` : ''}` : undefined
     out.records.push({
       name,
       source,
       method,
       writtenType: type === 'fp32' ? 'float32' : 'float16',
-      bytes: enc.bytes.length,
-      support: method === null ? 'kept' : enc.rounded ? 'fallback' : 'exact',
-      ...(note ? { note, maxAbsError: enc.maxAbsError, rmsError: Math.sqrt(enc.sumSqError / values.length) } : {}),
+      bytes,
+      support: method === null ? 'kept' : rounded ? 'fallback' : 'exact',
+      ...(note ? { note, maxAbsError, rmsError: Math.sqrt(sumSqError / count) } : {}),
     })
-    out.sections[method === null ? 'kept' : 'quantized'] += enc.bytes.length
-    return { value, bytes: enc.bytes.length }
+    out.sections[method === null ? 'kept' : 'quantized'] += bytes
+    return { value, bytes }
+  }
+  const storedShapes = new Map(job.model.tensors.map((t) => [t.name, t.shape]))
+  /** Row chunks of a stored 2-D tensor (16 MB of float32 each): a 0.5B model's embedding is never decoded whole. */
+  async function* storedRows(source: string, rows: number, cols: number): AsyncGenerator<Float32Array> {
+    const step = Math.max(1, Math.floor(KEPT_CHUNK_VALUES / cols))
+    for (let r = 0; r < rows; r += step) yield job.model.readRows(source, r, Math.min(rows, r + step))
   }
   /** A planned tensor's dequantised values (embedding) or the stored ones. */
   const floatValues = async (source: string, read: () => Promise<Float32Array>): Promise<{ values: Float32Array; method: string | null }> => {
@@ -147,6 +183,14 @@ function exportWeights(job: ExportJob, planned: PlannedWeights, data: ExternalDa
   }
   return {
     async float(builder, name, dims, source, read) {
+      const stored = storedShapes.get(source)
+      const plain = !planned.entry(source) && dims.length === 2 && stored !== undefined && stored.length === 2 && stored[0] === dims[0] && stored[1] === dims[1]
+      if (plain) {
+        // Kept as stored (the embedding, an untied lm_head): streamed by row chunks.
+        const { value } = await storeFloat(builder, name, dims, storedRows(source, dims[0]!, dims[1]!), source, null)
+        progress(source)
+        return value
+      }
       const { values, method } = await floatValues(source, read)
       const { value } = await storeFloat(builder, name, dims, values, source, method)
       progress(source)

@@ -24,14 +24,26 @@ export class ExternalDataWriter {
 
   /** Appends one tensor and registers it with the graph as an external initializer. */
   async add(g: GraphBuilder, name: string, type: ElemType, dims: number[], data: Uint8Array): Promise<ExternalRef> {
+    return this.addParts(g, name, type, dims, [data])
+  }
+
+  /**
+   * Appends one tensor from consecutive parts (row chunks of a large embedding, so it is never
+   * in memory whole) and registers it as an external initializer.
+   */
+  async addParts(g: GraphBuilder, name: string, type: ElemType, dims: number[], parts: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<ExternalRef> {
     const aligned = Math.ceil(this.written / EXTERNAL_ALIGN) * EXTERNAL_ALIGN
     if (aligned > this.written) {
       await this.file.write(new Uint8Array(aligned - this.written))
       this.written = aligned
     }
-    await this.file.write(data)
-    const ref: ExternalRef = { name, type, dims, location: this.location, offset: aligned, length: data.byteLength }
-    this.written += data.byteLength
+    let length = 0
+    for await (const part of parts) {
+      await this.file.write(part)
+      length += part.byteLength
+      this.written += part.byteLength
+    }
+    const ref: ExternalRef = { name, type, dims, location: this.location, offset: aligned, length }
     g.externalRef(ref)
     return ref
   }
