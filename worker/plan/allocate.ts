@@ -118,7 +118,7 @@ export interface AllocationResult {
   highLayers?: number[]
 }
 
-/** Items of the knapsack and the fixed bytes around them. */
+/** The knapsack's items: per target tensor, each option's bytes in the layout and its ΔKLD (null: does not apply). */
 export function allocationItems(model: OpenedModel, targets: readonly TensorEntry[], options: readonly AllocOption[], memory: MemoryOptions, costs?: AllocationRequest['costs']): AllocItem[] {
   return targets.map((t) => {
     const choices = options.map((o) => {
@@ -128,7 +128,7 @@ export function allocationItems(model: OpenedModel, targets: readonly TensorEntr
       if (cost === undefined) throw new PlanError(t.file, t.name, `no measured ΔKLD for option '${o.spec}'`)
       return { bytes, cost }
     })
-    if (choices.every((c) => c === null)) throw new PlanError(t.file, t.name, `none of the options fits [${t.shape.join(', ')}] in the ${memory.format} layout (${options.map((o) => o.spec).join('; ')})`)
+    if (choices.every((c) => c === null)) throw new PlanError(t.file, t.name, `none of the options fits [${t.shape.join(', ')}] in the ${memory.format} layout (${options.map((o) => o.spec).join('; ')}); add 'keep' to the options to let it stay as stored`)
     return { name: t.name, layer: classifyTensor(t.alias ?? t.name).layer, choices }
   })
 }
