@@ -11,17 +11,20 @@ import type { PlanOverridesOptions } from '../plan/apply'
 import { planSize, type PlanSize } from '../plan/size'
 import { hasPlanArgument, planArgument } from './plan-args'
 import type { KvQuantSettings } from '../inference/kv-quant'
+import type { ActGraphOptions } from '../inference/act-quant'
+import { parseActivationSpec } from '../quant/activations/spec'
 
 /**
  * `eval MODEL --text FILE [--quant SPEC | --plan FILE | --preset NAME [--calib FILE]] [--ctx 256] [--max-windows N]
  *  [--backend wasm|native] [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]] [--tokenizer FILE] [--json]
- *  [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]]`
+ *  [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]] [--act int:bits=B,outliers=K]`
  * Perplexity by the project protocol; with --kld also the KL divergence against the base
  * model (default: MODEL itself, which checks the pipeline: KL 0, top-1 agreement 1). With
  * --quant/--plan/--preset the evaluated variant is MODEL with the plan's tensors quantized and
  * dequantised (the KLD base stays MODEL as stored); the plan is checked before any work.
  * --kv-bits fake-quantizes the KV cache (inference/kv-quant.ts): naive unless --kv-past-only,
- * smoothed from resources/eval/calibration.txt with --kv-smooth.
+ * smoothed from resources/eval/calibration.txt with --kv-smooth. --act fake-quantizes every
+ * decoder linear's input (inference/act-quant.ts; int only so far).
  */
 export async function runEval(args: ParsedArgs): Promise<number> {
   const model = args.positionals[0]
@@ -40,6 +43,7 @@ export async function runEval(args: ParsedArgs): Promise<number> {
   const tokenizer = args.flags.get('tokenizer')
 
   const kv = kvFlags(args)
+  const act = actFlag(args)
   const tokenizerPath = typeof tokenizer === 'string' ? resolve(tokenizer) : undefined
   let planned: { size: PlanSize; options: PlanOverridesOptions } | null = null
   if (hasPlanArgument(args)) {
@@ -68,6 +72,7 @@ export async function runEval(args: ParsedArgs): Promise<number> {
         : {}),
       kld: kldOn ? { base: typeof base === 'string' ? { model: resolve(base) } : undefined, cache: cache as KldCacheMode } : null,
       kv,
+      act,
     },
     {
       signal: controller.signal,
@@ -81,6 +86,21 @@ export async function runEval(args: ParsedArgs): Promise<number> {
   if (args.flags.has('json')) process.stdout.write(JSON.stringify(evalReport(result, planned?.size)) + '\n')
   else process.stdout.write(renderEval(result, planned?.size))
   return 0
+}
+
+/** --act SPEC → the graph's activation option (null without it); k-means is not in the graph yet. */
+export function actFlag(args: ParsedArgs): ActGraphOptions | null {
+  const raw = args.flags.get('act')
+  if (raw === undefined) return null
+  if (typeof raw !== 'string') throw new UsageError('--act needs a SPEC, e.g. int:bits=4,outliers=4')
+  let spec
+  try {
+    spec = parseActivationSpec(raw)
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  if (spec.kind !== 'int') throw new UsageError(`--act ${raw}: only int activations are built into the evaluation graph so far (k-means codebooks are not)`)
+  return { kind: 'int', bits: spec.params.bits, outliers: spec.params.outliers }
 }
 
 /** --kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only] → the job's kv settings (null without --kv-bits). */
@@ -120,6 +140,7 @@ export function evalReport(r: PerplexityResult, size?: PlanSize): Record<string,
     tokensPerSecond: r.tokensPerSecond,
   })
   if (r.kv) out.kv = r.kv
+  if (r.act) out.act = r.act
   if (r.warnings.length > 0) out.warnings = r.warnings
   return out
 }
@@ -137,6 +158,7 @@ function renderEval(r: PerplexityResult, size?: PlanSize): string {
     const cal = kv.calibration ? `, smoothing from ${kv.calibration.tokens} tokens of ${kv.calibration.source}` : ''
     lines.push(`KV cache      ${kv.bits}-bit per token${kv.group ? `, groups of ${kv.group}` : ''}, ${kv.pastOnly ? 'past-only' : 'naive'}${kv.smooth ? ', smoothed' : ''}${cal}`)
   }
+  if (r.act) lines.push(`activations   ${r.act.kind} ${r.act.bits}-bit per token, ${r.act.outliers} outliers per side kept`)
   if (r.kld) {
     const k = r.kld
     lines.push(

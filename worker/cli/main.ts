@@ -24,6 +24,7 @@ commands:
   eval MODEL --text FILE [--quant SPEC | --plan FILE | --preset NAME [--calib FILE]] [--ctx 256] [--max-windows N]
        [--backend wasm|native] [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]]
        [--tokenizer FILE] [--json] [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]]
+       [--act int:bits=B,outliers=K]
       Perplexity on the text (windows of ctx tokens, remainder dropped); --kld adds the KL
       divergence against the base model (default: MODEL itself). --quant applies one method
       to every decoder linear weight (e.g. rtn:bits=4,group=128,sym=false, nf4:group=64,
@@ -72,7 +73,7 @@ const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help', 'kld', 'no-final-norm', 
 const VALUE_FLAGS = new Set([
   'threads',
   // eval / generate
-  'text', 'ctx', 'max-windows', 'backend', 'base', 'kld-cache', 'tokenizer', 'kv-group',
+  'text', 'ctx', 'max-windows', 'backend', 'base', 'kld-cache', 'tokenizer', 'kv-group', 'act',
   // quantization
   'quant', 'plan', 'preset', 'calib',
   // export

@@ -123,7 +123,7 @@ async function runPerplexity(job: PerplexityJob, open: Opener, hooks: JobHooks):
   return evaluatePerplexity(
     model,
     ids,
-    { ctx: job.ctx, maxWindows: job.maxWindows, backend: job.backend, threads: job.threads, overrides, kld, kv },
+    { ctx: job.ctx, maxWindows: job.maxWindows, backend: job.backend, threads: job.threads, overrides, kld, kv, act: job.act ?? null },
     { onProgress: hooks.onProgress, signal: hooks.signal },
   )
 }

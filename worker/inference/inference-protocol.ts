@@ -4,6 +4,7 @@ import type { CaptureSite } from './capture-points'
 import { InferenceInputError } from './errors'
 import type { KldCacheMode } from './kld'
 import type { KvQuantSettings } from './kv-quant'
+import type { ActGraphOptions } from './act-quant'
 import type { BackendKind } from './ort-backend'
 import type { EvalProgress, PerplexityResult } from './perplexity'
 import type { GenerationResult } from './generate'
@@ -55,6 +56,8 @@ export interface PerplexityJob extends JobCommon {
    * resources/eval/calibration.txt, `calibrationWindows` windows of 256 tokens, default 32).
    */
   kv?: (KvQuantSettings & { calibrationText?: TextSource; calibrationWindows?: number }) | null
+  /** Fake quantization of every decoder linear's input (int per token, top-k outliers kept). */
+  act?: ActGraphOptions | null
 }
 
 export interface GenerateJob extends JobCommon {

@@ -8,6 +8,7 @@ import { attention, resolveAttention, type AttentionKind, type AttentionShared }
 import { concat, ENGINE_WEIGHTS, type GraphWeights } from './graph-weights'
 import { addImportanceOutputs, type ImportanceGraphOptions, type ImportanceOutputs } from './importance-outputs'
 import { kvLayerQuant, kvRows, type KvGraphOptions } from './kv-quant'
+import { checkActOptions, fakeQuantActInt, type ActGraphOptions } from './act-quant'
 
 /**
  * The ONNX graph of a llama / mistral / qwen2 decoder, built from the opened weights with
@@ -57,6 +58,8 @@ export interface DecoderGraphOptions {
   weights?: GraphWeights
   /** KV-cache fake quantization, past-only or naive, optionally smoothed (kv-quant.ts; 'ops' attention). */
   kv?: KvGraphOptions | null
+  /** Fake quantization of the input of every decoder linear (act-quant.ts). */
+  act?: ActGraphOptions | null
 }
 
 export interface KvNames {
@@ -124,7 +127,9 @@ export async function buildDecoderGraph(
     throw new Error("decoder graph: io 'hf' takes kvCache and logits 'all' only")
   }
   if (options.weights && !hfIo) throw new Error("decoder graph: custom weights are for io 'hf' (exports)")
-  if (options.kv && hfIo) throw new Error("decoder graph: KV-cache quantization is an evaluation option, not for io 'hf'")
+  if ((options.kv || options.act) && hfIo) throw new Error("decoder graph: KV-cache and activation quantization are evaluation options, not for io 'hf'")
+  if (options.act) checkActOptions(options.act, Math.min(H, Hq * d, I))
+  const actQ = (v: string): string => (options.act ? fakeQuantActInt(g, v, options.act) : v)
   const [B, S] = hfIo ? ['batch_size', 'sequence_length'] : ['batch', 'seq']
 
   // ---- inputs and shape helpers
@@ -195,7 +200,7 @@ export async function buildDecoderGraph(
       }
       bias = await W.float(g, `L${l}.qkv_bias`, [(Hq + 2 * Hkv) * d], qBias ?? kBias ?? vBias!, readBias)
     }
-    const qkv = await W.linear(g, h, `L${l}.qkv`, qkvParts, H, bias)
+    const qkv = await W.linear(g, actQ(h), `L${l}.qkv`, qkvParts, H, bias)
     let past: { key: string; value: string } | null = null
     if (kv) {
       const [pk, pv] = hfIo ? [`past_key_values.${l}.key`, `past_key_values.${l}.value`] : [`past_key.${l}`, `past_value.${l}`]
@@ -221,7 +226,7 @@ export async function buildDecoderGraph(
       g.output(nv, presentValue, 'float32', presentDims)
     }
     tap('o_in', l, attn, Hq * d, [t.o])
-    x = g.op('Add', [x, await W.linear(g, attn, `L${l}.o`, [{ tensor: t.o, rows: H, read: () => read(t.o) }], Hq * d)])
+    x = g.op('Add', [x, await W.linear(g, actQ(attn), `L${l}.o`, [{ tensor: t.o, rows: H, read: () => read(t.o) }], Hq * d)])
     // SwiGLU MLP
     const h2 = rmsNorm(x, await W.float(g, `L${l}.mlp_norm`, [H], t.mlpNorm, () => read(t.mlpNorm)))
     tap('mlp_in', l, h2, H, [t.gate, t.up])
@@ -229,11 +234,11 @@ export async function buildDecoderGraph(
       { tensor: t.gate, rows: I, read: () => read(t.gate) },
       { tensor: t.up, rows: I, read: () => read(t.up) },
     ]
-    const gu = await W.linear(g, h2, `L${l}.gate_up`, guParts, H)
+    const gu = await W.linear(g, actQ(h2), `L${l}.gate_up`, guParts, H)
     const [gate, up] = g.node('Split', [gu, guSplit], { attrs: { axis: { int: 1 } }, outputs: 2 }) as [string, string]
     const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up])
     tap('down_in', l, act, I, [t.down])
-    x = g.op('Add', [x, await W.linear(g, act, `L${l}.down`, [{ tensor: t.down, rows: H, read: () => read(t.down) }], I)])
+    x = g.op('Add', [x, await W.linear(g, actQ(act), `L${l}.down`, [{ tensor: t.down, rows: H, read: () => read(t.down) }], I)])
     tap('resid_out', l, x, H, [])
   }
 

@@ -7,6 +7,7 @@ import { windowsPerRun } from './session'
 import type { WeightOverrides } from './weights'
 import { calibrateKvSmoothing, type KvEcho, type KvEvalOptions } from './kv-calibration'
 import { checkKvSettings, type KvGraphOptions } from './kv-quant'
+import type { ActGraphOptions } from './act-quant'
 
 /**
  * Perplexity by the project's protocol (the reference-model issue): the whole text tokenized
@@ -44,6 +45,8 @@ export interface PerplexityOptions {
   windowsPerRun?: number
   /** KV-cache fake quantization (kv-quant.ts); smoothing is calibrated on `kv.calibration` first. */
   kv?: KvEvalOptions | null
+  /** Fake quantization of every decoder linear's input (act-quant.ts). */
+  act?: ActGraphOptions | null
 }
 
 export interface PerplexityResult {
@@ -70,6 +73,8 @@ export interface PerplexityResult {
   kld?: KldSummary
   /** The KV-cache quantization evaluated (absent: full-precision K/V). */
   kv?: KvEcho
+  /** The activation quantization evaluated (absent: full precision). */
+  act?: ActGraphOptions
   /** Things the user should know about this result (e.g. ctx beyond the trained positions); may be empty. */
   warnings: string[]
 }
@@ -103,6 +108,7 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
   const windows = planWindows(ids, ctx, options.maxWindows)
   const { signal, onProgress } = hooks
   const kldOn = options.kld !== undefined && options.kld !== null
+  if (options.act && model.format === 'onnx') throw new InferenceInputError(`${model.files[0]}: activation quantization is built into the graph made from the weights; an .onnx file is evaluated only as it is`)
   const { graph: kvGraph, echo: kvEcho } = await kvGraphOptions(model, options, hooks)
   const session = await openEvalSession(model, {
     backend: options.backend,
@@ -110,7 +116,7 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
     overrides: options.overrides,
     signal,
     onLoadProgress: (done, total) => onProgress?.({ stage: 'loading', done, total }),
-    graph: { nll: true, kl: kldOn, argmax: kldOn, maxPositions: ctx, ...(kvGraph ? { kv: kvGraph } : {}) },
+    graph: { nll: true, kl: kldOn, argmax: kldOn, maxPositions: ctx, ...(kvGraph ? { kv: kvGraph } : {}), ...(options.act ? { act: options.act } : {}) },
   })
   let base: Awaited<ReturnType<typeof openKldBase>> | null = null
   try {
@@ -193,6 +199,7 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
     }
     if (kl && base) result.kld = summarizeKld(kl, agree, baseNllSum, ppl, base.mode)
     if (kvEcho) result.kv = kvEcho
+    if (options.act) result.act = { ...options.act }
     return result
   } finally {
     await base?.close()
