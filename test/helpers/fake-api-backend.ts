@@ -81,6 +81,9 @@ export class FakeBackend implements ApiBackend {
   async exportModel(): Promise<ApiResult<'exportModel'>> {
     throw new Error('not used')
   }
+  async layerImportance(): Promise<ApiResult<'layerImportance'>> {
+    throw new Error('not used')
+  }
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
     this.cancelled.push(jobId)
     const stop = this.running.get(jobId)

@@ -77,6 +77,7 @@ const VALID: { [M in ApiMethod]: ApiParams<M> } = {
   exportFormats: { modelId: 'm1' },
   exportSupport: { modelId: 'm1', plan: PLAN, planName: 'int4', format: 'gguf', dtype: 'fp16', formatOptions: { fallback: 'Q4_K' }, out: '/tmp/tiny.gguf' },
   exportModel: { jobId: 'j6', modelId: 'm1', plan: PLAN, format: 'safetensors', out: '/tmp/tiny-q4', dtype: 'fp32', evaluate: { ctx: 256, maxWindows: 2, backend: 'wasm' } },
+  layerImportance: { jobId: 'j7', modelId: 'm1', text: { kind: 'heldout' }, methods: ['lsaq', 'sensitivity'], k: 10, finalNorm: false, ctx: 256, maxWindows: 2, quant: 'rtn:bits=3,group=128', backend: 'wasm' },
 }
 
 function rejection(method: ApiMethod, params: unknown): string {

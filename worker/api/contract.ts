@@ -407,6 +407,42 @@ export type ExportModelReport = ExportReportInfo & { evaluation?: ExportEvaluati
 
 export type ExportModelParams = ParamsOf<'exportModel'>
 
+// ---- Layer importance ----------------------------------------------------------------------
+
+export type ImportanceMethodId = v.InferOutput<typeof schemas.importanceMethodSchema>
+
+/** One method's per-layer importance, raw (its own unit); null where the method has no value for a block. */
+export interface ImportanceSeries {
+  method: ImportanceMethodId
+  label: string
+  /** What the numbers are ('1 − Jaccard', '1 − cos', 'ΔKLD nats'). */
+  unit: string
+  values: (number | null)[]
+}
+
+/** Layer importance of the open model on a text (importance/layer-importance.ts, sensitivity.ts). */
+export interface LayerImportanceReport {
+  /** Block indices; every series follows this order. */
+  layers: number[]
+  /** In the order asked for. */
+  series: ImportanceSeries[]
+  /** Spearman's ρ for every pair of series (over the layers both have); null when one is constant. */
+  spearman: { a: ImportanceMethodId; b: ImportanceMethodId; rho: number | null; n: number }[]
+  /** LSAQ's k and final-norm setting (null without LSAQ). */
+  k: number | null
+  finalNorm: boolean | null
+  /** Measured sensitivity's spec, base perplexity and ΔPPL per layer. */
+  sensitivity: { spec: string; basePpl: number; deltaPpl: (number | null)[]; cached: boolean } | null
+  textLabel: string
+  ctx: number
+  windows: number
+  tokens: number
+  backend: InferenceBackendId
+  seconds: number
+}
+
+export type LayerImportanceParams = ParamsOf<'layerImportance'>
+
 /** Method table: params and result of every call. */
 export interface ApiMethods {
   openModel: { params: ParamsOf<'openModel'>; result: ModelSummary }
@@ -448,6 +484,8 @@ export interface ApiMethods {
   exportSupport: { params: ParamsOf<'exportSupport'>; result: ExportSupportInfo }
   /** Job: writes the export (export worker thread), then optionally evaluates the written model. */
   exportModel: { params: ExportModelParams; result: ExportModelReport }
+  /** Job: per-layer LSAQ, cosine and measured sensitivity on a text (importance worker thread), with their Spearman agreement. */
+  layerImportance: { params: LayerImportanceParams; result: LayerImportanceReport }
 }
 
 // Every method of the table has a schema and every schema a method: otherwise this fails to compile.
@@ -460,7 +498,7 @@ export type ApiParams<M extends ApiMethod> = ApiMethods[M]['params']
 export type ApiResult<M extends ApiMethod> = ApiMethods[M]['result']
 
 /** Methods that run as jobs (take a jobId, emit progress, can be cancelled). */
-export type JobMethod = 'tensorStats' | 'layerGridStats' | 'evaluate' | 'generate' | 'quantizePreview' | 'exportModel'
+export type JobMethod = 'tensorStats' | 'layerGridStats' | 'evaluate' | 'generate' | 'quantizePreview' | 'exportModel' | 'layerImportance'
 
 /** A request on the wire: a discriminated union on `method`. */
 export type ApiRequest = { [M in ApiMethod]: { id: number; method: M; params: ApiParams<M> } }[ApiMethod]
@@ -492,7 +530,7 @@ export type ApiEvent =
  * tensors; while evaluating or generating they count tokens.
  */
 export interface JobProgressDetail {
-  stage: 'loading' | 'loading-base' | 'evaluating' | 'generating' | 'calibrating' | 'quantizing' | 'writing' | 'finishing'
+  stage: 'loading' | 'loading-base' | 'evaluating' | 'generating' | 'calibrating' | 'quantizing' | 'writing' | 'finishing' | 'measuring'
   /** Exporting: the tensor being written. */
   tensor?: string
   /** Tokens per second over the stage so far (evaluating, generating). */

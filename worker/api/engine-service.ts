@@ -35,6 +35,7 @@ import { orientationPlan, orientStats } from '../stats/orientation'
 import { EngineError } from './errors'
 import { EvaluateService, MemoryEvalRuns, type EvalRunsBackend, type EvaluateServiceOptions, type InferenceApi, type VariantCatalog } from './evaluate-service'
 import { ExportApi } from './export-api'
+import { ImportanceApi } from './importance-api'
 import { QuantApi } from './quant-api'
 import { modelFingerprint } from '../plan/plan'
 import type { SavedPlansBackend } from './saved-plans'
@@ -89,6 +90,8 @@ export interface EngineServiceOptions {
   quantThreads?: number
   /** Calibration capture cache folder; undefined: `<cache root>/calibration`, null: memory only. */
   calibrationCacheDir?: string | null
+  /** Measured-sensitivity result cache; undefined: `<cache root>/importance`, null: none. */
+  importanceCacheDir?: string | null
 }
 
 interface OpenModelEntry {
@@ -109,6 +112,7 @@ export class EngineService implements ApiFunctions {
   private readonly evaluation: EvaluateService
   private readonly quantization: QuantApi
   private readonly exports: ExportApi
+  private readonly importance: ImportanceApi
   private nextModel = 1
 
   constructor(private readonly options: EngineServiceOptions = {}) {
@@ -124,6 +128,10 @@ export class EngineService implements ApiFunctions {
     }
     this.evaluation = new EvaluateService(evaluationOptions, (jobId, work) => this.runJob(jobId, work))
     this.exports = new ExportApi({ evaluation: evaluationOptions }, (jobId, work) => this.runJob(jobId, work))
+    this.importance = new ImportanceApi(
+      { heldoutText: () => this.evaluation.heldoutText, threads: options.inferenceThreads, cacheDir: options.importanceCacheDir },
+      (jobId, work) => this.runJob(jobId, work),
+    )
     this.quantization = new QuantApi(
       { plans: options.plans, threads: options.quantThreads, calibrationCacheDir: options.calibrationCacheDir },
       (jobId, work) => this.runJob(jobId, work),
@@ -288,6 +296,11 @@ export class EngineService implements ApiFunctions {
   }
   async exportModel(params: ApiParams<'exportModel'>): Promise<ApiResult<'exportModel'>> {
     return this.exports.exportModel(this.model(params.modelId), params)
+  }
+
+  // Layer importance: importance-api.ts, on an importance worker thread.
+  async layerImportance(params: ApiParams<'layerImportance'>): Promise<ApiResult<'layerImportance'>> {
+    return this.importance.layerImportance(this.model(params.modelId), params)
   }
 
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {

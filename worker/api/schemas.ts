@@ -16,6 +16,7 @@ import * as v from 'valibot'
 import type { ModelFormatId } from '../formats/contract'
 import { KLD_BASE_MODES, type KldSummary } from '../inference/kld-types'
 import { PlanSchema } from '../plan/plan-schema'
+import { IMPORTANCE_METHOD_IDS } from './importance-protocol'
 import type { ApiMethodName } from './method-names'
 
 /** Limits of what a call may ask for: far beyond what the UI offers, well short of absurd. */
@@ -220,6 +221,31 @@ export const exportModelParamsSchema = v.strictObject({
   ),
 })
 
+export const importanceMethodSchema = v.picklist(IMPORTANCE_METHOD_IDS, `must be one of ${IMPORTANCE_METHOD_IDS.join(', ')}`)
+
+const importanceMethodsMessage = `must be a list of 1 to ${IMPORTANCE_METHOD_IDS.length} different methods`
+
+/** Layer importance of the open model on a text (importance-api.ts checks method/spec combinations). */
+export const layerImportanceParamsSchema = v.strictObject({
+  jobId: name(),
+  modelId: name(),
+  text: evalTextRefSchema,
+  methods: v.pipe(
+    v.array(importanceMethodSchema, importanceMethodsMessage),
+    v.minLength(1, importanceMethodsMessage),
+    v.check((m) => new Set(m).size === m.length, importanceMethodsMessage),
+  ),
+  /** LSAQ's logit-lens top-k (default 10). */
+  k: v.optional(integer(1, 1024)),
+  /** LSAQ: the final norm before lm_head in the lens (default on). */
+  finalNorm: v.optional(v.boolean('must be a boolean')),
+  ctx: v.optional(integer(2, API_LIMITS.ctx)),
+  maxWindows: v.optional(integer(1, API_LIMITS.windows)),
+  /** Sensitivity: the method spec each block is quantized with alone, e.g. rtn:bits=3,group=128. */
+  quant: v.optional(v.pipe(v.string('must be a method spec'), v.minLength(1, 'must be a method spec'), v.maxLength(512, 'is longer than 512 characters'))),
+  backend: v.optional(backendSchema),
+})
+
 /** Every method's parameters. Keyed by exactly the names in method-names.ts. */
 export const apiParamSchemas = {
   openModel: v.strictObject({ path: name() }),
@@ -258,6 +284,7 @@ export const apiParamSchemas = {
     out: v.optional(name()),
   }),
   exportModel: exportModelParamsSchema,
+  layerImportance: layerImportanceParamsSchema,
 } satisfies { [M in ApiMethodName]: v.GenericSchema }
 
 export type ApiParamSchemas = typeof apiParamSchemas

@@ -13,6 +13,8 @@ export const ENGINE_WORKERS = {
   'plan-quant': 'plan/quant.worker',
   /** Exports: one model written to a target format per thread (api/export-thread.ts). */
   export: 'api/export.worker',
+  /** Layer importance (LSAQ, cosine, measured sensitivity): one job per thread (api/importance-thread.ts). */
+  importance: 'api/importance.worker',
 } as const
 
 export type EngineWorkerName = keyof typeof ENGINE_WORKERS

@@ -1,0 +1,92 @@
+/**
+ * Importance worker thread: opens the model, tokenizes the text, runs the one-pass LSAQ and
+ * cosine importance (importance/layer-importance.ts) and, when asked, measured sensitivity
+ * (importance/sensitivity.ts), posting progress per stage, then the result or the error.
+ * 'cancel' aborts both between runtime calls.
+ */
+import { parentPort } from 'node:worker_threads'
+import { openModel } from '../formats/open-model'
+import { openTokenizer, tokensOf } from '../inference/text-source'
+import { computeLayerImportance, type LayerImportanceResult } from '../importance/layer-importance'
+import { measureSensitivity, type SensitivityResult } from '../importance/sensitivity'
+import { serializeError } from '../jobs/serialized-error'
+import type { ImportanceWorkerJob, ImportanceWorkerMessage, ImportanceWorkerProgress, ImportanceWorkerRequest, ImportanceWorkerResult } from './importance-protocol'
+
+if (!parentPort) throw new Error('importance.worker must run in a worker thread')
+const port = parentPort
+const controller = new AbortController()
+const post = (msg: ImportanceWorkerMessage): void => port.postMessage(msg)
+
+/** Progress at most ~20 messages a second, a stage's first and last step always. */
+const PROGRESS_INTERVAL_MS = 50
+let last = 0
+let lastStage = ''
+function progress(p: ImportanceWorkerProgress): void {
+  const now = performance.now()
+  if (p.stage === lastStage && p.done < p.total && now - last < PROGRESS_INTERVAL_MS) return
+  last = now
+  lastStage = p.stage
+  post({ type: 'progress', progress: p })
+}
+
+async function run(job: ImportanceWorkerJob): Promise<ImportanceWorkerResult> {
+  const t0 = performance.now()
+  const model = await openModel(job.modelPath)
+  try {
+    const ids = await tokensOf({ file: job.textFile }, () => openTokenizer(model, null))
+    const signal = controller.signal
+    const wantLens = job.methods.includes('lsaq')
+    const wantCos = job.methods.includes('cosine')
+    let one: LayerImportanceResult | null = null
+    if (wantLens || wantCos) {
+      one = await computeLayerImportance(
+        model,
+        ids,
+        { lsaq: wantLens ? { k: job.k, finalNorm: job.finalNorm } : null, cosine: wantCos, ctx: job.ctx, maxWindows: job.maxWindows, backend: job.backend, threads: job.threads },
+        { signal, onProgress: (p) => progress({ stage: p.stage === 'loading' ? 'loading' : 'evaluating', done: p.done, total: p.total }) },
+      )
+    }
+    let sens: SensitivityResult | null = null
+    if (job.methods.includes('sensitivity')) {
+      if (!job.quant) throw new Error('sensitivity needs a method spec (quant), e.g. rtn:bits=3,group=128')
+      sens = await measureSensitivity(
+        model,
+        ids,
+        { spec: job.quant, ctx: job.ctx, maxWindows: job.maxWindows, backend: job.backend, threads: job.threads, cacheDir: job.cacheDir },
+        { signal, onProgress: (p) => progress({ stage: 'measuring', done: p.done, total: p.total }) },
+      )
+    }
+    const blocks = one?.lsaq?.length ?? one?.cosine?.length ?? Math.max(...sens!.blocks.map((b) => b.layer)) + 1
+    const layers = Array.from({ length: blocks }, (_, l) => l)
+    const byLayer = (pick: (b: SensitivityResult['blocks'][number]) => number): (number | null)[] => {
+      const m = new Map(sens!.blocks.map((b) => [b.layer, pick(b)]))
+      return layers.map((l) => m.get(l) ?? null)
+    }
+    return {
+      layers,
+      ...(one?.lsaq ? { lsaq: one.lsaq } : {}),
+      ...(one?.cosine ? { cosine: one.cosine } : {}),
+      ...(sens ? { sensitivity: { deltaKld: byLayer((b) => b.deltaKld), deltaPpl: byLayer((b) => b.deltaPpl), basePpl: sens.basePpl, spec: sens.spec, cached: sens.cached } } : {}),
+      k: one?.k ?? null,
+      finalNorm: one?.finalNorm ?? null,
+      ctx: one?.ctx ?? sens!.ctx,
+      windows: one?.windows ?? sens!.windows,
+      tokens: one?.tokens ?? sens!.windows * sens!.ctx,
+      backend: one?.backend ?? job.backend ?? 'wasm',
+      seconds: (performance.now() - t0) / 1000,
+    }
+  } finally {
+    await model.close().catch(() => {})
+  }
+}
+
+port.on('message', (msg: ImportanceWorkerRequest) => {
+  if (msg.type === 'cancel') {
+    controller.abort()
+    return
+  }
+  run(msg.job).then(
+    (result) => post({ type: 'result', result }),
+    (err: unknown) => post({ type: 'error', error: serializeError(err) }),
+  )
+})
