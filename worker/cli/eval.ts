@@ -12,7 +12,8 @@ import { planSize, type PlanSize } from '../plan/size'
 import { hasPlanArgument, planArgument } from './plan-args'
 import type { KvQuantSettings } from '../inference/kv-quant'
 import type { ActGraphOptions } from '../inference/act-quant'
-import { parseActivationSpec } from '../quant/activations/spec'
+import { parseActivationSpec, type ActivationSpec } from '../quant/activations/spec'
+import { kmeansActOptions } from '../plan/act-codebooks'
 
 /**
  * `eval MODEL --text FILE [--quant SPEC | --plan FILE | --preset NAME [--calib FILE]] [--ctx 256] [--max-windows N]
@@ -43,7 +44,7 @@ export async function runEval(args: ParsedArgs): Promise<number> {
   const tokenizer = args.flags.get('tokenizer')
 
   const kv = kvFlags(args)
-  const act = actFlag(args)
+  const actSpec = actFlag(args)
   const tokenizerPath = typeof tokenizer === 'string' ? resolve(tokenizer) : undefined
   let planned: { size: PlanSize; options: PlanOverridesOptions } | null = null
   if (hasPlanArgument(args)) {
@@ -58,6 +59,22 @@ export async function runEval(args: ParsedArgs): Promise<number> {
 
   const controller = new AbortController()
   process.once('SIGINT', () => controller.abort())
+  let act: ActGraphOptions | null = null
+  if (actSpec?.kind === 'int') act = { kind: 'int', bits: actSpec.params.bits, outliers: actSpec.params.outliers }
+  if (actSpec?.kind === 'kmeans') {
+    // Codebooks per linear input from the full-precision model on the calibration text (never the evaluated one).
+    const opened = await openModel(model)
+    try {
+      const { calibrationTokens, ...options } = await kmeansActOptions(opened, actSpec.params, { tokenizer: tokenizerPath, backend, threads }, {
+        signal: controller.signal,
+        onProgress: (p) => progressLine(p.stage === 'evaluating' ? 'activation codebooks' : p.stage, p.done, p.total),
+      })
+      process.stderr.write(`activation codebooks fitted on ${calibrationTokens} calibration tokens\n`)
+      act = options
+    } finally {
+      await opened.close()
+    }
+  }
   const result = await evalPerplexity(
     model,
     { file: resolve(text) },
@@ -88,8 +105,8 @@ export async function runEval(args: ParsedArgs): Promise<number> {
   return 0
 }
 
-/** --act SPEC → the graph's activation option (null without it); k-means is not in the graph yet. */
-export function actFlag(args: ParsedArgs): ActGraphOptions | null {
+/** --act SPEC → the activation spec (null without it); k-means codebooks are fitted in runEval. */
+export function actFlag(args: ParsedArgs): ActivationSpec | null {
   const raw = args.flags.get('act')
   if (raw === undefined) return null
   if (typeof raw !== 'string') throw new UsageError('--act needs a SPEC, e.g. int:bits=4,outliers=4')
@@ -99,8 +116,7 @@ export function actFlag(args: ParsedArgs): ActGraphOptions | null {
   } catch (err) {
     throw new UsageError((err as Error).message)
   }
-  if (spec.kind !== 'int') throw new UsageError(`--act ${raw}: only int activations are built into the evaluation graph so far (k-means codebooks are not)`)
-  return { kind: 'int', bits: spec.params.bits, outliers: spec.params.outliers }
+  return spec
 }
 
 /** --kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only] → the job's kv settings (null without --kv-bits). */

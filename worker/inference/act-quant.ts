@@ -12,37 +12,83 @@ import { InferenceInputError } from './errors'
  * Differences: float32 instead of float64 for s and m; at exactly equal values ONNX TopK picks
  * the lower column first on both sides (the TS detector's stable order picks the higher column
  * among equal largest values), which changes which of two equal values is called the outlier,
- * not the result. The k-means kind (a per-layer-input codebook fitted on calibration activations)
- * is not wired into the graph yet.
+ * not the result.
+ *
+ * The k-means kind (quant/activations/kmeans-act.ts): per token, the non-outliers divided by
+ * their absmax (norm 'absmax-non-outlier'; 'none' keeps them raw), coded to the nearest centroid
+ * of the layer input's codebook — the number of codebook midpoints strictly below the value
+ * (Greater + ReduceSum over the 2^b − 1 midpoints, a value on a midpoint stays low, as
+ * nearestLevel) — then Gather(centroids)·absmax; outliers unchanged. Codebooks are fitted on
+ * calibration activations before the graph is built (plan/act-codebooks.ts) and passed in by
+ * capture point id ('L3.attn_in', 'L3.o_in', 'L3.mlp_in', 'L3.down_in').
  */
-export interface ActGraphOptions {
-  kind: 'int'
-  bits: number
-  /** k per side. */
-  outliers: number
+export type ActGraphOptions =
+  | {
+      kind: 'int'
+      bits: number
+      /** k per side. */
+      outliers: number
+    }
+  | {
+      kind: 'kmeans'
+      bits: number
+      outliers: number
+      norm: 'absmax-non-outlier' | 'none'
+      /** Capture point id → 2^bits centroids, ascending. */
+      codebooks: Record<string, Float32Array>
+    }
+
+/** What a result echoes (no codebooks). */
+export function actEcho(o: ActGraphOptions): Record<string, unknown> {
+  return o.kind === 'int' ? { kind: 'int', bits: o.bits, outliers: o.outliers } : { kind: 'kmeans', bits: o.bits, outliers: o.outliers, norm: o.norm, codebooks: Object.keys(o.codebooks).length }
 }
 
 export function checkActOptions(o: ActGraphOptions, smallestInput: number): void {
-  if (o.kind !== 'int') throw new InferenceInputError(`activation quantization '${String(o.kind)}' is not built into the evaluation graph (int only)`)
-  if (!Number.isInteger(o.bits) || o.bits < 2 || o.bits > 16) throw new InferenceInputError(`activation bits must be an integer from 2 to 16, got ${o.bits}`)
+  if (o.kind !== 'int' && o.kind !== 'kmeans') throw new InferenceInputError(`activation quantization '${String((o as { kind: unknown }).kind)}' is not built into the evaluation graph`)
+  if (!Number.isInteger(o.bits) || o.bits < 1 || o.bits > 16) throw new InferenceInputError(`activation bits must be an integer from 2 to 16, got ${o.bits}`)
   if (!Number.isInteger(o.outliers) || o.outliers < 0) throw new InferenceInputError(`activation outliers must be an integer ≥ 0, got ${o.outliers}`)
   if (2 * o.outliers >= smallestInput) throw new InferenceInputError(`activation outliers: ${2 * o.outliers} per token leave nothing of a ${smallestInput}-value linear input to quantize`)
 }
 
-/** x [rows, cols] → the same, fake-quantized per row. */
-export function fakeQuantActInt(g: GraphBuilder, x: string, o: ActGraphOptions): string {
+/** x [rows, cols], the input at capture point `id` → the same, fake-quantized per row. */
+export function fakeQuantAct(g: GraphBuilder, x: string, o: ActGraphOptions, id: string): string {
+  if (o.kind === 'int') return fakeQuantActInt(g, x, o)
+  const centroids = o.codebooks[id]
+  if (!centroids || centroids.length !== 2 ** o.bits) throw new InferenceInputError(`k-means activations: no codebook of ${2 ** o.bits} centroids for the input ${id}`)
+  for (let i = 1; i < centroids.length; i++) if (!(centroids[i]! >= centroids[i - 1]!)) throw new InferenceInputError(`k-means activations: the codebook of ${id} is not ascending at ${i}`)
+  const outlier = o.outliers > 0 ? outlierMask(g, x, o.outliers) : null
+  let norm: string | null = null
+  if (o.norm === 'absmax-non-outlier') {
+    const abs = g.op('Abs', [x])
+    norm = g.op('ReduceMax', [outlier ? g.op('Where', [outlier, g.constFloat([0], []), abs]) : abs], { axes: { ints: [1] }, keepdims: { int: 1 } })
+  }
+  // A token whose inliers are all 0 has norm 0: any code times 0 decodes to 0, as in kmeans-act.ts.
+  const u = norm ? g.op('Div', [x, g.op('Max', [norm, g.constFloat([1.1754943508222875e-38], [])])]) : x
+  const mids = Float32Array.from({ length: centroids.length - 1 }, (_, i) => (centroids[i]! + centroids[i + 1]!) / 2)
+  const above = g.op('Greater', [g.op('Unsqueeze', [u, g.constInt64([2])]), g.constFloat(mids, [mids.length], `act_mids_${id.replace(/\W/g, '_')}`)])
+  const code = g.op('ReduceSum', [g.op('Cast', [above], { to: { int: 7 } }), g.constInt64([2])], { keepdims: { int: 0 } })
+  let deq = g.op('Gather', [g.constFloat(centroids, [centroids.length], `act_codebook_${id.replace(/\W/g, '_')}`), code], { axis: { int: 0 } })
+  if (norm) deq = g.op('Mul', [deq, norm])
+  return outlier ? g.op('Where', [outlier, x, deq]) : deq
+}
+
+/** Bool [rows, cols]: true at the k largest and k smallest columns of each row. */
+function outlierMask(g: GraphBuilder, x: string, k: number): string {
+  const kk = g.constInt64([k])
+  const top = (largest: number): string => g.node('TopK', [x, kk], { attrs: { axis: { int: 1 }, largest: { int: largest }, sorted: { int: 0 } }, outputs: 2 })[1]!
+  const idx = g.op('Concat', [top(1), top(0)], { axis: { int: 1 } })
+  const zeros = g.op('Mul', [x, g.constFloat([0], [])])
+  const ones = g.op('Add', [g.op('Mul', [g.op('Cast', [idx], { to: { int: 1 } }), g.constFloat([0], [])]), g.constFloat([1], [])])
+  return g.op('Cast', [g.op('ScatterElements', [zeros, idx, ones], { axis: { int: 1 } })], { to: { int: 9 } })
+}
+
+function fakeQuantActInt(g: GraphBuilder, x: string, o: { bits: number; outliers: number }): string {
   const levels = 2 ** o.bits - 1
   let lo: string
   let hi: string
   let outlier: string | null = null
   if (o.outliers > 0) {
-    const k = g.constInt64([o.outliers])
-    const top = (largest: number): string => g.node('TopK', [x, k], { attrs: { axis: { int: 1 }, largest: { int: largest }, sorted: { int: 0 } }, outputs: 2 })[1]!
-    // 1 at the 2k outlier columns of each row, 0 elsewhere
-    const idx = g.op('Concat', [top(1), top(0)], { axis: { int: 1 } })
-    const zeros = g.op('Mul', [x, g.constFloat([0], [])])
-    const ones = g.op('Add', [g.op('Mul', [g.op('Cast', [idx], { to: { int: 1 } }), g.constFloat([0], [])]), g.constFloat([1], [])])
-    outlier = g.op('Cast', [g.op('ScatterElements', [zeros, idx, ones], { axis: { int: 1 } })], { to: { int: 9 } })
+    outlier = outlierMask(g, x, o.outliers)
     lo = g.op('ReduceMin', [g.op('Where', [outlier, g.constFloat([Infinity], []), x])], { axes: { ints: [1] }, keepdims: { int: 1 } })
     hi = g.op('ReduceMax', [g.op('Where', [outlier, g.constFloat([-Infinity], []), x])], { axes: { ints: [1] }, keepdims: { int: 1 } })
   } else {

@@ -35,7 +35,7 @@ export interface CapturePoint {
   /** Tensor names of the linear layers this activation feeds (empty for the residual stream). */
   linears: string[]
   /** Graph output names of the per-run reductions over rows. */
-  outputs: { sum: string; sumAbs: string; sumSq: string; maxAbs: string; gram?: string; min?: string; max?: string }
+  outputs: { sum: string; sumAbs: string; sumSq: string; maxAbs: string; gram?: string; min?: string; max?: string; raw?: string }
 }
 
 export interface CaptureTap {
@@ -46,7 +46,8 @@ export interface CaptureTap {
   linears: string[]
 }
 
-export function addCaptureOutputs(g: GraphBuilder, taps: CaptureTap[], options: { gram?: boolean; sites?: CaptureSite[] }): CapturePoint[] {
+/** `raw`: also output the activation itself [rows, channels] (k-means activation codebook fits). */
+export function addCaptureOutputs(g: GraphBuilder, taps: CaptureTap[], options: { gram?: boolean; sites?: CaptureSite[]; raw?: boolean }): CapturePoint[] {
   const wanted = new Set(options.sites ?? CAPTURE_SITES)
   const rows = g.constInt64([0])
   const points: CapturePoint[] = []
@@ -69,6 +70,10 @@ export function addCaptureOutputs(g: GraphBuilder, taps: CaptureTap[], options: 
     if (options.gram && LINEAR_INPUT_SITES.has(tap.site)) {
       g.output(name('gram'), g.op('Gemm', [x, x], { transA: { int: 1 } }), 'float32', [C, C])
       outputs.gram = name('gram')
+    }
+    if (options.raw) {
+      g.output(name('x'), g.op('Identity', [x]), 'float32', ['rows', C])
+      outputs.raw = name('x')
     }
     points.push({ id, site: tap.site, block: tap.block, channels: C, linears: tap.linears, outputs })
   }

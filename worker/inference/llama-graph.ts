@@ -8,7 +8,7 @@ import { attention, resolveAttention, type AttentionKind, type AttentionShared }
 import { concat, ENGINE_WEIGHTS, type GraphWeights } from './graph-weights'
 import { addImportanceOutputs, type ImportanceGraphOptions, type ImportanceOutputs } from './importance-outputs'
 import { kvLayerQuant, kvRows, type KvGraphOptions } from './kv-quant'
-import { checkActOptions, fakeQuantActInt, type ActGraphOptions } from './act-quant'
+import { checkActOptions, fakeQuantAct, type ActGraphOptions } from './act-quant'
 
 /**
  * The ONNX graph of a llama / mistral / qwen2 decoder, built from the opened weights with
@@ -39,7 +39,7 @@ export interface DecoderGraphOptions {
   /** Output `argmax` [batch, seq] of the logits (top-1 token). */
   argmax?: boolean
   /** Per-channel statistics (and optionally Gram matrices) of the captured activations. */
-  capture?: { gram?: boolean; sites?: CaptureSite[] } | null
+  capture?: { gram?: boolean; sites?: CaptureSite[]; raw?: boolean } | null
   /** Logit-lens top-k ids and cosines of the residual stream for layer importance (importance-outputs.ts). */
   importance?: ImportanceGraphOptions | null
   /** Length of the RoPE table: positions must stay below it. */
@@ -129,7 +129,7 @@ export async function buildDecoderGraph(
   if (options.weights && !hfIo) throw new Error("decoder graph: custom weights are for io 'hf' (exports)")
   if ((options.kv || options.act) && hfIo) throw new Error("decoder graph: KV-cache and activation quantization are evaluation options, not for io 'hf'")
   if (options.act) checkActOptions(options.act, Math.min(H, Hq * d, I))
-  const actQ = (v: string): string => (options.act ? fakeQuantActInt(g, v, options.act) : v)
+  const actQ = (v: string, id: string): string => (options.act ? fakeQuantAct(g, v, options.act, id) : v)
   const [B, S] = hfIo ? ['batch_size', 'sequence_length'] : ['batch', 'seq']
 
   // ---- inputs and shape helpers
@@ -200,7 +200,7 @@ export async function buildDecoderGraph(
       }
       bias = await W.float(g, `L${l}.qkv_bias`, [(Hq + 2 * Hkv) * d], qBias ?? kBias ?? vBias!, readBias)
     }
-    const qkv = await W.linear(g, actQ(h), `L${l}.qkv`, qkvParts, H, bias)
+    const qkv = await W.linear(g, actQ(h, `L${l}.attn_in`), `L${l}.qkv`, qkvParts, H, bias)
     let past: { key: string; value: string } | null = null
     if (kv) {
       const [pk, pv] = hfIo ? [`past_key_values.${l}.key`, `past_key_values.${l}.value`] : [`past_key.${l}`, `past_value.${l}`]
@@ -226,7 +226,7 @@ export async function buildDecoderGraph(
       g.output(nv, presentValue, 'float32', presentDims)
     }
     tap('o_in', l, attn, Hq * d, [t.o])
-    x = g.op('Add', [x, await W.linear(g, actQ(attn), `L${l}.o`, [{ tensor: t.o, rows: H, read: () => read(t.o) }], Hq * d)])
+    x = g.op('Add', [x, await W.linear(g, actQ(attn, `L${l}.o_in`), `L${l}.o`, [{ tensor: t.o, rows: H, read: () => read(t.o) }], Hq * d)])
     // SwiGLU MLP
     const h2 = rmsNorm(x, await W.float(g, `L${l}.mlp_norm`, [H], t.mlpNorm, () => read(t.mlpNorm)))
     tap('mlp_in', l, h2, H, [t.gate, t.up])
@@ -234,11 +234,11 @@ export async function buildDecoderGraph(
       { tensor: t.gate, rows: I, read: () => read(t.gate) },
       { tensor: t.up, rows: I, read: () => read(t.up) },
     ]
-    const gu = await W.linear(g, actQ(h2), `L${l}.gate_up`, guParts, H)
+    const gu = await W.linear(g, actQ(h2, `L${l}.mlp_in`), `L${l}.gate_up`, guParts, H)
     const [gate, up] = g.node('Split', [gu, guSplit], { attrs: { axis: { int: 1 } }, outputs: 2 }) as [string, string]
     const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up])
     tap('down_in', l, act, I, [t.down])
-    x = g.op('Add', [x, await W.linear(g, actQ(act), `L${l}.down`, [{ tensor: t.down, rows: H, read: () => read(t.down) }], I)])
+    x = g.op('Add', [x, await W.linear(g, actQ(act, `L${l}.down_in`), `L${l}.down`, [{ tensor: t.down, rows: H, read: () => read(t.down) }], I)])
     tap('resid_out', l, x, H, [])
   }
 

@@ -7,7 +7,7 @@ import { windowsPerRun } from './session'
 import type { WeightOverrides } from './weights'
 import { calibrateKvSmoothing, type KvEcho, type KvEvalOptions } from './kv-calibration'
 import { checkKvSettings, type KvGraphOptions } from './kv-quant'
-import type { ActGraphOptions } from './act-quant'
+import { actEcho, type ActGraphOptions } from './act-quant'
 
 /**
  * Perplexity by the project's protocol (the reference-model issue): the whole text tokenized
@@ -74,7 +74,7 @@ export interface PerplexityResult {
   /** The KV-cache quantization evaluated (absent: full-precision K/V). */
   kv?: KvEcho
   /** The activation quantization evaluated (absent: full precision). */
-  act?: ActGraphOptions
+  act?: Record<string, unknown>
   /** Things the user should know about this result (e.g. ctx beyond the trained positions); may be empty. */
   warnings: string[]
 }
@@ -199,7 +199,7 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
     }
     if (kl && base) result.kld = summarizeKld(kl, agree, baseNllSum, ppl, base.mode)
     if (kvEcho) result.kv = kvEcho
-    if (options.act) result.act = { ...options.act }
+    if (options.act) result.act = actEcho(options.act)
     return result
   } finally {
     await base?.close()
