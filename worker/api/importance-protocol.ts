@@ -4,10 +4,10 @@
  * measured sensitivity, one evaluation per block): minutes of work that must not hold the
  * engine thread. Plain data only (structured clone): the worker opens the model itself.
  */
-import type { SerializedError } from '../jobs/serialized-error'
 import type { BackendKind } from '../inference/ort-backend'
+import type { SerializedError } from '../jobs/serialized-error'
+import type { IMPORTANCE_METHOD_IDS } from './schemas'
 
-export const IMPORTANCE_METHOD_IDS = ['lsaq', 'cosine', 'sensitivity'] as const
 export type ImportanceMethodId = (typeof IMPORTANCE_METHOD_IDS)[number]
 
 export interface ImportanceWorkerJob {

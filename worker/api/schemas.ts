@@ -16,7 +16,6 @@ import * as v from 'valibot'
 import type { ModelFormatId } from '../formats/contract'
 import { KLD_BASE_MODES, type KldSummary } from '../inference/kld-types'
 import { PlanSchema } from '../plan/plan-schema'
-import { IMPORTANCE_METHOD_IDS } from './importance-protocol'
 import type { ApiMethodName } from './method-names'
 
 /** Limits of what a call may ask for: far beyond what the UI offers, well short of absurd. */
@@ -220,6 +219,9 @@ export const exportModelParamsSchema = v.strictObject({
     }),
   ),
 })
+
+/** Layer-importance methods (worker/importance/): logit-lens LSAQ, ShortGPT's cosine, measured ΔKLD per block. */
+export const IMPORTANCE_METHOD_IDS = ['lsaq', 'cosine', 'sensitivity'] as const
 
 export const importanceMethodSchema = v.picklist(IMPORTANCE_METHOD_IDS, `must be one of ${IMPORTANCE_METHOD_IDS.join(', ')}`)
 

@@ -6,7 +6,7 @@
  * change is a history entry, so Back returns to the previous tab or tensor and a reload
  * reopens the same view.
  */
-export const TABS = ['overview', 'grid', 'tensor', 'evaluate'] as const
+export const TABS = ['overview', 'grid', 'tensor', 'evaluate', 'importance'] as const
 export type Tab = (typeof TABS)[number]
 
 export interface UrlState {

@@ -17,6 +17,7 @@ import { asApiError, startJob, type ApiClient, type ConnectionState, type Job } 
 import { queueChartWork } from '../charts/chart-queue'
 import { createEvaluation } from './evaluation'
 import { createExportDialog } from './export-dialog'
+import { createImportance } from './importance'
 import type { JobView } from './job-view'
 import { createPlanEditor } from './plan-editor'
 import { createQuantCompare } from './quant-compare'
@@ -28,7 +29,7 @@ export type { JobView }
 
 /** A running job as the top bar lists it, whichever tab started it. */
 export interface RunningJob {
-  id: 'tensor' | 'grid' | 'evaluate' | 'generate' | 'compare' | 'plan-error' | 'export'
+  id: 'tensor' | 'grid' | 'evaluate' | 'generate' | 'compare' | 'plan-error' | 'export' | 'importance'
   label: string
   /** 0..1, or null while the total is unknown. */
   fraction: number | null
@@ -95,6 +96,7 @@ export function createWorkbench(client: ApiClient) {
     const p = plan.currentPlan()
     return p && plan.plannedCount() > 0 ? { plan: p, name: plan.state.name.trim() || 'untitled plan', bytes: plan.state.size?.bytes ?? null, bitsPerWeight: plan.state.size?.bitsPerWeight ?? null } : null
   })
+  const importance = createImportance(client, (label, cancel) => jobView(label, cancel), onCancelled)
   const exporter = createExportDialog(client, () => ({ plan: plan.currentPlan(), name: plan.state.name.trim() }))
   /** True while the view is being set from the URL (Back, reload): no new history entries then. */
   let restoring = false
@@ -150,6 +152,8 @@ export function createWorkbench(client: ApiClient) {
     const e = evaluation.state
     if (e.evalJob) out.push({ id: 'evaluate', label: e.evalJob.label, fraction: frac(e.evalJob.done, e.evalJob.total), tab: 'evaluate', cancel: e.evalJob.cancel })
     if (e.genJob) out.push({ id: 'generate', label: e.genJob.label, fraction: frac(e.genJob.done, e.genJob.total), tab: 'evaluate', cancel: e.genJob.cancel })
+    const imp = importance.state.job
+    if (imp) out.push({ id: 'importance', label: imp.label, fraction: frac(imp.done, imp.total), tab: 'importance', cancel: imp.cancel })
     const x = exporter.state.job
     if (x) out.push({ id: 'export', label: x.label, fraction: frac(x.done, x.total), tab: 'grid', cancel: x.cancel, reveal: () => void exporter.show() })
     return out
@@ -193,6 +197,7 @@ export function createWorkbench(client: ApiClient) {
       evaluation.setModel(summary)
       plan.setModel(summary)
       exporter.setModel(summary)
+      importance.setModel(summary)
       compare.reset()
       if (previous) void client.call('closeModel', { modelId: previous.modelId }).catch(() => {})
       void refreshRecent()
@@ -281,11 +286,20 @@ export function createWorkbench(client: ApiClient) {
     })
   }
 
+  /** Selects every linear weight of one block in the layer grid and shows the grid (Importance view's bars). */
+  function selectBlock(block: number): void {
+    const model = state.model
+    const info = model?.blocks.find((b) => b.index === block)
+    if (!model || !info) return
+    plan.state.selection = model.linearRoles.map((role) => info.linears[role]).filter((t): t is string => t !== undefined)
+    showTab('grid')
+  }
+
   function showTab(tab: Tab): void {
     state.tab = tab
     syncUrl(true)
     if (tab === 'grid' && !state.grid && !state.gridJob && !state.gridError) computeGrid()
-    if (tab === 'grid' || tab === 'tensor' || tab === 'evaluate') void plan.load()
+    if (tab === 'grid' || tab === 'tensor' || tab === 'evaluate' || tab === 'importance') void plan.load()
     if (tab === 'evaluate') void evaluation.load()
   }
 
@@ -323,5 +337,5 @@ export function createWorkbench(client: ApiClient) {
     }
   }
 
-  return { state, client, evaluation, plan, compare, exporter, init, openModel, selectTensor, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs }
+  return { state, client, evaluation, plan, compare, exporter, importance, init, openModel, selectTensor, selectBlock, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs }
 }

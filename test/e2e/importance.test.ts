@@ -1,0 +1,112 @@
+/**
+ * End to end, browser mode in Chromium on the embedded default model: the Importance tab runs
+ * LSAQ and cosine on 2 windows of the held-out text and draws 8 bars per method; its Spearman ρ
+ * equals the importance CLI's for the same settings (a separate process); sorting by LSAQ puts
+ * the CLI's most LSAQ-important block first; clicking that column's bar selects the block's
+ * weights in the layer grid. Screenshot: test-artifacts/importance.png.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { execFile } from 'node:child_process'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { promisify } from 'node:util'
+import type { BrowserContext, Page } from 'playwright-core'
+import { IMPORTANCE_GRID } from '../../renderer/src/charts/importance-bars'
+import { launchChromiumPage } from '../helpers/chromium-page'
+import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
+
+const ROOT = resolve(import.meta.dirname, '..', '..')
+const ARTIFACTS = join(ROOT, 'test-artifacts')
+const MODEL = join(ROOT, 'resources', 'models', 'default')
+const HELDOUT = join(ROOT, 'resources', 'eval', 'heldout.txt')
+
+const run = promisify(execFile)
+
+let dir: string
+let host: HostProcess
+let browser: BrowserContext
+let page: Page
+const pageProblems: string[] = []
+
+interface CliReport {
+  layers: { layer: number; importance: number }[]
+  spearman: Record<string, number | null>
+}
+
+/** The CLI's LSAQ (k 10, final norm) and Spearman ρ for the same text and windows. */
+async function cliImportance(): Promise<CliReport> {
+  const { stdout } = await run(
+    process.execPath,
+    ['--import', 'tsx', join(ROOT, 'worker', 'cli', 'main.ts'), 'importance', MODEL, '--text', HELDOUT, '--method', 'lsaq', '--max-windows', '2', '--json'],
+    { cwd: ROOT, maxBuffer: 1 << 20 },
+  )
+  return JSON.parse(stdout.trim().split('\n').pop()!) as CliReport
+}
+
+describe('Importance tab end to end', () => {
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'qs-e2e-importance-'))
+    await mkdir(ARTIFACTS, { recursive: true })
+    host = await startHostProcess([MODEL, '--state-dir', join(dir, 'state'), '--cache-dir', join(dir, 'cache')])
+    ;({ browser, page } = await launchChromiumPage(join(dir, 'chromium'), pageProblems))
+  })
+
+  afterAll(async () => {
+    await browser?.close().catch(() => {})
+    await host?.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('runs LSAQ + cosine on 2 windows: 8 bars per method, ρ as the CLI, a bar selects its block in the grid', async () => {
+    await page.goto(host.url)
+    await page.waitForSelector('.app[data-ready="true"]', { timeout: 60_000 })
+    await page.click('[data-testid="tab-importance"]')
+    await page.waitForSelector('[data-testid="importance-view"]')
+    expect(page.url()).toContain('tab=importance')
+    expect(await page.isChecked('[data-testid="importance-text-heldout"]')).toBe(true)
+    expect(await page.isChecked('[data-testid="importance-method-lsaq"]')).toBe(true)
+    expect(await page.isChecked('[data-testid="importance-method-cosine"]')).toBe(true)
+    expect(await page.isChecked('[data-testid="importance-method-sensitivity"]')).toBe(false)
+    expect(await page.inputValue('[data-testid="importance-k"]')).toBe('10')
+    expect(await page.isChecked('[data-testid="importance-final-norm"]')).toBe(true)
+    await page.fill('[data-testid="importance-windows"]', '2')
+
+    await page.click('[data-testid="importance-run"]')
+    const result = page.locator('[data-testid="importance-result"]')
+    await result.waitFor({ timeout: 60_000 })
+    expect(await result.getAttribute('data-bars')).toBe('lsaq:8,cosine:8')
+    await page.waitForSelector('[data-testid="importance-chart"] .echart[data-rendered="true"]', { timeout: 10_000 })
+
+    const cli = await cliImportance()
+    const rhoCell = page.locator('[data-testid="importance-rho-lsaq-cosine"]')
+    const rho = Number(await rhoCell.getAttribute('data-value'))
+    expect(rho).toBeCloseTo(cli.spearman['lsaq~cosine']!, 12)
+    expect(Math.abs(rho)).toBeLessThanOrEqual(1)
+    expect(await rhoCell.innerText()).toMatch(/^-?\d\.\d{3}$|^-?0$|^1$/)
+
+    // Sorted by LSAQ, largest first: the CLI's order.
+    await page.click('[data-testid="importance-sort-lsaq"]')
+    const cliOrder = [...cli.layers].sort((a, b) => b.importance - a.importance || a.layer - b.layer).map((l) => l.layer)
+    await page.waitForFunction((want) => document.querySelector('[data-testid="importance-result"]')?.getAttribute('data-order') === want, cliOrder.join(','))
+    await page.waitForSelector('[data-testid="importance-chart"] .echart[data-rendered="true"]', { timeout: 10_000 })
+    await page.screenshot({ path: join(ARTIFACTS, 'importance.png'), fullPage: true })
+
+    // The first column (the most important block), on its LSAQ bar: the tallest of the series (normalised to 1).
+    const box = (await page.locator('[data-testid="importance-chart"]').boundingBox())!
+    const plotWidth = box.width - IMPORTANCE_GRID.left - IMPORTANCE_GRID.right
+    const column = plotWidth / 8
+    const x = box.x + IMPORTANCE_GRID.left + column * 0.3
+    const y = box.y + box.height - IMPORTANCE_GRID.bottom - 20
+    await page.mouse.move(x, y)
+    await page.mouse.click(x, y)
+
+    const top = cliOrder[0]!
+    await page.waitForSelector('[data-testid="layer-grid"]', { timeout: 10_000 })
+    expect(page.url()).toContain('tab=grid')
+    const selected = await page.locator('[data-testid^="plan-cell-"][aria-selected="true"]').evaluateAll((els) => els.map((e) => e.getAttribute('data-testid')))
+    expect(selected.length).toBe(7)
+    expect(selected.every((id) => id!.startsWith(`plan-cell-${top}-`))).toBe(true)
+    expect(pageProblems).toEqual([])
+  })
+})
