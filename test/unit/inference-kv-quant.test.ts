@@ -1,0 +1,443 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { openModel } from '../../worker/formats/open-model'
+import type { OpenedModel } from '../../worker/formats/contract'
+import { loadTokenizer } from '../../worker/model/tokenizer'
+import { DecoderSession, type KvCache } from '../../worker/inference/session'
+import { evaluatePerplexity } from '../../worker/inference/perplexity'
+import { calibrateKvSmoothing, DEFAULT_KV_CALIBRATION_TEXT } from '../../worker/inference/kv-calibration'
+import type { KvGraphOptions, KvSmoothing } from '../../worker/inference/kv-quant'
+import { runInferenceJob } from '../../worker/inference/inference-jobs'
+import { gaussian } from '../helpers/tiny-llama'
+import { randomTokens, writeTinyDecoder, type TinyDecoder } from '../helpers/tiny-decoder'
+import type { RefConfig } from '../helpers/reference-forward'
+import { runCli } from '../helpers/run-cli'
+import { referenceForward } from '../helpers/reference-forward'
+import { fitActivationCodebook } from '../../worker/quant/activations/kmeans-act'
+import { parseActivationSpec, type KMeansActParams } from '../../worker/quant/activations/spec'
+import { fitActivationCodebooks } from '../../worker/plan/act-codebooks'
+
+/**
+ * WKVQuant's KV-cache quantization in the evaluation graph against an independent float64
+ * forward pass written here from the definitions (papers.md §4, kv-quant.ts): per-token (per
+ * kv head, per group) asymmetric min–max codes ⌊(x − min)/s + ½⌋, optional static smoothing
+ * (x − δ)/σ, past-only (own key/value full precision) or naive attention.
+ */
+
+interface KvRef {
+  bits: number
+  group: number | null
+  pastOnly: boolean
+  smooth?: { key: { shift: Float32Array; scale: Float32Array }[]; value: { shift: Float32Array; scale: Float32Array }[] }
+}
+
+interface RefOut {
+  logits: Float64Array[]
+  /** Per layer, K after RoPE and V of every token, [t][Hkv·d] (full precision and dequantised). */
+  k: number[][][]
+  v: number[][][]
+  kq: number[][][]
+  vq: number[][][]
+  /** Smallest distance of any (x − min)/step to a rounding boundary (float32 vs float64 safety). */
+  margin: number
+}
+
+function linear(w: Float64Array, x: number[], out: number, inp: number, b?: Float64Array): number[] {
+  const y = new Array<number>(out)
+  for (let o = 0; o < out; o++) {
+    let s = b ? b[o]! : 0
+    for (let i = 0; i < inp; i++) s += w[o * inp + i]! * x[i]!
+    y[o] = s
+  }
+  return y
+}
+
+function rmsNorm(x: number[], w: Float64Array, eps: number): number[] {
+  const ms = x.reduce((a, v) => a + v * v, 0) / x.length
+  return x.map((v, i) => (v / Math.sqrt(ms + eps)) * w[i]!)
+}
+
+/** A decoder forward with KV fake quantization, float64, loops only. */
+function kvReference(cfg: RefConfig, w: Map<string, Float64Array>, tokens: number[], kv: KvRef | null, act?: (row: number[]) => number[]): RefOut {
+  const aq = act ?? ((r: number[]) => r)
+  const get = (n: string): Float64Array => w.get(n)!
+  const H = cfg.hidden
+  const d = H / cfg.heads
+  const Hkv = cfg.kvHeads
+  const G = cfg.heads / Hkv
+  const T = tokens.length
+  const half = d / 2
+  let margin = Infinity
+  const rope = (vec: number[], heads: number, pos: number): number[] => {
+    const out = vec.slice()
+    for (let h = 0; h < heads; h++) {
+      for (let i = 0; i < half; i++) {
+        const a = pos * Math.pow(cfg.theta, (-2 * i) / d)
+        const [x1, x2] = [vec[h * d + i]!, vec[h * d + half + i]!]
+        out[h * d + i] = x1 * Math.cos(a) - x2 * Math.sin(a)
+        out[h * d + half + i] = x2 * Math.cos(a) + x1 * Math.sin(a)
+      }
+    }
+    return out
+  }
+  const quant = (row: number[], aff: { shift: Float32Array; scale: Float32Array } | undefined): number[] => {
+    if (!kv) return row
+    const levels = 2 ** kv.bits - 1
+    const gs = kv.group ?? d
+    const x = row.map((v, c) => (aff ? (v - aff.shift[c]!) / aff.scale[c]! : v))
+    const out = new Array<number>(x.length)
+    for (let g0 = 0; g0 < x.length; g0 += gs) {
+      const grp = x.slice(g0, g0 + gs)
+      const lo = Math.min(...grp)
+      const step = Math.max((Math.max(...grp) - lo) / levels, 1.1754943508222875e-38)
+      for (let i = 0; i < gs; i++) {
+        const u = (grp[i]! - lo) / step
+        if (Math.max(...grp) > lo) margin = Math.min(margin, Math.abs(u - Math.floor(u) - 0.5))
+        const code = Math.min(levels, Math.max(0, Math.floor(u + 0.5)))
+        const c = g0 + i
+        out[c] = aff ? (code * step + lo) * aff.scale[c]! + aff.shift[c]! : code * step + lo
+      }
+    }
+    return out
+  }
+  let x: number[][] = tokens.map((t) => Array.from(get('model.embed_tokens.weight').subarray(t * H, (t + 1) * H)))
+  const res: RefOut = { logits: [], k: [], v: [], kq: [], vq: [], margin: Infinity }
+  for (let l = 0; l < cfg.layers; l++) {
+    const p = `model.layers.${l}`
+    const bias = (n: string): Float64Array | undefined => (cfg.bias ? get(`${p}.self_attn.${n}_proj.bias`) : undefined)
+    const h = x.map((r) => aq(rmsNorm(r, get(`${p}.input_layernorm.weight`), cfg.eps)))
+    const q = h.map((r, t) => rope(linear(get(`${p}.self_attn.q_proj.weight`), r, cfg.heads * d, H, bias('q')), cfg.heads, t))
+    const k = h.map((r, t) => rope(linear(get(`${p}.self_attn.k_proj.weight`), r, Hkv * d, H, bias('k')), Hkv, t))
+    const v = h.map((r) => linear(get(`${p}.self_attn.v_proj.weight`), r, Hkv * d, H, bias('v')))
+    const kq = k.map((r) => quant(r, kv?.smooth?.key[l]))
+    const vq = v.map((r) => quant(r, kv?.smooth?.value[l]))
+    res.k.push(k)
+    res.v.push(v)
+    res.kq.push(kq)
+    res.vq.push(vq)
+    const attn = q.map((qt, t) => {
+      const row = new Array<number>(cfg.heads * d).fill(0)
+      for (let hq = 0; hq < cfg.heads; hq++) {
+        const hk = Math.floor(hq / G)
+        // key/value of position s as query t sees it
+        const keyAt = (s: number): number[] => (kv && !(kv.pastOnly && s === t) ? kq[s]! : k[s]!)
+        const valAt = (s: number): number[] => (kv && !(kv.pastOnly && s === t) ? vq[s]! : v[s]!)
+        const scores: number[] = []
+        for (let s = 0; s <= t; s++) {
+          let dot = 0
+          for (let i = 0; i < d; i++) dot += qt[hq * d + i]! * keyAt(s)[hk * d + i]!
+          scores.push(dot / Math.sqrt(d))
+        }
+        const m = Math.max(...scores)
+        const e = scores.map((sc) => Math.exp(sc - m))
+        const z = e.reduce((a, b) => a + b, 0)
+        for (let s = 0; s <= t; s++) for (let i = 0; i < d; i++) row[hq * d + i]! += (e[s]! / z) * valAt(s)[hk * d + i]!
+      }
+      return row
+    })
+    x = x.map((r, t) => {
+      const o = linear(get(`${p}.self_attn.o_proj.weight`), aq(attn[t]!), H, cfg.heads * d)
+      return r.map((val, i) => val + o[i]!)
+    })
+    x = x.map((r) => {
+      const h2 = aq(rmsNorm(r, get(`${p}.post_attention_layernorm.weight`), cfg.eps))
+      const gt = linear(get(`${p}.mlp.gate_proj.weight`), h2, cfg.intermediate, H)
+      const up = linear(get(`${p}.mlp.up_proj.weight`), h2, cfg.intermediate, H)
+      const act = gt.map((gv, i) => (gv / (1 + Math.exp(-gv))) * up[i]!)
+      const down = linear(get(`${p}.mlp.down_proj.weight`), aq(act), H, cfg.intermediate)
+      return r.map((val, i) => val + down[i]!)
+    })
+  }
+  const head = cfg.tied ? get('model.embed_tokens.weight') : get('lm_head.weight')
+  res.logits = x.map((r) => Float64Array.from(linear(head, rmsNorm(r, get('model.norm.weight'), cfg.eps), cfg.vocab, H)))
+  res.margin = margin
+  return res
+}
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!))
+  return m
+}
+const flat = (rows: ArrayLike<number>[]): number[] => rows.flatMap((r) => Array.from(r))
+
+let root: string
+let tiny: TinyDecoder
+let model: OpenedModel
+const T = 12
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'qs-kv-quant-'))
+  // qwen2 layout (q/k/v biases shift K/V off zero: smoothing has something to remove), head size 16
+  tiny = await writeTinyDecoder(join(root, 'qwen2'), { seed: 31, bias: true, hidden: 64, heads: 4, kvHeads: 2, layers: 2, dtype: 'F32' })
+  model = await openModel(tiny.dir)
+})
+afterAll(async () => {
+  await model.close()
+  await rm(root, { recursive: true, force: true })
+})
+
+/** Random smoothing constants (so a swapped shift/scale or head order shows). */
+function randomSmoothing(seed: number): KvSmoothing {
+  const C = 2 * 16 // kv heads × head size of the tiny model
+  const mk = (s: number) => ({ shift: Float32Array.from(gaussian(C, s, 0.3)), scale: Float32Array.from(gaussian(C, s + 1, 0.3), (g) => 0.5 + Math.abs(g)) })
+  return { key: [mk(seed), mk(seed + 2)], value: [mk(seed + 4), mk(seed + 6)] }
+}
+
+describe('KV-cache fake quantization vs a float64 reference (tiny qwen2, 2 layers)', () => {
+  const cases: { name: string; kv: KvGraphOptions }[] = [
+    { name: '3-bit naive', kv: { bits: 3, pastOnly: false } },
+    { name: '3-bit past-only', kv: { bits: 3, pastOnly: true } },
+    { name: '2-bit past-only, groups of 8', kv: { bits: 2, group: 8, pastOnly: true } },
+    { name: '4-bit past-only, smoothed', kv: { bits: 4, pastOnly: true, smooth: randomSmoothing(5) } },
+    { name: '2-bit naive, smoothed, groups of 4', kv: { bits: 2, group: 4, pastOnly: false, smooth: randomSmoothing(9) } },
+  ]
+  it.each(cases)('$name: logits equal the reference; past-only and naive differ', async ({ kv }) => {
+    const ids = randomTokens(T, tiny.ref.vocab, 1)
+    const s = await DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 32, kv } })
+    const got = (await s.forward({ tokens: ids })).outputs.logits!.data as Float32Array
+    await s.release()
+    const ref = kvReference(tiny.ref, tiny.values, ids, { bits: kv.bits, group: kv.group ?? null, pastOnly: kv.pastOnly, smooth: kv.smooth ?? undefined })
+    // No code sits within 2e-5 of a rounding boundary, so float32 and float64 pick the same codes.
+    expect(ref.margin).toBeGreaterThan(2e-5)
+    expect(maxDiff(got, flat(ref.logits))).toBeLessThan(2e-4)
+    // The other mode and full precision are far from it: the comparison above can tell them apart.
+    const other = kvReference(tiny.ref, tiny.values, ids, { bits: kv.bits, group: kv.group ?? null, pastOnly: !kv.pastOnly, smooth: kv.smooth ?? undefined })
+    expect(maxDiff(got, flat(other.logits))).toBeGreaterThan(1e-2)
+    expect(maxDiff(got, flat(kvReference(tiny.ref, tiny.values, ids, null).logits))).toBeGreaterThan(1e-2)
+    // Query 0 sees only its own key: past-only leaves its logits at full precision.
+    if (kv.pastOnly) expect(maxDiff(got.subarray(0, tiny.ref.vocab), kvReference(tiny.ref, tiny.values, ids, null).logits[0]!)).toBeLessThan(2e-5)
+  })
+
+  it.each([true, false])('generation with a cache (pastOnly %s): the cache holds dequantised K/V, steps equal the teacher-forced pass', async (pastOnly) => {
+    const kv: KvGraphOptions = { bits: 3, pastOnly, smooth: randomSmoothing(13) }
+    const ids = randomTokens(T, tiny.ref.vocab, 4)
+    const full = await DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 32, kv } })
+    const fullLogits = (await full.forward({ tokens: ids })).outputs.logits!.data as Float32Array
+    await full.release()
+    const s = await DecoderSession.create(model, { threads: 2, graph: { logits: 'all', kvCache: true, maxPositions: 32, kv } })
+    const V = tiny.ref.vocab
+    let cache: KvCache | undefined
+    let pos = 0
+    let worst = 0
+    for (const piece of [ids.slice(0, 4), [ids[4]!], ids.slice(5, 8), [ids[8]!], ids.slice(9)]) {
+      const step = await s.forward({ tokens: piece, past: cache })
+      worst = Math.max(worst, maxDiff(step.outputs.logits!.data as Float32Array, fullLogits.subarray(pos * V, (pos + piece.length) * V)))
+      cache = step.present!
+      pos += piece.length
+    }
+    await s.release()
+    expect(worst).toBeLessThan(2e-5)
+    const ref = kvReference(tiny.ref, tiny.values, ids, { bits: 3, group: null, pastOnly, smooth: kv.smooth ?? undefined })
+    expect(ref.margin).toBeGreaterThan(2e-5)
+    // present [1, Hkv, T, d] vs the reference's dequantised rows [T][Hkv·d]
+    const d = tiny.ref.hidden / tiny.ref.heads
+    for (let l = 0; l < tiny.ref.layers; l++) {
+      const k = cache!.keys[l]!.data as Float32Array
+      const v = cache!.values[l]!.data as Float32Array
+      let dk = 0
+      let dv = 0
+      let dFull = 0
+      for (let h = 0; h < tiny.ref.kvHeads; h++) {
+        for (let t = 0; t < T; t++) {
+          for (let i = 0; i < d; i++) {
+            const at = (h * T + t) * d + i
+            dk = Math.max(dk, Math.abs(k[at]! - ref.kq[l]![t]![h * d + i]!))
+            dv = Math.max(dv, Math.abs(v[at]! - ref.vq[l]![t]![h * d + i]!))
+            dFull = Math.max(dFull, Math.abs(k[at]! - ref.k[l]![t]![h * d + i]!))
+          }
+        }
+      }
+      expect(dk).toBeLessThan(1e-4)
+      expect(dv).toBeLessThan(1e-4)
+      expect(dFull).toBeGreaterThan(1e-2)
+    }
+  })
+
+  it('smoothing statistics: midpoint and half-range of K (after RoPE) and V over the calibration tokens', async () => {
+    const calib = randomTokens(3 * 16, tiny.ref.vocab, 77)
+    const c = await calibrateKvSmoothing(model, calib, { ctx: 16, threads: 2 })
+    expect(c.tokens).toBe(48)
+    expect(c.windows).toBe(3)
+    const C = tiny.ref.kvHeads * (tiny.ref.hidden / tiny.ref.heads)
+    for (let l = 0; l < tiny.ref.layers; l++) {
+      const lo = { k: new Array<number>(C).fill(Infinity), v: new Array<number>(C).fill(Infinity) }
+      const hi = { k: new Array<number>(C).fill(-Infinity), v: new Array<number>(C).fill(-Infinity) }
+      for (let w = 0; w < 3; w++) {
+        const r = kvReference(tiny.ref, tiny.values, calib.slice(w * 16, (w + 1) * 16), null)
+        for (const which of ['k', 'v'] as const) {
+          for (const row of r[which][l]!) {
+            row.forEach((x, ch) => {
+              lo[which][ch] = Math.min(lo[which][ch]!, x)
+              hi[which][ch] = Math.max(hi[which][ch]!, x)
+            })
+          }
+        }
+      }
+      for (const [which, aff] of [['k', c.smoothing.key[l]!], ['v', c.smoothing.value[l]!]] as const) {
+        const shift = lo[which].map((a, ch) => (a + hi[which][ch]!) / 2)
+        const scale = lo[which].map((a, ch) => (hi[which][ch]! - a) / 2)
+        expect(maxDiff(aff.shift, shift)).toBeLessThan(1e-5)
+        expect(maxDiff(aff.scale, scale)).toBeLessThan(1e-5)
+      }
+    }
+    // Other calibration tokens give other statistics: they come from the tokens given.
+    const other = await calibrateKvSmoothing(model, randomTokens(3 * 16, tiny.ref.vocab, 78), { ctx: 16, threads: 2 })
+    expect(maxDiff(other.smoothing.key[0]!.shift, c.smoothing.key[0]!.shift)).toBeGreaterThan(1e-3)
+  })
+
+  it('refuses bad settings, naming the problem', async () => {
+    await expect(DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 8, kv: { bits: 1, pastOnly: true } } })).rejects.toThrow(/bits must be an integer from 2 to 8, got 1/)
+    await expect(DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 8, kv: { bits: 4, group: 6, pastOnly: true } } })).rejects.toThrow(/group 6 does not divide the head size 16/)
+    await expect(DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 8, attention: 'gqa', kv: { bits: 4, pastOnly: true } } })).rejects.toThrow(/standard-op attention/)
+  })
+})
+
+/** Per-token INT with k outliers per side, float64, from the definition (sort, not TopK); records the tie margin. */
+function intActReference(bits: number, k: number, margin: { min: number }): (row: number[]) => number[] {
+  return (row) => {
+    const order = row.map((v, i) => [v, i] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    const out = new Set(k > 0 ? [...order.slice(0, k), ...order.slice(-k)].map((e) => e[1]) : [])
+    const inl = row.filter((_, i) => !out.has(i))
+    const lo = Math.min(...inl)
+    const s = (Math.max(...inl) - lo) / (2 ** bits - 1)
+    return row.map((v, i) => {
+      if (out.has(i)) return v
+      const u = (v - lo) / s
+      margin.min = Math.min(margin.min, Math.abs(u - Math.floor(u) - 0.5))
+      return Math.min(2 ** bits - 1, Math.max(0, Math.floor(u + 0.5))) * s + lo
+    })
+  }
+}
+
+describe('activation fake quantization (int per token, top-k outliers) vs a float64 reference', () => {
+  it.each([
+    { bits: 8, outliers: 0 },
+    { bits: 4, outliers: 2 },
+    { bits: 3, outliers: 4 },
+  ])('A$bits, $outliers outliers per side: logits equal the reference, and differ from other k', async ({ bits, outliers }) => {
+    const ids = randomTokens(T, tiny.ref.vocab, 1)
+    const s = await DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 32, act: { kind: 'int', bits, outliers } } })
+    const got = (await s.forward({ tokens: ids })).outputs.logits!.data as Float32Array
+    await s.release()
+    const margin = { min: Infinity }
+    const ref = kvReference(tiny.ref, tiny.values, ids, null, intActReference(bits, outliers, margin))
+    expect(margin.min).toBeGreaterThan(2e-5)
+    expect(maxDiff(got, flat(ref.logits))).toBeLessThan(2e-4)
+    const otherK = kvReference(tiny.ref, tiny.values, ids, null, intActReference(bits, outliers + 1, { min: 0 }))
+    expect(maxDiff(got, flat(otherK.logits))).toBeGreaterThan(bits === 8 ? 1e-4 : 1e-3)
+  })
+
+  it('combines with KV quantization, and refuses too many outliers', async () => {
+    const ids = randomTokens(T, tiny.ref.vocab, 1)
+    const s = await DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 32, act: { kind: 'int', bits: 6, outliers: 1 }, kv: { bits: 4, pastOnly: true } } })
+    const got = (await s.forward({ tokens: ids })).outputs.logits!.data as Float32Array
+    await s.release()
+    const margin = { min: Infinity }
+    const ref = kvReference(tiny.ref, tiny.values, ids, { bits: 4, group: null, pastOnly: true }, intActReference(6, 1, margin))
+    expect(Math.min(margin.min, ref.margin)).toBeGreaterThan(2e-5)
+    expect(maxDiff(got, flat(ref.logits))).toBeLessThan(2e-4)
+    await expect(DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 8, act: { kind: 'int', bits: 4, outliers: 32 } } })).rejects.toThrow(
+      /64 per token leave nothing of a 64-value linear input/,
+    )
+  })
+})
+
+/** k-means activations from the definition: outliers by sort, inliers / their absmax, nearest centroid (ties low), × absmax. */
+function kmeansActReference(centroids: ArrayLike<number>, k: number, margin: { min: number }): (row: number[]) => number[] {
+  const mids = Array.from({ length: centroids.length - 1 }, (_, i) => (centroids[i]! + centroids[i + 1]!) / 2)
+  return (row) => {
+    const order = row.map((v, i) => [v, i] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    const out = new Set(k > 0 ? [...order.slice(0, k), ...order.slice(-k)].map((e) => e[1]) : [])
+    const a = Math.max(...row.filter((_, i) => !out.has(i)).map(Math.abs))
+    return row.map((v, i) => {
+      if (out.has(i)) return v
+      const u = v / a
+      for (const m of mids) margin.min = Math.min(margin.min, Math.abs(u - m))
+      return centroids[mids.filter((m) => m < u).length]! * a
+    })
+  }
+}
+
+describe('k-means activations in the graph', () => {
+  it('logits equal the float64 reference with a given codebook (4 bits, 2 outliers per side)', async () => {
+    const centroids = Float32Array.from(gaussian(16, 41, 0.4)).sort()
+    const ids = randomTokens(T, tiny.ref.vocab, 1)
+    const codebooks: Record<string, Float32Array> = {}
+    for (let l = 0; l < 2; l++) for (const site of ['attn_in', 'o_in', 'mlp_in', 'down_in']) codebooks[`L${l}.${site}`] = centroids
+    const s = await DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 32, act: { kind: 'kmeans', bits: 4, outliers: 2, norm: 'absmax-non-outlier', codebooks } } })
+    const got = (await s.forward({ tokens: ids })).outputs.logits!.data as Float32Array
+    await s.release()
+    const margin = { min: Infinity }
+    const ref = kvReference(tiny.ref, tiny.values, ids, null, kmeansActReference(centroids, 2, margin))
+    expect(margin.min).toBeGreaterThan(2e-5)
+    expect(maxDiff(got, flat(ref.logits))).toBeLessThan(2e-4)
+    expect(maxDiff(got, flat(kvReference(tiny.ref, tiny.values, ids, null, kmeansActReference(centroids, 1, { min: 0 })).logits))).toBeGreaterThan(1e-3)
+    await expect(DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 8, act: { kind: 'kmeans', bits: 4, outliers: 2, norm: 'none', codebooks: {} } } })).rejects.toThrow(
+      /no codebook of 16 centroids for the input L0.attn_in/,
+    )
+  })
+
+  it('codebooks fitted on calibration activations equal the one-shot fit on the reference activations (fp16 counting aside)', async () => {
+    const params = parseActivationSpec('kmeans:bits=3,outliers=2').params as KMeansActParams
+    const calib = randomTokens(2 * 16, tiny.ref.vocab, 91)
+    const { codebooks, tokens } = await fitActivationCodebooks(model, calib, params, { ctx: 16, threads: 2 })
+    expect(tokens).toBe(32)
+    const acts = [0, 1].map((w) => referenceForward(tiny.ref, tiny.values, calib.slice(w * 16, (w + 1) * 16)).activations)
+    for (const [site, key] of [['attn_in', 'attnIn'], ['down_in', 'downIn']] as const) {
+      const rows = acts.flatMap((a) => a[key][1]!)
+      const x = Float32Array.from(rows.flat())
+      const oneShot = fitActivationCodebook(x, rows.length, rows[0]!.length, params)
+      expect(maxDiff(codebooks[`L1.${site}`]!, oneShot.centroids)).toBeLessThan(2e-3)
+    }
+  })
+})
+
+describe('default model (2 held-out windows)', () => {
+  const DEFAULT = resolve('resources/models/default')
+  it('8-bit KV is within 0.1 %, 2-bit naive far off; past-only ≤ naive at 2 bits; smoothed past-only < naive at 3 bits', { timeout: 90_000 }, async () => {
+    const m = await openModel(DEFAULT)
+    try {
+      const tok = await loadTokenizer(m.tokenizerPath!)
+      const ids = tok.encode(await readFile(resolve('resources/eval/heldout.txt'), 'utf8'), { addSpecialTokens: false })
+      const calib = tok.encode(await readFile(DEFAULT_KV_CALIBRATION_TEXT, 'utf8'), { addSpecialTokens: false })
+      const ppl = async (bits: number, pastOnly: boolean, smooth = false) =>
+        (await evaluatePerplexity(m, ids, { maxWindows: 2, threads: 2, kv: { bits, group: null, smooth, pastOnly, calibration: smooth ? { ids: calib, maxWindows: 8 } : null } })).ppl
+      const base = (await evaluatePerplexity(m, ids, { maxWindows: 2, threads: 2 })).ppl
+      const kv8 = await ppl(8, false)
+      expect(Math.abs(kv8 / base - 1)).toBeLessThan(1e-3)
+      expect(kv8).not.toBe(base)
+      const naive2 = await ppl(2, false)
+      expect(naive2 / base - 1).toBeGreaterThan(0.05)
+      expect(await ppl(2, true)).toBeLessThanOrEqual(naive2)
+      // Plain past-only at 3 bits is *not* asserted: on this model it came out slightly worse
+      // than naive (4 windows 13.136 vs 13.083, 40 windows 18.276 vs 18.252; README).
+      const naive3 = await ppl(3, false)
+      expect(naive3).toBeGreaterThan(base)
+      expect(await ppl(3, true, true)).toBeLessThan(naive3)
+    } finally {
+      await m.close()
+    }
+  })
+
+  it('job runner: smoothing is calibrated on resources/eval/calibration.txt, never the evaluated text', { timeout: 60_000 }, async () => {
+    const job = { kind: 'perplexity' as const, model: DEFAULT, text: { file: resolve('resources/eval/heldout.txt') }, maxWindows: 1, threads: 2 }
+    const r = (await runInferenceJob({ ...job, kv: { bits: 3, group: null, smooth: true, pastOnly: true, calibrationWindows: 2 } })) as Awaited<ReturnType<typeof evaluatePerplexity>>
+    expect(r.kv).toEqual({ bits: 3, group: null, smooth: true, pastOnly: true, calibration: { source: DEFAULT_KV_CALIBRATION_TEXT, tokens: 512, windows: 2 } })
+    await expect(runInferenceJob({ ...job, text: { file: DEFAULT_KV_CALIBRATION_TEXT }, kv: { bits: 3, group: null, smooth: true, pastOnly: true } })).rejects.toThrow(
+      /calibrate on the evaluated text/,
+    )
+  })
+
+  it('CLI: eval --kv-bits … --json echoes the settings; flags without --kv-bits are a usage error', { timeout: 60_000 }, async () => {
+    const r = await runCli(['eval', DEFAULT, '--text', 'resources/eval/heldout.txt', '--max-windows', '1', '--kv-bits', '4', '--kv-group', '16', '--kv-past-only', '--json'])
+    expect(r.code).toBe(0)
+    const out = JSON.parse(r.stdout) as { ppl: number; kv: unknown }
+    expect(out.kv).toEqual({ bits: 4, group: 16, smooth: false, pastOnly: true })
+    expect(out.ppl).toBeGreaterThan(1)
+    const bad = await runCli(['eval', DEFAULT, '--text', 'resources/eval/heldout.txt', '--kv-smooth'])
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toMatch(/go with --kv-bits/)
+  })
+})
