@@ -49,6 +49,9 @@ async function run(job: ImportanceWorkerJob): Promise<ImportanceWorkerResult> {
     let sens: SensitivityResult | null = null
     if (job.methods.includes('sensitivity')) {
       if (!job.quant) throw new Error('sensitivity needs a method spec (quant), e.g. rtn:bits=3,group=128')
+      // The base log-probs and the first block take a while: say which stage runs meanwhile.
+      const blocks = one?.lsaq?.length ?? one?.cosine?.length ?? model.config?.numLayers
+      if (blocks) progress({ stage: 'measuring', done: 0, total: blocks })
       sens = await measureSensitivity(
         model,
         ids,
