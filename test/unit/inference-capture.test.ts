@@ -37,6 +37,9 @@ function referenceRows(acts: RefActivations[], p: CapturedPoint): number[][] {
         return a.attnIn[b]!
       case 'o_in':
         return a.oIn[b]!
+      case 'attn_k':
+      case 'attn_v':
+        throw new Error('the K/V sites are checked in inference-kv-quant.test.ts')
       case 'mlp_in':
         return a.mlpIn[b]!
       case 'down_in':

@@ -7,7 +7,7 @@ import type { OpenedModel } from '../../worker/formats/contract'
 import { loadTokenizer } from '../../worker/model/tokenizer'
 import { DecoderSession, type KvCache } from '../../worker/inference/session'
 import { evaluatePerplexity } from '../../worker/inference/perplexity'
-import { calibrateKvSmoothing, DEFAULT_KV_CALIBRATION_TEXT } from '../../worker/inference/kv-calibration'
+import { calibrateKvSmoothing, DEFAULT_KV_CALIBRATION_TEXT, kvEvalOptions } from '../../worker/inference/kv-calibration'
 import type { KvGraphOptions, KvSmoothing } from '../../worker/inference/kv-quant'
 import { runInferenceJob } from '../../worker/inference/inference-jobs'
 import { gaussian } from '../helpers/tiny-llama'
@@ -403,7 +403,7 @@ describe('default model (2 held-out windows)', () => {
       const ids = tok.encode(await readFile(resolve('resources/eval/heldout.txt'), 'utf8'), { addSpecialTokens: false })
       const calib = tok.encode(await readFile(DEFAULT_KV_CALIBRATION_TEXT, 'utf8'), { addSpecialTokens: false })
       const ppl = async (bits: number, pastOnly: boolean, smooth = false) =>
-        (await evaluatePerplexity(m, ids, { maxWindows: 2, threads: 2, kv: { bits, group: null, smooth, pastOnly, calibration: smooth ? { ids: calib, maxWindows: 8 } : null } })).ppl
+        (await evaluatePerplexity(m, ids, { maxWindows: 2, threads: 2, kv: await kvEvalOptions(m, { bits, group: null, smooth, pastOnly }, smooth ? { ids: calib, maxWindows: 8 } : null, { threads: 2 }) })).ppl
       const base = (await evaluatePerplexity(m, ids, { maxWindows: 2, threads: 2 })).ppl
       const kv8 = await ppl(8, false)
       expect(Math.abs(kv8 / base - 1)).toBeLessThan(1e-3)

@@ -19,7 +19,8 @@ import type {
   VariantSpec,
 } from './inference-protocol'
 import { evaluatePerplexity, type PerplexityResult } from './perplexity'
-import { DEFAULT_KV_CALIBRATION_TEXT, type KvEvalOptions } from './kv-calibration'
+import { DEFAULT_KV_CALIBRATION_TEXT, kvEvalOptions } from './kv-calibration'
+import type { KvEvalOptions } from './kv-quant'
 import { openEvalSession } from './eval-session'
 import { openTokenizer, tokensOf } from './text-source'
 import type { WeightOverrides } from './weights'
@@ -110,15 +111,19 @@ async function runPerplexity(job: PerplexityJob, open: Opener, hooks: JobHooks):
   let kv: KvEvalOptions | null = null
   if (job.kv) {
     const { calibrationText, calibrationWindows, ...settings } = job.kv
-    kv = { ...settings }
+    let calibration = null
     if (settings.smooth) {
       const source = calibrationText ?? { file: DEFAULT_KV_CALIBRATION_TEXT }
       if ('file' in source && 'file' in job.text && resolve(source.file) === resolve(job.text.file)) {
         throw new InferenceInputError(`KV smoothing would calibrate on the evaluated text ${job.text.file}; give another calibration text`)
       }
       const calibIds = await tokensOf(source, lazyTokenizer(model, job.tokenizer))
-      kv.calibration = { ids: calibIds, maxWindows: calibrationWindows, source: 'file' in source ? source.file : 'text' in source ? 'text' : 'tokens' }
+      calibration = { ids: calibIds, maxWindows: calibrationWindows, source: 'file' in source ? source.file : 'text' in source ? 'text' : 'tokens' }
     }
+    kv = await kvEvalOptions(model, settings, calibration, { backend: job.backend, threads: job.threads, overrides }, {
+      signal: hooks.signal,
+      onProgress: (p) => hooks.onProgress?.({ ...p, stage: 'loading' }),
+    })
   }
   return evaluatePerplexity(
     model,

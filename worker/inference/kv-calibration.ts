@@ -2,7 +2,7 @@ import { fileURLToPath } from 'node:url'
 import type { OpenedModel } from '../formats/contract'
 import { captureActivations } from './activation-capture'
 import { InferenceInputError } from './errors'
-import { kvAffineFromRange, type KvQuantSettings, type KvSmoothing } from './kv-quant'
+import { checkKvSettings, kvAffineFromRange, type KvEvalOptions, type KvQuantSettings, type KvSmoothing } from './kv-quant'
 import type { BackendKind } from './ort-backend'
 import type { EvalHooks } from './perplexity'
 import type { WeightOverrides } from './weights'
@@ -20,16 +20,6 @@ export const DEFAULT_KV_CALIBRATION_TEXT = fileURLToPath(new URL('../../resource
 /** Windows of 256 tokens; the range statistics settle well before the 64 of the text. */
 export const DEFAULT_KV_CALIBRATION_WINDOWS = 32
 export const KV_CALIBRATION_CTX = 256
-
-/** perplexity's `kv` option: the settings, and with smooth the calibration tokens. */
-export interface KvEvalOptions extends KvQuantSettings {
-  calibration?: { ids: readonly number[]; maxWindows?: number; source?: string } | null
-}
-
-/** What a result echoes: the settings, and where smoothing came from. */
-export interface KvEcho extends KvQuantSettings {
-  calibration?: { source: string; tokens: number; windows: number }
-}
 
 export interface KvCalibrationOptions {
   ctx?: number
@@ -71,4 +61,25 @@ export async function calibrateKvSmoothing(
   }
   if (smoothing.key.length === 0) throw new Error('KV calibration: the capture returned no K/V points')
   return { smoothing, tokens: capture.tokens, windows: capture.windows }
+}
+
+/**
+ * perplexity's kv option from the settings: with smooth, the statistics calibrated first on
+ * `calibration.ids` (the calibration text's tokens, never the evaluated text's).
+ */
+export async function kvEvalOptions(
+  model: OpenedModel,
+  settings: KvQuantSettings,
+  calibration: { ids: readonly number[]; maxWindows?: number; source?: string } | null,
+  options: KvCalibrationOptions = {},
+  hooks: EvalHooks = {},
+): Promise<KvEvalOptions> {
+  checkKvSettings(settings, model.config?.headDim ?? undefined)
+  const kv: KvEvalOptions = { bits: settings.bits, group: settings.group ?? null, smooth: settings.smooth, pastOnly: settings.pastOnly }
+  if (!settings.smooth) return kv
+  if (!calibration) throw new InferenceInputError('KV smoothing needs calibration tokens (never the evaluated text)')
+  const c = await calibrateKvSmoothing(model, calibration.ids, { ...options, maxWindows: calibration.maxWindows ?? options.maxWindows }, hooks)
+  kv.smoothing = c.smoothing
+  kv.calibration = { source: calibration.source ?? 'tokens', tokens: c.tokens, windows: c.windows }
+  return kv
 }

@@ -47,6 +47,17 @@ export interface KvSmoothing {
   value: KvChannelAffine[]
 }
 
+/** perplexity's `kv` option: the settings, with smooth the statistics (kv-calibration.ts) and where they came from. */
+export interface KvEvalOptions extends KvQuantSettings {
+  smoothing?: KvSmoothing | null
+  calibration?: KvEcho['calibration']
+}
+
+/** What a result echoes: the settings, and where smoothing came from. */
+export interface KvEcho extends KvQuantSettings {
+  calibration?: { source: string; tokens: number; windows: number }
+}
+
 /** The decoder graph's `kv` option. */
 export interface KvGraphOptions {
   bits: number

@@ -5,8 +5,7 @@ import type { BackendKind } from './ort-backend'
 import { openEvalSession } from './eval-session'
 import { windowsPerRun } from './session'
 import type { WeightOverrides } from './weights'
-import { calibrateKvSmoothing, type KvEcho, type KvEvalOptions } from './kv-calibration'
-import { checkKvSettings, type KvGraphOptions } from './kv-quant'
+import { checkKvSettings, type KvEcho, type KvEvalOptions, type KvGraphOptions } from './kv-quant'
 import { actEcho, type ActGraphOptions } from './act-quant'
 
 /**
@@ -43,7 +42,7 @@ export interface PerplexityOptions {
   kld?: KldOptions | null
   /** Windows evaluated per runtime call (default: windowsPerRun(ctx, vocab)); numbers do not depend on it. */
   windowsPerRun?: number
-  /** KV-cache fake quantization (kv-quant.ts); smoothing is calibrated on `kv.calibration` first. */
+  /** KV-cache fake quantization (kv-quant.ts); with smooth, the statistics come in it (kv-calibration.ts kvEvalOptions). */
   kv?: KvEvalOptions | null
   /** Fake quantization of every decoder linear's input (act-quant.ts). */
   act?: ActGraphOptions | null
@@ -109,7 +108,7 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
   const { signal, onProgress } = hooks
   const kldOn = options.kld !== undefined && options.kld !== null
   if (options.act && model.format === 'onnx') throw new InferenceInputError(`${model.files[0]}: activation quantization is built into the graph made from the weights; an .onnx file is evaluated only as it is`)
-  const { graph: kvGraph, echo: kvEcho } = await kvGraphOptions(model, options, hooks)
+  const { graph: kvGraph, echo: kvEcho } = kvGraphOptions(model, options)
   const session = await openEvalSession(model, {
     backend: options.backend,
     threads: options.threads,
@@ -207,24 +206,14 @@ export async function evaluatePerplexity(model: OpenedModel, ids: readonly numbe
   }
 }
 
-/** The graph's kv option (smoothing calibrated on the calibration tokens) and its echo; nulls when off. */
-async function kvGraphOptions(model: OpenedModel, options: PerplexityOptions, hooks: EvalHooks): Promise<{ graph: KvGraphOptions | null; echo: KvEcho | null }> {
+/** The graph's kv option and its echo; nulls when off. */
+function kvGraphOptions(model: OpenedModel, options: PerplexityOptions): { graph: KvGraphOptions | null; echo: KvEcho | null } {
   const kv = options.kv
   if (!kv) return { graph: null, echo: null }
   checkKvSettings(kv, model.config?.headDim ?? undefined)
   if (model.format === 'onnx') throw new InferenceInputError(`${model.files[0]}: KV-cache quantization is built into the graph made from the weights; an .onnx file is evaluated only as it is`)
+  if (kv.smooth && !kv.smoothing) throw new InferenceInputError('KV smoothing needs its calibration statistics (kvEvalOptions calibrates them on the calibration text)')
   const echo: KvEcho = { bits: kv.bits, group: kv.group ?? null, smooth: kv.smooth, pastOnly: kv.pastOnly }
-  const graph: KvGraphOptions = { bits: kv.bits, group: kv.group ?? null, pastOnly: kv.pastOnly }
-  if (kv.smooth) {
-    if (!kv.calibration) throw new InferenceInputError('KV smoothing needs calibration tokens (never the evaluated text)')
-    const c = await calibrateKvSmoothing(
-      model,
-      kv.calibration.ids,
-      { maxWindows: kv.calibration.maxWindows, backend: options.backend, threads: options.threads, overrides: options.overrides },
-      { signal: hooks.signal, onProgress: (p) => hooks.onProgress?.({ ...p, stage: 'loading' }) },
-    )
-    graph.smooth = c.smoothing
-    echo.calibration = { source: kv.calibration.source ?? 'tokens', tokens: c.tokens, windows: c.windows }
-  }
-  return { graph, echo }
+  if (kv.calibration) echo.calibration = kv.calibration
+  return { graph: { bits: kv.bits, group: kv.group ?? null, pastOnly: kv.pastOnly, smooth: kv.smooth ? kv.smoothing : null }, echo }
 }
