@@ -430,14 +430,18 @@ describe('default model (2 held-out windows)', () => {
     )
   })
 
-  it('CLI: eval --kv-bits … --json echoes the settings; flags without --kv-bits are a usage error', { timeout: 60_000 }, async () => {
-    const r = await runCli(['eval', DEFAULT, '--text', 'resources/eval/heldout.txt', '--max-windows', '1', '--kv-bits', '4', '--kv-group', '16', '--kv-past-only', '--json'])
+  it('CLI: eval --kv-bits … --act … --json echoes the settings; flags without --kv-bits and a bad --act spec are usage errors', { timeout: 60_000 }, async () => {
+    const r = await runCli(['eval', DEFAULT, '--text', 'resources/eval/heldout.txt', '--max-windows', '1', '--kv-bits', '4', '--kv-group', '16', '--kv-past-only', '--act', 'int:bits=6,outliers=2', '--json'])
     expect(r.code).toBe(0)
-    const out = JSON.parse(r.stdout) as { ppl: number; kv: unknown }
+    const out = JSON.parse(r.stdout) as { ppl: number; kv: unknown; act: unknown }
     expect(out.kv).toEqual({ bits: 4, group: 16, smooth: false, pastOnly: true })
+    expect(out.act).toEqual({ kind: 'int', bits: 6, outliers: 2 })
     expect(out.ppl).toBeGreaterThan(1)
     const bad = await runCli(['eval', DEFAULT, '--text', 'resources/eval/heldout.txt', '--kv-smooth'])
     expect(bad.code).toBe(2)
     expect(bad.stderr).toMatch(/go with --kv-bits/)
+    const badAct = await runCli(['eval', DEFAULT, '--text', 'resources/eval/heldout.txt', '--act', 'int:bits=4,outlier=2'])
+    expect(badAct.code).toBe(2)
+    expect(badAct.stderr).toMatch(/unknown key 'outlier'/)
   })
 })

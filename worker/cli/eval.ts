@@ -14,6 +14,7 @@ import type { KvQuantSettings } from '../inference/kv-quant'
 import type { ActGraphOptions } from '../inference/act-quant'
 import { parseActivationSpec, type ActivationSpec } from '../quant/activations/spec'
 import { kmeansActOptions } from '../plan/act-codebooks'
+import { modelOpCounts, type ModelOpCounts } from '../quant/activations/op-counts'
 
 /**
  * `eval MODEL --text FILE [--quant SPEC | --plan FILE | --preset NAME [--calib FILE]] [--ctx 256] [--max-windows N]
@@ -60,6 +61,7 @@ export async function runEval(args: ParsedArgs): Promise<number> {
   const controller = new AbortController()
   process.once('SIGINT', () => controller.abort())
   let act: ActGraphOptions | null = null
+  let opCounts: ModelOpCounts | null = null
   if (actSpec?.kind === 'int') act = { kind: 'int', bits: actSpec.params.bits, outliers: actSpec.params.outliers }
   if (actSpec?.kind === 'kmeans') {
     // Codebooks per linear input from the full-precision model on the calibration text (never the evaluated one).
@@ -71,6 +73,9 @@ export async function runEval(args: ParsedArgs): Promise<number> {
       })
       process.stderr.write(`activation codebooks fitted on ${calibrationTokens} calibration tokens\n`)
       act = options
+      // Dense vs index-based multiplies/adds per token at this WxAy (arithmetic counts, not speed).
+      const weightBits = planned?.size.bitsPerWeight ? Math.round(planned.size.bitsPerWeight) : 16
+      if (opened.config) opCounts = modelOpCounts(opened.config, weightBits, { bits: actSpec.params.bits, outliers: actSpec.params.outliers, normalised: actSpec.params.norm !== 'none' })
     } finally {
       await opened.close()
     }
@@ -100,8 +105,11 @@ export async function runEval(args: ParsedArgs): Promise<number> {
     },
   )
   for (const warning of result.warnings) process.stderr.write(`warning: ${warning}\n`)
-  if (args.flags.has('json')) process.stdout.write(JSON.stringify(evalReport(result, planned?.size)) + '\n')
-  else process.stdout.write(renderEval(result, planned?.size))
+  if (args.flags.has('json')) {
+    const report = evalReport(result, planned?.size)
+    if (opCounts) report.opCounts = { label: opCounts.label, perToken: opCounts.total, silu: opCounts.silu }
+    process.stdout.write(JSON.stringify(report) + '\n')
+  } else process.stdout.write(renderEval(result, planned?.size))
   return 0
 }
 
