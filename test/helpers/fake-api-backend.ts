@@ -72,6 +72,12 @@ export class FakeBackend implements ApiBackend {
   async deletePlan(): Promise<ApiResult<'deletePlan'>> {
     return { deleted: false }
   }
+  async llamaCppPresets(): Promise<ApiResult<'llamaCppPresets'>> {
+    return ['Q4_K_M']
+  }
+  async llamaCppPresetPlan(): Promise<ApiResult<'llamaCppPresetPlan'>> {
+    throw new Error('not used')
+  }
   async exportFormats(): Promise<ApiResult<'exportFormats'>> {
     return []
   }

@@ -74,6 +74,8 @@ const VALID: { [M in ApiMethod]: ApiParams<M> } = {
   listPlans: { modelId: 'm1' },
   savePlan: { modelId: 'm1', id: 'p1', name: 'int4 everywhere', plan: PLAN },
   deletePlan: { modelId: 'm1', planId: 'p1' },
+  llamaCppPresets: {},
+  llamaCppPresetPlan: { modelId: 'm1', preset: 'Q4_K_M' },
   exportFormats: { modelId: 'm1' },
   exportSupport: { modelId: 'm1', plan: PLAN, planName: 'int4', format: 'gguf', dtype: 'fp16', formatOptions: { fallback: 'Q4_K' }, out: '/tmp/tiny.gguf' },
   exportModel: { jobId: 'j6', modelId: 'm1', plan: PLAN, format: 'safetensors', out: '/tmp/tiny-q4', dtype: 'fp32', evaluate: { ctx: 256, maxWindows: 2, backend: 'wasm' } },

@@ -277,6 +277,21 @@ export interface QuantizePreviewResult {
   calibrationSeconds: number
 }
 
+/** A llama.cpp quantization mix made into a plan for the open model (plan/llama-cpp-presets.ts). */
+export interface LlamaCppPresetPlan {
+  /** llama-quantize's ftype name: 'Q4_K_M'. */
+  preset: string
+  /** What the plan editor calls it: 'llama.cpp Q4_K_M'. */
+  name: string
+  /** The ggml type llama-quantize gives each tensor it quantizes (`ggml:type=…`); the plan's description names the preset. */
+  plan: Plan
+  size: PlanSizeInfo
+  /** Tensors of the plan per ggml type; 'keep': left as stored (rows not whole blocks of any fallback type, as llama-quantize keeps them F16). */
+  counts: Record<string, number>
+  /** The tensors counted as 'keep'. */
+  kept: string[]
+}
+
 /** A plan kept for a model (listPlans, savePlan). */
 export type SavedPlan = v.InferOutput<typeof schemas.savedPlanSchema>
 
@@ -478,6 +493,10 @@ export interface ApiMethods {
   /** Saves (or, with `id`, replaces) a plan for the model; the plan must fit the model. */
   savePlan: { params: ParamsOf<'savePlan'>; result: SavedPlan }
   deletePlan: { params: ParamsOf<'deletePlan'>; result: { deleted: boolean } }
+  /** llama-quantize's mixes the engine reproduces (Q2_K … Q8_0, Q4_K_M …), in its own order. */
+  llamaCppPresets: { params: ParamsOf<'llamaCppPresets'>; result: string[] }
+  /** A llama.cpp mix as a plan for the model, sized; an unknown preset, or one that quantizes nothing of the model, fails ('BadRequest' / 'PlanError'). */
+  llamaCppPresetPlan: { params: ParamsOf<'llamaCppPresetPlan'>; result: LlamaCppPresetPlan }
   /** Every export format, built or not, with its options and whether this model can go to it. */
   exportFormats: { params: ParamsOf<'exportFormats'>; result: ExportFormatInfo[] }
   /** What a format represents of a plan (exact / fallback / unsupported per tensor), and whether `out` can be written. */

@@ -36,6 +36,7 @@ import { EngineError } from './errors'
 import { EvaluateService, MemoryEvalRuns, type EvalRunsBackend, type EvaluateServiceOptions, type InferenceApi, type VariantCatalog } from './evaluate-service'
 import { ExportApi } from './export-api'
 import { ImportanceApi } from './importance-api'
+import { llamaCppPresetNames, llamaCppPresetPlan } from './llama-cpp-preset-api'
 import { QuantApi } from './quant-api'
 import { modelFingerprint } from '../plan/plan'
 import type { SavedPlansBackend } from './saved-plans'
@@ -285,6 +286,12 @@ export class EngineService implements ApiFunctions {
   }
   async deletePlan({ modelId, planId }: ApiParams<'deletePlan'>): Promise<ApiResult<'deletePlan'>> {
     return { deleted: await this.quantization.deletePlan(this.model(modelId), planId) }
+  }
+  async llamaCppPresets(): Promise<ApiResult<'llamaCppPresets'>> {
+    return llamaCppPresetNames()
+  }
+  async llamaCppPresetPlan({ modelId, preset }: ApiParams<'llamaCppPresetPlan'>): Promise<ApiResult<'llamaCppPresetPlan'>> {
+    return llamaCppPresetPlan(this.model(modelId), preset)
   }
 
   // Export: export-api.ts, on an export worker thread, then the evaluation's inference worker.

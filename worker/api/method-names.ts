@@ -24,6 +24,8 @@ export const API_METHOD_NAMES = [
   'listPlans',
   'savePlan',
   'deletePlan',
+  'llamaCppPresets',
+  'llamaCppPresetPlan',
   'exportFormats',
   'exportSupport',
   'exportModel',

@@ -275,6 +275,9 @@ export const apiParamSchemas = {
     plan: planSchema(),
   }),
   deletePlan: v.strictObject({ modelId: name(), planId: name() }),
+  llamaCppPresets: noParams,
+  /** The preset name is checked by the engine, which lists the presets in its error. */
+  llamaCppPresetPlan: v.strictObject({ modelId: name(), preset: name() }),
   exportFormats: v.strictObject({ modelId: name() }),
   exportSupport: v.strictObject({
     modelId: name(),
