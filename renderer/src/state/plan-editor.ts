@@ -26,6 +26,8 @@ export interface PlanEditorState {
   name: string
   /** The saved plan being edited (Save replaces it), or null. */
   savedId: string | null
+  /** Description of the plan last loaded (a saved plan, a file, a llama.cpp preset); null for a plan made here. */
+  description: string | null
   size: PlanSizeInfo | null
   /** The plan the size belongs to changed and a new size is on its way. */
   sizePending: boolean
@@ -39,6 +41,17 @@ export interface PlanEditorState {
 }
 
 export type PlanEditor = ReturnType<typeof createPlanEditor>
+
+/** Appended to a loaded plan's description once its entries are edited. */
+const EDITED = ' — edited in Quantscope from there'
+
+/** The entries as one comparable string (tensor order and param order do not matter). */
+function entriesKey(entries: Readonly<Record<string, MethodEntry>>): string {
+  return Object.keys(entries)
+    .sort()
+    .map((t) => `${t}=${entrySpec(entries[t]!)}`)
+    .join('\n')
+}
 
 export function errorKey(tensor: string, entry: MethodEntry): string {
   return `${tensor}|${entrySpec(entry)}`
@@ -55,6 +68,7 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
     brush: { method: 'rtn', params: {} },
     name: 'untitled plan',
     savedId: null,
+    description: null,
     size: null,
     sizePending: false,
     sizeError: null,
@@ -71,6 +85,10 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
   let sizeSeq = 0
   let errorJob: Job<unknown> | null = null
   let loadedFor: string | null = null
+  /** The entries as last loaded or saved: anything else is an edit a replacement would lose. */
+  let baseline = ''
+  /** The entries as last loaded: the loaded description holds until they change. */
+  let loadedKey = ''
 
   /** Methods by id; reads `state.methods`, so renders that use it follow the list. */
   function methods(): ReadonlyMap<string, QuantMethodInfo> {
@@ -85,7 +103,8 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
   function setModel(m: ModelSummary | null): void {
     cancelErrors()
     model = m
-    Object.assign(state, { modelId: m?.modelId ?? null, fingerprint: null, entries: {}, selection: [], name: 'untitled plan', savedId: null, size: null, sizeError: null, saved: [], plansError: null, errors: {}, errorError: null })
+    baseline = loadedKey = ''
+    Object.assign(state, { modelId: m?.modelId ?? null, fingerprint: null, entries: {}, selection: [], name: 'untitled plan', savedId: null, description: null, size: null, sizeError: null, saved: [], plansError: null, errors: {}, errorError: null })
     loadedFor = null
     if (!m) return
     state.fingerprint = m.fingerprint
@@ -128,7 +147,19 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
   function currentPlan(): Plan | null {
     const fingerprint = state.fingerprint
     if (!model || !fingerprint) return null
-    return buildPlan(model.name, fingerprint, state.entries)
+    return buildPlan(model.name, fingerprint, state.entries, currentDescription())
+  }
+
+  /** The loaded plan's description while its entries are unchanged; after an edit it says the plan started there. */
+  function currentDescription(): string | undefined {
+    const d = state.description
+    if (!d) return undefined
+    return entriesKey(state.entries) === loadedKey || d.endsWith(EDITED) ? d : `${d}${EDITED}`
+  }
+
+  /** True when planned entries would be lost by replacing the plan: they differ from what was last loaded or saved. */
+  function hasEdits(): boolean {
+    return Object.keys(state.entries).length > 0 && entriesKey(state.entries) !== baseline
   }
 
   function plannedCount(): number {
@@ -228,7 +259,9 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
     state.entries = entries
     state.name = name
     state.savedId = savedId
+    state.description = plan.description?.trim() || null
     state.selection = []
+    baseline = loadedKey = entriesKey(entries)
     requestSize()
   }
 
@@ -238,6 +271,7 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
     if (!modelId || !plan) return
     try {
       const saved = await client.call('savePlan', { modelId, name: state.name.trim() || 'untitled plan', plan, ...(state.savedId ? { id: state.savedId } : {}) })
+      baseline = entriesKey(plan.tensors as Record<string, MethodEntry>)
       state.savedId = saved.id
       state.name = saved.name
       state.plansError = null
@@ -325,6 +359,7 @@ export function createPlanEditor(client: ApiClient, jobView: (label: string, can
     setModel,
     load,
     currentPlan,
+    hasEdits,
     plannedCount,
     bitsOf,
     setBits,
