@@ -361,19 +361,29 @@ function kmeansActReference(centroids: ArrayLike<number>, k: number, margin: { m
 }
 
 describe('k-means activations in the graph', () => {
-  it('logits equal the float64 reference with a given codebook (4 bits, 2 outliers per side)', async () => {
-    const centroids = Float32Array.from(gaussian(16, 41, 0.4)).sort()
-    const ids = randomTokens(T, tiny.ref.vocab, 1)
+  const codebookCases = [
+    // bucketed nearest-centroid path (smallest midpoint gap ~1e-2)
+    { name: '4 bits, random codebook', bits: 4, centroids: Float32Array.from(gaussian(16, 41, 0.4)).sort() },
+    { name: '6 bits, jittered grid', bits: 6, centroids: Float32Array.from({ length: 64 }, (_, i) => -1 + (2 * i) / 63 + 0.004 * Math.sin(7 * i)) },
+    // three centroids 1e-7 apart (two midpoints 1e-7 apart): more than 2^16 buckets, so the compare-with-every-midpoint path
+    { name: '3 bits, near-equal centroids', bits: 3, centroids: Float32Array.from([-0.9, -0.5, -0.2, 0.1, 0.1000001, 0.1000002, 0.6, 0.95]) },
+  ]
+  it.each(codebookCases)('$name, 2 outliers per side: logits equal the float64 reference', async ({ bits, centroids }) => {
+    const ids = randomTokens(T, tiny.ref.vocab, 3)
     const codebooks: Record<string, Float32Array> = {}
     for (let l = 0; l < 2; l++) for (const site of ['attn_in', 'o_in', 'mlp_in', 'down_in']) codebooks[`L${l}.${site}`] = centroids
-    const s = await DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 32, act: { kind: 'kmeans', bits: 4, outliers: 2, norm: 'absmax-non-outlier', codebooks } } })
+    const s = await DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 32, act: { kind: 'kmeans', bits, outliers: 2, norm: 'absmax-non-outlier', codebooks } } })
     const got = (await s.forward({ tokens: ids })).outputs.logits!.data as Float32Array
     await s.release()
     const margin = { min: Infinity }
     const ref = kvReference(tiny.ref, tiny.values, ids, null, kmeansActReference(centroids, 2, margin))
-    expect(margin.min).toBeGreaterThan(2e-5)
+    // no value within 2e-6 of a midpoint (ids chosen so), so float32 and float64 pick the same centroids
+    expect(margin.min).toBeGreaterThan(2e-6)
     expect(maxDiff(got, flat(ref.logits))).toBeLessThan(2e-4)
     expect(maxDiff(got, flat(kvReference(tiny.ref, tiny.values, ids, null, kmeansActReference(centroids, 1, { min: 0 })).logits))).toBeGreaterThan(1e-3)
+  })
+
+  it('refuses a missing codebook, naming the input', async () => {
     await expect(DecoderSession.create(model, { threads: 2, graph: { logits: 'all', maxPositions: 8, act: { kind: 'kmeans', bits: 4, outliers: 2, norm: 'none', codebooks: {} } } })).rejects.toThrow(
       /no codebook of 16 centroids for the input L0.attn_in/,
     )

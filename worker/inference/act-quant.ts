@@ -64,12 +64,48 @@ export function fakeQuantAct(g: GraphBuilder, x: string, o: ActGraphOptions, id:
   }
   // A token whose inliers are all 0 has norm 0: any code times 0 decodes to 0, as in kmeans-act.ts.
   const u = norm ? g.op('Div', [x, g.op('Max', [norm, g.constFloat([1.1754943508222875e-38], [])])]) : x
-  const mids = Float32Array.from({ length: centroids.length - 1 }, (_, i) => (centroids[i]! + centroids[i + 1]!) / 2)
-  const above = g.op('Greater', [g.op('Unsqueeze', [u, g.constInt64([2])]), g.constFloat(mids, [mids.length], `act_mids_${id.replace(/\W/g, '_')}`)])
-  const code = g.op('ReduceSum', [g.op('Cast', [above], { to: { int: 7 } }), g.constInt64([2])], { keepdims: { int: 0 } })
+  const code = nearestCentroid(g, u, centroids, id.replace(/\W/g, '_'))
   let deq = g.op('Gather', [g.constFloat(centroids, [centroids.length], `act_codebook_${id.replace(/\W/g, '_')}`), code], { axis: { int: 0 } })
   if (norm) deq = g.op('Mul', [deq, norm])
   return outlier ? g.op('Where', [outlier, x, deq]) : deq
+}
+
+/**
+ * Index of the nearest centroid of `u` [rows, cols] (int64): the number of codebook midpoints
+ * strictly below it. A uniform bucketing of the midpoints' span with buckets no wider than the
+ * smallest midpoint gap (≤ 1 midpoint each) gives, by a Gather, the count below the previous
+ * bucket; three comparisons with the next midpoints finish it exactly, even when float rounding
+ * puts u one bucket off. O(1) per value instead of 2^b − 1 comparisons ([rows, cols, 255]
+ * floats at 8 bits). Codebooks whose gaps would need more than 2^16 buckets (near-equal
+ * centroids) fall back to comparing with every midpoint.
+ */
+function nearestCentroid(g: GraphBuilder, u: string, centroids: Float32Array, tag: string): string {
+  const mids = Array.from({ length: centroids.length - 1 }, (_, i) => Math.fround((centroids[i]! + centroids[i + 1]!) / 2))
+  let gap = Infinity
+  for (let i = 1; i < mids.length; i++) gap = Math.min(gap, mids[i]! - mids[i - 1]!)
+  const lo = mids[0]!
+  const buckets = mids.length === 1 ? 2 : Math.floor((mids.at(-1)! - lo) / gap) + 2
+  if (!(gap > 0) || buckets > 65536) {
+    const above = g.op('Greater', [g.op('Unsqueeze', [u, g.constInt64([2])]), g.constFloat(mids, [mids.length], `act_mids_${tag}`)])
+    return g.op('ReduceSum', [g.op('Cast', [above], { to: { int: 7 } }), g.constInt64([2])], { keepdims: { int: 0 } })
+  }
+  const width = mids.length === 1 ? 1 : gap
+  // below[b] = midpoints below bucket b − 1's left edge
+  const below: number[] = []
+  for (let b = 0, n = 0; b < buckets; b++) {
+    const edge = lo + (b - 1) * width
+    while (n < mids.length && mids[n]! < edge) n++
+    below.push(n)
+  }
+  const bucket = g.op('Cast', [g.op('Clip', [g.op('Floor', [g.op('Div', [g.op('Sub', [u, g.constFloat([lo], [])]), g.constFloat([width], [])])]), g.constFloat([0], []), g.constFloat([buckets - 1], [])])], { to: { int: 7 } })
+  const base = g.op('Gather', [g.constInt64(below, [below.length], `act_below_${tag}`), bucket], { axis: { int: 0 } })
+  const padded = g.constFloat([...mids, Infinity, Infinity, Infinity], [mids.length + 3], `act_mids_${tag}`)
+  let code = base
+  for (let j = 0; j < 3; j++) {
+    const m = g.op('Gather', [padded, j === 0 ? base : g.op('Add', [base, g.constInt64([j], [])])], { axis: { int: 0 } })
+    code = g.op('Add', [code, g.op('Cast', [g.op('Greater', [u, m])], { to: { int: 7 } })])
+  }
+  return code
 }
 
 /** Bool [rows, cols]: true at the k largest and k smallest columns of each row. */
