@@ -11,6 +11,7 @@ import { runRecipe } from './recipe'
 import { runGenerate } from './generate'
 import { runImportance } from './importance'
 import { runPlan } from './plan'
+import { runSweep } from './sweep'
 import { runQuantize } from './quantize'
 import { formatBytes, formatCount, progressLine } from './format'
 import { LLAMA_CPP_PRESETS } from '../plan/llama-cpp-presets'
@@ -66,6 +67,11 @@ commands:
       --all-tensors also plans embeddings and lm_head; --format gguf sizes tensors as the GGUF export.
   plan MODEL --preset NAME --out plan.json [--json]
       Writes llama.cpp's mix of that name (--preset of eval/quantize/export) as a plan file.
+  sweep MODEL --allocator lsaq|greedy|optimal --budgets SIZE,SIZE,… [--options "SPEC;…"] [--all-tensors]
+       [--format native|gguf] [--text FILE] [--calib-windows 4] [--eval-text FILE] [--max-windows N]
+       [--ctx 256] [--backend wasm|native] [--threads N] [--kld] [--json]
+      A plan per budget (as plan; ΔKLD or importance on --text, default the calibration text),
+      each evaluated on --eval-text (default the held-out text), beside uniform plans of each option.
   help
 `
 
@@ -82,6 +88,8 @@ const VALUE_FLAGS = new Set([
   'method', 'k',
   // plan
   'budget', 'allocator', 'options', 'importance-file', 'kv-ctx', 'kv-batch', 'kv-bits',
+  // sweep
+  'budgets', 'eval-text', 'calib-windows',
   'prompt', 'max-tokens', 'temperature', 'top-p', 'seed', 'compare',
 ])
 
@@ -108,6 +116,8 @@ async function main(argv: string[]): Promise<number> {
       return runImportance(args)
     case 'plan':
       return runPlan(args)
+    case 'sweep':
+      return runSweep(args)
     default:
       throw new UsageError(`unknown command '${args.command}'`)
   }
