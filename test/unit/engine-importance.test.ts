@@ -85,7 +85,7 @@ describe('EngineService layerImportance (default model)', () => {
     // The job reads its base log-probs from the KL cache (2 bytes per logit) when an earlier run
     // filled it, the direct call computes them: in a clean CI run the two differed by 4.5e-5
     // relative, so blocks agree to 5e-4 relative (a wrong block or spec moves ΔKLD by > 10 %).
-    r.series[0]!.values.forEach((v, l) => expect(Math.abs(v / dk[l]! - 1)).toBeLessThan(5e-4))
+    r.series[0]!.values.forEach((v, l) => expect(Math.abs(v! / dk[l]! - 1)).toBeLessThan(5e-4))
     expect(r.sensitivity!.spec).toBe(spec)
     expect(r.sensitivity!.basePpl).toBeCloseTo(direct.basePpl, 9)
     expect(r.sensitivity!.cached).toBe(false)
