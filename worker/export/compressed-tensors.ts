@@ -27,7 +27,7 @@ import { unpackCodes } from '../quant/packing'
 import { RtnTensor } from '../quant/rtn'
 import type { ExportContent, ExportedTensor, ExportFormat, ExportHooks, ExportJob, ExportOptions, TensorSupport } from './contract'
 import { DEFAULT_SHARD_BYTES, hfSourceProblem, tensorsToWrite, writeHfSidecars, writeShardedSafetensors, type OutputTensor } from './hf-folder'
-import { entrySpec, PlannedWeights } from './planned-weights'
+import { entrySpec, PlannedWeights, writtenError } from './planned-weights'
 import { keptTensor, outputFloatType } from './safetensors'
 import { TORCH_DTYPE } from './float-encode'
 
@@ -186,16 +186,9 @@ async function exportPacked(job: ExportJob, stage: string, hooks: ExportHooks): 
       // (in app 13.556) and 13.728 for AWQ (in app 13.641), against 13.587 from the source weight.
       const p = exact ?? requantized(weight, rows, cols, bits, groupCols, symmetric)
       const values = packedValues(p, rows, cols)
-      let maxAbsError = 0
-      let sumSq = 0
-      for (let i = 0; i < values.length; i++) {
-        const d = Math.abs(values[i]! - plannedValues[i]!)
-        if (d > maxAbsError) maxAbsError = d
-        sumSq += d * d
-      }
-      if (exact && maxAbsError !== 0) throw new Error(`${t.name}: the packed codes do not reproduce the plan's values (max |error| ${maxAbsError}); this is a bug`)
+      const error = writtenError(values, plannedValues, exact ? { tensor: t.name, encoding: 'packed codes' } : undefined)
       moduleArgs.set(prefix, weightArgs(p, cols))
-      current = { p, maxAbsError, rmsError: Math.sqrt(sumSq / values.length), ...(exact ? {} : { note: (support(model, entry) as { description: string }).description }) }
+      current = { p, ...error, ...(exact ? {} : { note: (support(model, entry) as { description: string }).description }) }
       return current
     }
     const parts: { suffix: string; dtype: string; shape: number[]; bytes: (p: PackedInt) => Uint8Array }[] = [

@@ -30,6 +30,7 @@ import { formatQuantSpec } from '../quant/spec'
 import { encodeFloats } from './float-encode'
 import { ExportError, type ExportContent, type ExportFloatType, type ExportedTensor, type ExportFormat, type ExportHooks, type ExportJob, type ExportOptions, type TensorSupport } from './contract'
 import { architectureKv, bpeTokenizerKv, detectPreTokenizer, ggufArchitecture, ggufTensorNames, isSkippedHfTensor, permuteRowsToGguf, type HfTokenizerConfig, type HfTokenizerJson } from './gguf-metadata'
+import { writtenError } from './planned-weights'
 
 /** formatOptions keys of this format: the ggml type for unrepresentable methods, and tokenizer.ggml.pre. */
 export const GGUF_FALLBACK_OPTION = 'fallback'
@@ -112,17 +113,6 @@ function floatBytes(values: Float32Array, type: FloatType, file: string, tensor:
   const e = encodeFloats(values, EXPORT_FLOAT[type])
   if (e.overflowed > 0) throw new ExportError(file, `tensor '${tensor}': ${e.overflowed} value(s) beyond ${type}'s range; export with dtype fp32 or bf16`)
   return { bytes: e.bytes, maxAbsError: e.maxAbsError, rmsError: Math.sqrt(e.sumSqError / Math.max(1, values.length)) }
-}
-
-function differences(written: Float32Array, planned: Float32Array): { maxAbsError: number; rmsError: number } {
-  let maxAbs = 0
-  let sq = 0
-  for (let i = 0; i < written.length; i++) {
-    const d = Math.abs(written[i]! - planned[i]!)
-    if (d > maxAbs) maxAbs = d
-    sq += d * d
-  }
-  return { maxAbsError: maxAbs, rmsError: Math.sqrt(sq / Math.max(1, written.length)) }
 }
 
 async function readJson<T>(path: string, required: boolean): Promise<T | null> {
@@ -254,7 +244,7 @@ async function quantizedData(model: OpenedModel, w: PlannedWrite, calibration: L
   let error: { maxAbsError: number; rmsError: number } | null = null
   if (!choice.exact) {
     const plannedValues = quantizeEntry(entry, weight, calibration, { signal }).dequantizeRows(0, entry.rows)
-    error = differences(q.dequantizeRows(0, entry.rows), plannedValues)
+    error = writtenError(q.dequantizeRows(0, entry.rows), plannedValues)
   }
   const data = w.heads === null ? q.blocks : permuteRowsToGguf(q.blocks, w.heads, entry.rows, q.rowBytes, entry.tensor.name)
   return {

@@ -26,7 +26,7 @@ import type { ExportContent, ExportedTensor, ExportFormat, ExportHooks, ExportJo
 import { encodeFloats } from './float-encode'
 import { hfSourceProblem, writeHfSidecars } from './hf-folder'
 import { onnxLinear, onnxSupport } from './onnx-linears'
-import { entrySpec, PlannedWeights } from './planned-weights'
+import { entrySpec, PlannedWeights, writtenError } from './planned-weights'
 
 export const ONNX_MODEL_FILE = 'onnx/model.onnx'
 export const ONNX_DATA_FILE = 'onnx/model.onnx_data'
@@ -152,16 +152,7 @@ function exportWeights(job: ExportJob, planned: PlannedWeights, data: ExternalDa
     const encoded = onnxLinear(quantized)
     if (!encoded) throw new Error(`${part.tensor}: ${entry.methodId} has no ONNX encoding (support() should have refused it)`)
     const plannedValues = quantized.dequantizeRows(0, entry.rows)
-    let maxAbsError = 0
-    let sumSq = 0
-    for (let i = 0; i < plannedValues.length; i++) {
-      const d = Math.abs(encoded.values[i]! - plannedValues[i]!)
-      if (d > maxAbsError) maxAbsError = d
-      sumSq += d * d
-    }
-    if (encoded.exact && maxAbsError !== 0) {
-      throw new Error(`${part.tensor}: the ONNX encoding (${encoded.writtenType}) does not reproduce the plan's values (max |error| ${maxAbsError}); this is a bug`)
-    }
+    const error = writtenError(encoded.values, plannedValues, encoded.exact ? { tensor: part.tensor, encoding: `ONNX encoding (${encoded.writtenType})` } : undefined)
     const before = data.bytes
     const y = await emitQuantizedLinear(builder, store, x, name, encoded.linear)
     const bytes = data.bytes - before
@@ -175,8 +166,7 @@ function exportWeights(job: ExportJob, planned: PlannedWeights, data: ExternalDa
       writtenType: encoded.writtenType,
       bytes,
       support: encoded.exact ? 'exact' : 'fallback',
-      maxAbsError,
-      rmsError: Math.sqrt(sumSq / plannedValues.length),
+      ...error,
       ...(note ? { note } : {}),
     })
     return y

@@ -54,3 +54,29 @@ export function entrySpec(entry: ResolvedEntry): string {
     return `${entry.methodId} ${JSON.stringify(entry.params)}`
   }
 }
+
+/** How far the values a format writes are from the plan's (what ExportedTensor reports). */
+export interface WrittenError {
+  maxAbsError: number
+  /** Root mean square of written − planned. */
+  rmsError: number
+}
+
+/**
+ * Written vs planned values of one tensor. With `exactTensor` the format claims to store the
+ * plan exactly, so any difference is an exporter bug and throws, naming the tensor and encoding.
+ */
+export function writtenError(written: ArrayLike<number>, planned: ArrayLike<number>, exactTensor?: { tensor: string; encoding: string }): WrittenError {
+  if (written.length !== planned.length) throw new Error(`${exactTensor?.tensor ?? 'tensor'}: ${written.length} written values for ${planned.length} planned; this is a bug`)
+  let maxAbsError = 0
+  let sumSq = 0
+  for (let i = 0; i < written.length; i++) {
+    const d = Math.abs(written[i]! - planned[i]!)
+    if (d > maxAbsError) maxAbsError = d
+    sumSq += d * d
+  }
+  if (exactTensor && maxAbsError !== 0) {
+    throw new Error(`${exactTensor.tensor}: the ${exactTensor.encoding} does not reproduce the plan's values (max |error| ${maxAbsError}); this is a bug`)
+  }
+  return { maxAbsError, rmsError: Math.sqrt(sumSq / Math.max(1, written.length)) }
+}
