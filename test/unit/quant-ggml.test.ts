@@ -206,6 +206,26 @@ describe('ggml tensors', () => {
     expect(() => ggmlMethod.quantize(big, 1, 256, { type: 'Q8_0', imatrix: false })).toThrow(/row 0 .*fp16/)
   })
 
+  it('rows with |w| below 65504/2 never overflow a stored fp16 value (the check skips them); larger ones are still refused, for every type', () => {
+    // Worst cases for each kind of stored value: one huge weight among zeros (scale = absmax
+    // over the code range), a two-signed row (range 2·absmax for the min/scale types), a constant row.
+    const rows = [
+      new Float32Array(256).map((_, i) => (i === 7 ? 32751 : 0)),
+      new Float32Array(256).map((_, i) => (i % 2 ? 32751 : -32751)),
+      new Float32Array(256).fill(-32751),
+      new Float32Array(256).map((_, i) => 32751 * Math.sin(i + 0.5)),
+    ]
+    for (const type of GGML_QUANT_TYPES) {
+      for (const w of rows) {
+        const q = ggmlMethod.quantize(w, 1, 256, { type, imatrix: false })
+        const back = q.dequantizeRows(0, 1)
+        expect(back.every(Number.isFinite), type).toBe(true)
+      }
+      const huge = new Float32Array(256).map((_, i) => (i % 2 ? 1e9 : -1e9))
+      expect(() => ggmlMethod.quantize(huge, 1, 256, { type, imatrix: false }), type).toThrow(/row 0 .*fp16/)
+    }
+  })
+
   it('a cancelled signal stops quantization', () => {
     const ac = new AbortController()
     ac.abort()

@@ -150,10 +150,27 @@ export const ggmlMethod: GgmlMethod = {
     const out = new Uint8Array(rows * rowBytes)
     forEachRow(rows, hooks, (r) => {
       t.quantizeRow(weight, r * cols, cols, out, r * rowBytes, qw)
-      checkRowScalesFinite(out, r, rowBytes, params.type)
+      if (rowAbsMax(weight, r * cols, cols) >= FP16_SAFE_ABSMAX) checkRowScalesFinite(out, r, rowBytes, params.type)
     })
     return new GgmlQuantizedTensor(rows, cols, params.type, out)
   },
+}
+
+/**
+ * Every fp16 value a ggml block stores (scales, minima, super-block scales) is at most twice
+ * the block's largest |w| (a scale is a range over at least one code step; a minimum is a
+ * weight), so rows below half of fp16's largest value cannot overflow and skip the
+ * dequantising probe below, which cost most of a GGUF export's checking time.
+ */
+const FP16_SAFE_ABSMAX = 65504 / 2
+
+function rowAbsMax(weight: Float32Array, offset: number, cols: number): number {
+  let m = 0
+  for (let j = offset; j < offset + cols; j++) {
+    const a = Math.abs(weight[j]!)
+    if (a > m) m = a
+  }
+  return m
 }
 
 /** ggml would store an Inf scale for weights beyond fp16's range; refuse them instead, naming the row. */
