@@ -23,6 +23,7 @@ import { readOrientedWeight, quantizeEntry } from '../plan/apply'
 import { captureCalibration } from '../plan/calibration'
 import type { ResolvedEntry } from '../plan/plan'
 import { modelDisplayName } from '../plan/plan'
+import { GGUF_LEGACY_FOR_K, nearestGgmlType } from '../plan/memory-model'
 import { GGML_QUANT_TYPES, type GgmlQuantType, type GgmlQuantizedTensor } from '../quant/ggml'
 import type { LayerCalibration } from '../quant/contract'
 import { QUANT_METHODS } from '../quant/registry'
@@ -38,22 +39,6 @@ export const GGUF_PRE_OPTION = 'pre'
 
 /** llama.cpp's LLAMA_FTYPE (llama.h) by the type most weights have; K types as their _S mix. */
 const FILE_TYPE: Readonly<Record<string, number>> = Object.freeze({ F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 7, Q5_0: 8, Q5_1: 9, Q2_K: 10, Q3_K: 11, Q4_K: 14, Q5_K: 16, Q6_K: 18, BF16: 32 })
-
-/**
- * Where a row is not a whole number of 256-value super-blocks, llama-quantize falls back to a
- * 32-block type (tensor_type_fallback in src/llama-quant.cpp).
- */
-const LEGACY_FOR_K: Readonly<Partial<Record<GgmlQuantType, GgmlQuantType>>> = Object.freeze({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' })
-
-/** The ggml type nearest in bits to a method's nominal bits. */
-export function nearestGgmlType(bits: number): GgmlQuantType {
-  if (bits >= 7) return 'Q8_0'
-  if (bits >= 5.5) return 'Q6_K'
-  if (bits >= 4.5) return 'Q5_K'
-  if (bits >= 3.5) return 'Q4_K'
-  if (bits >= 2.5) return 'Q3_K'
-  return 'Q2_K'
-}
 
 interface TypeChoice {
   type: GgmlQuantType
@@ -79,7 +64,7 @@ function chooseType(entry: ResolvedEntry, options: ExportOptions): TypeChoice | 
   let type = picked ?? nearestGgmlType(bits)
   let why = picked ? 'the chosen fallback type' : `the ggml type nearest to its ${bits} bits`
   if (type.endsWith('_K') && entry.cols % 256 !== 0) {
-    const legacy = LEGACY_FOR_K[type]!
+    const legacy = GGUF_LEGACY_FOR_K[type]!
     why += `; rows of ${entry.cols} are not a multiple of 256, so ${legacy} instead of ${type} (llama-quantize's 32-block fallback, with Q4_0 where it would use IQ4_NL)`
     type = legacy
   }

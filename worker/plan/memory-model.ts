@@ -4,8 +4,9 @@
  * KV-cache reserve for a context length and batch. Allocators (allocate.ts) budget with it, and
  * a test holds it equal to the exported files byte for byte.
  *
- * What is modelled, per format (the exporters live in worker/export, a higher layer; the few
- * rules they apply are restated here and the test keeps the two equal):
+ * What is modelled, per format (the exporters live in worker/export, a higher layer: the GGUF
+ * fallback rule is defined here and used by the exporter; the layouts are restated here and a
+ * test keeps them equal to the written files byte for byte):
  * - `native`: every planned tensor at its method's storage() (codes, scales, zeros, tables,
  *   outliers), every other stored tensor as stored (embeddings, lm_head, norms, biases). No
  *   file overhead: this is what planSize counts.
@@ -33,6 +34,7 @@ import { isPlainDType, PLAIN_DTYPE_BYTES } from '../formats/dtypes'
 import { ggmlByteSize, ggmlTypeByName } from '../formats/gguf/ggml-types'
 import { classifyTensor, LINEAR_ROLES } from '../model/logical-model'
 import { totalBytes } from '../quant/contract'
+import type { GgmlQuantType } from '../quant/ggml'
 import { QUANT_METHODS } from '../quant/registry'
 import { PlanError, type ResolvedEntry } from './plan'
 
@@ -121,8 +123,12 @@ export function kvCacheBytes(spec: KvCacheSpec, config: ModelConfig | null): num
   return bytes
 }
 
-/** The export's fallback ggml type for a method GGUF cannot store (gguf.ts chooseType). */
-function nearestGgmlType(bits: number): string {
+/**
+ * The GGUF export's fallback for a method GGUF cannot store: the ggml type nearest in bits to
+ * the method's nominal bits. Defined here, below the exporter, so the memory model and the
+ * export (export/gguf.ts chooseType) share one rule.
+ */
+export function nearestGgmlType(bits: number): GgmlQuantType {
   if (bits >= 7) return 'Q8_0'
   if (bits >= 5.5) return 'Q6_K'
   if (bits >= 4.5) return 'Q5_K'
@@ -130,14 +136,19 @@ function nearestGgmlType(bits: number): string {
   if (bits >= 2.5) return 'Q3_K'
   return 'Q2_K'
 }
-const LEGACY_FOR_K: Readonly<Record<string, string>> = Object.freeze({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' })
+
+/**
+ * Where a row is not a whole number of 256-value super-blocks, llama-quantize falls back to a
+ * 32-block type (tensor_type_fallback in src/llama-quant.cpp; Q4_0 where it would use IQ4_NL).
+ */
+export const GGUF_LEGACY_FOR_K: Readonly<Partial<Record<GgmlQuantType, GgmlQuantType>>> = Object.freeze({ Q2_K: 'Q4_0', Q3_K: 'Q4_0', Q4_K: 'Q5_0', Q5_K: 'Q5_1', Q6_K: 'Q8_0' })
 
 /** The ggml type the GGUF export writes a planned tensor as. */
 export function ggufWrittenType(entry: Pick<ResolvedEntry, 'methodId' | 'params' | 'cols' | 'tensor'>, fallback?: string): string {
   if (entry.methodId === 'ggml') return entry.params.type as string
   const method = QUANT_METHODS.get(entry.methodId)!
   let type = fallback ?? nearestGgmlType(method.bits(entry.params))
-  if (type.endsWith('_K') && entry.cols % 256 !== 0) type = LEGACY_FOR_K[type]!
+  if (type.endsWith('_K') && entry.cols % 256 !== 0) type = GGUF_LEGACY_FOR_K[type as GgmlQuantType]!
   if (entry.cols % 32 !== 0) throw new PlanError(entry.tensor.file, entry.tensor.name, `rows of ${entry.cols} values fit no ggml block type (blocks of 32 or 256)`)
   return type
 }
