@@ -15,19 +15,17 @@
  */
 import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import type { OpenedModel, TensorEntry } from '../formats/contract'
+import { measureAllocatorInputs, plansOverBudgets, uniformBaselines } from '../api/allocation-sweep'
 import { openModel } from '../formats/open-model'
-import { computeLayerImportance, DEFAULT_LSAQ_K } from '../importance/layer-importance'
+import { DEFAULT_LSAQ_K } from '../importance/layer-importance'
 import { DEFAULT_CTX, evaluatePerplexity } from '../inference/perplexity'
 import { openTokenizer, tokensOf } from '../inference/text-source'
-import { allocate, allocationTargets, ALLOCATORS, optionEntry, parseOptionSpecs, type AllocOption, type AllocatorId } from '../plan/allocate'
-import { createOverrides, resolvePlanFor } from '../plan/apply'
+import { ALLOCATORS, parseOptionSpecs, type AllocOption, type AllocatorId } from '../plan/allocate'
+import { createOverrides } from '../plan/apply'
 import { parseBudget, BudgetError, type Budget } from '../plan/budget'
 import { DEFAULT_CALIBRATION_TEXT } from '../plan/calibration'
-import { memoryModel, plannedTensorBytes, type MemoryOptions } from '../plan/memory-model'
-import { modelDisplayName, modelFingerprint, PLAN_FORMAT, PLAN_VERSION, PlanError, type Plan, type PlanEntry } from '../plan/plan'
-import { measureSensitivity } from '../plan/sensitivity'
-import { QuantParamError } from '../quant/contract'
+import type { MemoryOptions } from '../plan/memory-model'
+import { PlanError, type Plan } from '../plan/plan'
 import { intFlag, UsageError, type ParsedArgs } from './args'
 import { backendFlag } from './eval'
 import { progressLine } from './format'
@@ -84,25 +82,6 @@ function budgetsFlag(args: ParsedArgs): Budget[] {
   }
 }
 
-/** Every target tensor at one option (tensors it does not fit stay as stored). */
-function uniformPlan(model: OpenedModel, targets: readonly TensorEntry[], option: AllocOption & { kind: 'method' }, memory: MemoryOptions): { plan: Plan; kept: number } {
-  const tensors: Record<string, PlanEntry> = {}
-  let kept = 0
-  for (const t of targets) {
-    let fits = true
-    try {
-      plannedTensorBytes(model, optionEntry(model, t, option), memory)
-    } catch (err) {
-      if (!(err instanceof QuantParamError || err instanceof PlanError)) throw err
-      fits = false
-    }
-    if (fits) tensors[t.name] = { method: option.methodId, params: option.params as Record<string, number | boolean | string> }
-    else kept++
-  }
-  const plan: Plan = { format: PLAN_FORMAT, version: PLAN_VERSION, model: { name: modelDisplayName(model), fingerprint: modelFingerprint(model) }, description: `uniform ${option.spec}`, tensors }
-  return { plan, kept }
-}
-
 export async function runSweep(args: ParsedArgs): Promise<number> {
   const modelPath = args.positionals[0]
   if (!modelPath || args.positionals.length > 1) throw new UsageError('sweep takes exactly one MODEL')
@@ -143,17 +122,11 @@ export async function runSweep(args: ParsedArgs): Promise<number> {
     const tokenizer = () => openTokenizer(model)
     const calibIds = await tokensOf({ file: calibText }, tokenizer)
     const evalIds = await tokensOf({ file: evalText }, tokenizer)
-    let importance: number[] | undefined
-    let costs: Map<string, Map<string, number>> | undefined
-    if (allocator === 'lsaq') {
-      process.stderr.write(`LSAQ importance (k ${DEFAULT_LSAQ_K}) on ${calibText}, ${calibWindows} window(s)\n`)
-      importance = (await computeLayerImportance(model, calibIds, { lsaq: { k: DEFAULT_LSAQ_K }, ctx, maxWindows: calibWindows, backend, threads }, { signal })).lsaq!
-    } else if (options.filter((o) => o.kind === 'method').length > 0 && options.length > 1) {
-      costs = await measureSensitivity(
-        { model, tensors: allocationTargets(model, allTensors), options, ids: calibIds, ctx, maxWindows: calibWindows, backend, threads },
-        { signal, onProgress: (p) => progressLine('ΔKLD per tensor and option', p.done, p.total) },
-      )
-    }
+    if (allocator === 'lsaq') process.stderr.write(`LSAQ importance (k ${DEFAULT_LSAQ_K}) on ${calibText}, ${calibWindows} window(s)\n`)
+    const inputs = await measureAllocatorInputs(
+      { model, allocator, options, allTensors, ids: calibIds, ctx, windows: calibWindows, backend, threads },
+      { signal, onSensitivity: (p) => progressLine('ΔKLD per tensor and option', p.done, p.total) },
+    )
     // The first KLD evaluation writes the base log-probs to their cache (16-bit) and later ones
     // read them back: evaluate the model as stored first, so every point sees the same base.
     let basePpl: number | undefined
@@ -169,37 +142,19 @@ export async function runSweep(args: ParsedArgs): Promise<number> {
       return { ppl: r.ppl, ...(r.kld ? { kld: r.kld.mean } : {}), windows: r.windows }
     }
     const points: SweepPoint[] = []
-    const skipped: SweepReport['skipped'] = []
     let windows = 0
-    for (const budget of budgets) {
-      let result
-      try {
-        result = allocate({ model, allocator, budget, options, memory, allTensors, importance, costs })
-      } catch (err) {
-        // An infeasible budget is a result of the sweep (the curve starts later), not a failure.
-        if (err instanceof PlanError && err.tensor === null && /infeasible/.test(err.message)) {
-          skipped.push({ budget: budget.text, reason: err.message })
-          continue
-        }
-        throw err
-      }
+    const { plans, skipped } = plansOverBudgets(model, { allocator, budgets, options, memory, allTensors, inputs })
+    for (const { budget, result } of plans) {
       const e = await evaluate(result.plan, `${allocator} ${budget.text}`)
       windows = e.windows
       points.push({ budget: budget.text, bytes: result.bytes.total, bitsPerWeight: result.bitsPerWeight, ppl: e.ppl, ...(e.kld !== undefined ? { kld: e.kld } : {}), counts: result.counts, predictedKld: result.predictedKld })
     }
     points.sort((a, b) => a.bytes - b.bytes)
-    const targets = allocationTargets(model, allTensors)
-    const params = targets.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0)
-    const targetNames = new Set(targets.map((t) => t.name))
     const uniform: UniformPoint[] = []
-    for (const option of options) {
-      if (option.kind !== 'method') continue
-      const { plan, kept } = uniformPlan(model, targets, option, memory)
-      const m = memoryModel(model, resolvePlanFor(model, plan, `uniform ${option.spec}`), memory)
-      const planned = m.tensors.filter((t) => targetNames.has(t.name)).reduce((a, t) => a + t.bytes, 0)
-      const e = await evaluate(plan, `uniform ${option.spec}`)
+    for (const u of uniformBaselines(model, { options, memory, allTensors })) {
+      const e = await evaluate(u.plan, `uniform ${u.option}`)
       windows = e.windows
-      uniform.push({ option: option.spec, bytes: m.total, bitsPerWeight: (8 * planned) / params, ppl: e.ppl, ...(e.kld !== undefined ? { kld: e.kld } : {}), kept })
+      uniform.push({ option: u.option, bytes: u.bytes, bitsPerWeight: u.bitsPerWeight, ppl: e.ppl, ...(e.kld !== undefined ? { kld: e.kld } : {}), kept: u.kept })
     }
     uniform.sort((a, b) => a.bytes - b.bytes)
     const report: SweepReport = { allocator, format, points, uniform, skipped, ...(basePpl !== undefined ? { basePpl } : {}), evalText, windows, ctx, seconds: (performance.now() - t0) / 1000 }
