@@ -47,8 +47,10 @@ commands:
       overrides and command, or an llm-compressor recipe YAML (config_groups by role pattern).
   generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
        [--compare MODEL2] [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
+       [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]] [--act SPEC]
       Continues the prompt (greedy unless --temperature > 0); --compare runs a second model
-      on the same prompt and settings, side by side.
+      on the same prompt and settings, side by side. --kv-bits/--act as for eval; past-only:
+      each step uses its own K/V at full precision, which enter the cache quantized after it.
   importance MODEL --text FILE --method lsaq|cosine|sensitivity [--k 10] [--no-final-norm]
        [--quant SPEC [--calib FILE]] [--ctx 256] [--max-windows N] [--backend wasm|native] [--threads N]
        [--tokenizer FILE] [--json]

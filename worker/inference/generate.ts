@@ -4,6 +4,9 @@ import { readRegularTextFile } from '../io/regular-file'
 import { InferenceInputError, NonFiniteResultError } from './errors'
 import { sampleToken, seededRandom, type SamplingOptions } from './sampler'
 import type { EvalSession } from './eval-session'
+import type { DecoderGraphOptions } from './llama-graph'
+import { kvGraphFromEval, type KvEvalOptions } from './kv-quant'
+import { checkActOptions, type ActGraphOptions } from './act-quant'
 
 /**
  * Text generation with the KV cache: one prefill of the prompt, then one token per step.
@@ -33,6 +36,11 @@ export interface GenerationResult {
 
 export interface GenerateHooks {
   onToken?(id: number, index: number): void
+  /**
+   * The logits each step sampled from (a view, valid during the call), and the position they
+   * were computed at: they predict the token at position + 1.
+   */
+  onLogits?(logits: Float32Array, position: number): void
   signal?: AbortSignal
 }
 
@@ -41,6 +49,30 @@ export const DEFAULT_MAX_TOKENS = 64
 /** Positions a generation session needs: prompt + new tokens. */
 export function generationPositions(promptTokens: number, maxTokens: number): number {
   return promptTokens + maxTokens
+}
+
+/** Fake quantization a generation runs with (the eval options: kv-quant.ts, act-quant.ts). */
+export interface GenerationQuant {
+  /** KV cache; with smooth, the statistics already calibrated (kv-calibration.ts kvEvalOptions). */
+  kv?: KvEvalOptions | null
+  act?: ActGraphOptions | null
+}
+
+/**
+ * The decode graph: KV cache in and out, last-position logits. With `kv`, the graph's
+ * attention (kv-quant.ts) makes a token enter the cache quantized after its step: past-only
+ * attends to the dequantised cache for j < t and the step's own full-precision K/V at j = t
+ * (WKVQuant's POQ); naive attends to its own K/V quantized too. The prompt's prefill is the
+ * same teacher-forced computation as the perplexity graph's with the same settings.
+ */
+export function generationGraph(promptTokens: number, maxTokens: number, quant: GenerationQuant = {}): DecoderGraphOptions {
+  const graph: DecoderGraphOptions = { kvCache: true, logits: 'last', maxPositions: generationPositions(promptTokens, maxTokens) }
+  if (quant.kv) graph.kv = kvGraphFromEval(quant.kv)
+  if (quant.act) {
+    checkActOptions(quant.act, Infinity)
+    graph.act = quant.act
+  }
+  return graph
 }
 
 export async function generateTokens(session: EvalSession, prompt: readonly number[], options: GenerateOptions = {}, hooks: GenerateHooks = {}): Promise<GenerationResult> {
@@ -57,6 +89,7 @@ export async function generateTokens(session: EvalSession, prompt: readonly numb
     const row = data.subarray(data.length - V)
     // argmax over NaNs would quietly pick token 0; say where the model broke instead.
     for (let j = 0; j < V; j++) if (!Number.isFinite(row[j]!)) throw new NonFiniteResultError('a logit', `position ${position} (vocabulary id ${j})`, row[j]!)
+    hooks.onLogits?.(row, position)
     return row
   }
 

@@ -5,7 +5,7 @@ import { openModel } from '../formats/open-model'
 import type { TextTokenizer } from '../model/tokenizer'
 import { captureActivations, type CaptureResult } from './activation-capture'
 import { InferenceInputError } from './errors'
-import { declaredStopTokens, generateTokens, generationPositions, DEFAULT_MAX_TOKENS } from './generate'
+import { declaredStopTokens, generateTokens, generationGraph, DEFAULT_MAX_TOKENS } from './generate'
 import { nativeBackendAvailable } from './ort-backend'
 import type {
   AnyJobResult,
@@ -19,8 +19,9 @@ import type {
   VariantSpec,
 } from './inference-protocol'
 import { evaluatePerplexity, type PerplexityResult } from './perplexity'
-import { DEFAULT_KV_CALIBRATION_TEXT, kvEvalOptions } from './kv-calibration'
-import type { KvEvalOptions } from './kv-quant'
+import { DEFAULT_KV_CALIBRATION_TEXT, kvEvalOptions, kvJobOptions } from './kv-calibration'
+import { kvEchoOf, type KvEcho, type KvEvalOptions } from './kv-quant'
+import { actEcho } from './act-quant'
 import { openEvalSession } from './eval-session'
 import { openTokenizer, tokensOf } from './text-source'
 import type { WeightOverrides } from './weights'
@@ -164,18 +165,31 @@ async function runGenerate(job: GenerateJob, open: Opener, hooks: JobHooks): Pro
   const variants = job.variants?.length ? job.variants : [{}]
   const results: GeneratedVariant[] = []
   let backend = job.backend ?? 'wasm'
+  let kvEcho: KvEcho | undefined
   for (let vi = 0; vi < variants.length; vi++) {
     hooks.signal?.throwIfAborted()
     const v = variants[vi]!
     const path = v.model ?? job.model
     const model = await open(path)
+    const overrides = await variantOverrides(model, v)
+    if ((job.kv || job.act) && model.format === 'onnx') {
+      throw new InferenceInputError(`${model.files[0]}: KV-cache and activation quantization are built into the graph made from the weights; an .onnx file runs only as it is`)
+    }
+    // Smoothing ranges are those of this variant's weights (calibrated on the calibration text, never the prompt).
+    const kv = job.kv
+      ? await kvJobOptions(model, job.kv, lazyTokenizer(model, job.tokenizer), { backend: job.backend, threads: job.threads, overrides }, {
+          signal: hooks.signal,
+          onProgress: (p) => hooks.onProgress?.({ ...p, stage: 'loading' }),
+        })
+      : null
+    if (kv && !kvEcho) kvEcho = kvEchoOf(kv)
     const session = await openEvalSession(model, {
       backend: job.backend,
       threads: job.threads,
-      overrides: await variantOverrides(model, v),
+      overrides,
       signal: hooks.signal,
       onLoadProgress: (done, total) => hooks.onProgress?.({ stage: 'loading', done, total }),
-      graph: { kvCache: true, logits: 'last', maxPositions: generationPositions(promptIds.length, maxTokens) },
+      graph: generationGraph(promptIds.length, maxTokens, { kv, act: job.act ?? null }),
     })
     backend = session.backend
     try {
@@ -200,5 +214,8 @@ async function runGenerate(job: GenerateJob, open: Opener, hooks: JobHooks): Pro
       await session.release()
     }
   }
-  return { prompt: typeof job.prompt === 'string' ? job.prompt : null, promptIds, variants: results, backend }
+  const out: GenerateJobResult = { prompt: typeof job.prompt === 'string' ? job.prompt : null, promptIds, variants: results, backend }
+  if (kvEcho) out.kv = kvEcho
+  if (job.act) out.act = actEcho(job.act)
+  return out
 }

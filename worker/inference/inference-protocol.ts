@@ -3,7 +3,7 @@ import type { CaptureResult } from './activation-capture'
 import type { CaptureSite } from './capture-points'
 import { InferenceInputError } from './errors'
 import type { KldCacheMode } from './kld'
-import type { KvQuantSettings } from './kv-quant'
+import type { KvEcho, KvQuantSettings } from './kv-quant'
 import type { ActGraphOptions } from './act-quant'
 import type { BackendKind } from './ort-backend'
 import type { EvalProgress, PerplexityResult } from './perplexity'
@@ -71,6 +71,13 @@ export interface GenerateJob extends JobCommon {
   seed?: number
   /** Stop token ids; 'model' (default): the model's declared end-of-sequence ids. */
   stopTokens?: number[] | 'model'
+  /**
+   * KV-cache fake quantization of every variant (as PerplexityJob's; past-only: a token enters
+   * the cache quantized after its step). Smoothing is calibrated per variant, on its weights.
+   */
+  kv?: (KvQuantSettings & { calibrationText?: TextSource; calibrationWindows?: number }) | null
+  /** Fake quantization of every decoder linear's input (k-means codebooks included). */
+  act?: ActGraphOptions | null
 }
 
 export interface CaptureJob extends JobCommon {
@@ -106,6 +113,10 @@ export interface GenerateJobResult {
   promptIds: number[]
   variants: GeneratedVariant[]
   backend: BackendKind
+  /** The KV-cache quantization generated with (absent: full precision); calibration of the first variant. */
+  kv?: KvEcho
+  /** The activation quantization generated with (absent: full precision). */
+  act?: Record<string, unknown>
 }
 
 export type InferenceJobResult<J extends InferenceJob> = J extends PerplexityJob

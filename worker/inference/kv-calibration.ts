@@ -1,10 +1,14 @@
+import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { OpenedModel } from '../formats/contract'
+import type { TextTokenizer } from '../model/tokenizer'
 import { captureActivations } from './activation-capture'
+import { cachedStats, statsKey, type StatsCacheDir, type StatsEntry } from './calibration-stats-cache'
 import { InferenceInputError } from './errors'
-import { checkKvSettings, kvAffineFromRange, type KvEvalOptions, type KvQuantSettings, type KvSmoothing } from './kv-quant'
+import { checkKvSettings, kvAffineFromRange, type KvChannelAffine, type KvEvalOptions, type KvQuantSettings, type KvSmoothing } from './kv-quant'
 import type { BackendKind } from './ort-backend'
 import type { EvalHooks } from './perplexity'
+import { tokensOf, type TextSource } from './text-source'
 import type { WeightOverrides } from './weights'
 
 /**
@@ -28,21 +32,57 @@ export interface KvCalibrationOptions {
   threads?: number
   /** The evaluated variant's weights: K/V ranges are those of the model being evaluated. */
   overrides?: WeightOverrides
+  /**
+   * Disk cache of the statistics (calibration-stats-cache.ts): undefined = `<cache root>/kv-smoothing`,
+   * null = recompute every time. With overrides the statistics are cached only under a `variantKey`.
+   */
+  cacheDir?: StatsCacheDir
+  /** Names the overrides' weights for the cache key (e.g. a hash of the plan). */
+  variantKey?: string
 }
 
-export async function calibrateKvSmoothing(
+const CACHE_KIND = 'kv-smoothing'
+const CACHE_VERSION = 1
+
+export interface KvCalibration {
+  smoothing: KvSmoothing
+  tokens: number
+  windows: number
+  /** Read from the disk cache rather than computed. */
+  cached: boolean
+}
+
+export async function calibrateKvSmoothing(model: OpenedModel, ids: readonly number[], options: KvCalibrationOptions = {}, hooks: EvalHooks = {}): Promise<KvCalibration> {
+  if (model.format === 'onnx') throw new InferenceInputError(`${model.files[0]}: KV smoothing needs the model's weights; an .onnx file is evaluated only as it is`)
+  const ctx = options.ctx ?? KV_CALIBRATION_CTX
+  const maxWindows = options.maxWindows ?? DEFAULT_KV_CALIBRATION_WINDOWS
+  // Overrides without a name for them would be a key that says nothing about the weights.
+  const dir = options.overrides?.size && !options.variantKey ? null : options.cacheDir
+  const { entry, cached } = await cachedStats(
+    CACHE_KIND,
+    CACHE_VERSION,
+    dir,
+    () => statsKey(model, { ids, ctx, maxWindows, backend: options.backend ?? 'wasm', spec: { sites: ['attn_k', 'attn_v'] }, variantKey: options.variantKey }),
+    async () => smoothingEntry(await measureKvSmoothing(model, ids, ctx, maxWindows, options, hooks)),
+  )
+  const c = smoothingFromEntry(entry)
+  return { ...c, cached }
+}
+
+async function measureKvSmoothing(
   model: OpenedModel,
   ids: readonly number[],
-  options: KvCalibrationOptions = {},
-  hooks: EvalHooks = {},
+  ctx: number,
+  maxWindows: number,
+  options: KvCalibrationOptions,
+  hooks: EvalHooks,
 ): Promise<{ smoothing: KvSmoothing; tokens: number; windows: number }> {
-  if (model.format === 'onnx') throw new InferenceInputError(`${model.files[0]}: KV smoothing needs the model's weights; an .onnx file is evaluated only as it is`)
   const capture = await captureActivations(
     model,
     ids,
     {
-      ctx: options.ctx ?? KV_CALIBRATION_CTX,
-      maxWindows: options.maxWindows ?? DEFAULT_KV_CALIBRATION_WINDOWS,
+      ctx,
+      maxWindows,
       backend: options.backend,
       threads: options.threads,
       overrides: options.overrides,
@@ -61,6 +101,30 @@ export async function calibrateKvSmoothing(
   }
   if (smoothing.key.length === 0) throw new Error('KV calibration: the capture returned no K/V points')
   return { smoothing, tokens: capture.tokens, windows: capture.windows }
+}
+
+function smoothingEntry(c: { smoothing: KvSmoothing; tokens: number; windows: number }): StatsEntry {
+  const arrays: Record<string, Float32Array> = {}
+  c.smoothing.key.forEach((a, l) => Object.assign(arrays, { [`L${l}.k.shift`]: a.shift, [`L${l}.k.scale`]: a.scale }))
+  c.smoothing.value.forEach((a, l) => Object.assign(arrays, { [`L${l}.v.shift`]: a.shift, [`L${l}.v.scale`]: a.scale }))
+  return { meta: { tokens: c.tokens, windows: c.windows, layers: c.smoothing.key.length }, arrays }
+}
+
+function smoothingFromEntry(e: StatsEntry): { smoothing: KvSmoothing; tokens: number; windows: number } {
+  const layers = e.meta.layers
+  if (typeof layers !== 'number' || typeof e.meta.tokens !== 'number' || typeof e.meta.windows !== 'number') throw new Error('KV smoothing cache entry: header is incomplete')
+  const take = (l: number, which: 'k' | 'v'): KvChannelAffine => {
+    const shift = e.arrays[`L${l}.${which}.shift`]
+    const scale = e.arrays[`L${l}.${which}.scale`]
+    if (!shift || !scale) throw new Error(`KV smoothing cache entry: layer ${l} ${which} is missing`)
+    return { shift, scale }
+  }
+  const smoothing: KvSmoothing = { key: [], value: [] }
+  for (let l = 0; l < layers; l++) {
+    smoothing.key.push(take(l, 'k'))
+    smoothing.value.push(take(l, 'v'))
+  }
+  return { smoothing, tokens: e.meta.tokens, windows: e.meta.windows }
 }
 
 /**
@@ -82,4 +146,31 @@ export async function kvEvalOptions(
   kv.smoothing = c.smoothing
   kv.calibration = { source: calibration.source ?? 'tokens', tokens: c.tokens, windows: c.windows }
   return kv
+}
+
+/** A job's kv request: the settings, and where smoothing calibrates (default resources/eval/calibration.txt). */
+export type KvJobSettings = KvQuantSettings & { calibrationText?: TextSource; calibrationWindows?: number }
+
+/**
+ * kvEvalOptions from a job's request: with smooth, the calibration text tokenized with the
+ * model's tokenizer (refused when it is the evaluated text file).
+ */
+export async function kvJobOptions(
+  model: OpenedModel,
+  request: KvJobSettings,
+  tokenizer: () => Promise<TextTokenizer>,
+  options: KvCalibrationOptions & { evaluatedFile?: string } = {},
+  hooks: EvalHooks = {},
+): Promise<KvEvalOptions> {
+  const { calibrationText, calibrationWindows, ...settings } = request
+  let calibration = null
+  if (settings.smooth) {
+    const source = calibrationText ?? { file: DEFAULT_KV_CALIBRATION_TEXT }
+    if ('file' in source && options.evaluatedFile && resolve(source.file) === resolve(options.evaluatedFile)) {
+      throw new InferenceInputError(`KV smoothing would calibrate on the evaluated text ${options.evaluatedFile}; give another calibration text`)
+    }
+    const ids = await tokensOf(source, tokenizer)
+    calibration = { ids, maxWindows: calibrationWindows, source: 'file' in source ? source.file : 'text' in source ? 'text' : 'tokens' }
+  }
+  return kvEvalOptions(model, settings, calibration, options, hooks)
 }

@@ -67,6 +67,23 @@ export interface KvGraphOptions {
   smooth?: KvSmoothing | null
 }
 
+/**
+ * The decoder graph's kv option from resolved settings (smoothing statistics included when
+ * smooth), for graphs built outside perplexity.ts (generation).
+ */
+export function kvGraphFromEval(kv: KvEvalOptions): KvGraphOptions {
+  checkKvSettings(kv)
+  if (kv.smooth && !kv.smoothing) throw new InferenceInputError('KV smoothing needs its calibration statistics (kvEvalOptions calibrates them on the calibration text)')
+  return { bits: kv.bits, group: kv.group ?? null, pastOnly: kv.pastOnly, smooth: kv.smooth ? kv.smoothing : null }
+}
+
+/** What a result echoes of resolved KV settings. */
+export function kvEchoOf(kv: KvEvalOptions): KvEcho {
+  const echo: KvEcho = { bits: kv.bits, group: kv.group ?? null, smooth: kv.smooth, pastOnly: kv.pastOnly }
+  if (kv.calibration) echo.calibration = kv.calibration
+  return echo
+}
+
 /** Refuses settings the graph cannot build, naming the problem. */
 export function checkKvSettings(s: { bits: number; group?: number | null }, headDim?: number): void {
   if (!Number.isInteger(s.bits) || s.bits < 2 || s.bits > 8) throw new InferenceInputError(`KV-cache bits must be an integer from 2 to 8, got ${s.bits}`)

@@ -17,6 +17,7 @@ import type { KMeansActParams } from '../quant/activations/spec'
 import type { ActGraphOptions } from '../inference/act-quant'
 import { openTokenizer, tokensOf, type TextSource } from '../inference/text-source'
 import { DEFAULT_CALIBRATION_TEXT } from './calibration'
+import { cachedStats, statsKey, type StatsCacheDir } from '../inference/calibration-stats-cache'
 
 const LINEAR_INPUTS: CaptureSite[] = ['attn_in', 'o_in', 'mlp_in', 'down_in']
 /** Windows of 256 calibration tokens: 8192 tokens × channels values per input is plenty for 2^b 1-D centroids. */
@@ -28,17 +29,58 @@ export interface ActCodebookOptions {
   backend?: BackendKind
   threads?: number
   overrides?: WeightOverrides
+  /**
+   * Disk cache of the codebooks (inference/calibration-stats-cache.ts): undefined =
+   * `<cache root>/act-codebooks`, null = fit every time. With overrides, cached only under a `variantKey`.
+   */
+  cacheDir?: StatsCacheDir
+  variantKey?: string
 }
 
+const CACHE_KIND = 'act-codebooks'
+const CACHE_VERSION = 1
+
+/**
+ * Codebooks of every linear input, from the disk cache when the same model files, calibration
+ * tokens, windows, backend and k-means parameters were fitted before (`cached` true).
+ */
 export async function fitActivationCodebooks(
   model: OpenedModel,
   ids: readonly number[],
   params: KMeansActParams,
   options: ActCodebookOptions = {},
   hooks: EvalHooks = {},
-): Promise<{ codebooks: Record<string, Float32Array>; tokens: number }> {
+): Promise<{ codebooks: Record<string, Float32Array>; tokens: number; cached: boolean }> {
   const ctx = options.ctx ?? 256
-  const windows = planWindows(ids, ctx, options.maxWindows ?? DEFAULT_ACT_CALIBRATION_WINDOWS)
+  const maxWindows = options.maxWindows ?? DEFAULT_ACT_CALIBRATION_WINDOWS
+  const dir = options.overrides?.size && !options.variantKey ? null : options.cacheDir
+  const { entry, cached } = await cachedStats(
+    CACHE_KIND,
+    CACHE_VERSION,
+    dir,
+    () => statsKey(model, { ids, ctx, maxWindows, backend: options.backend ?? 'wasm', spec: params, variantKey: options.variantKey }),
+    async () => {
+      const fitted = await fitCodebooksNow(model, ids, params, ctx, maxWindows, options, hooks)
+      return { meta: { tokens: fitted.tokens }, arrays: fitted.codebooks }
+    },
+  )
+  if (typeof entry.meta.tokens !== 'number') throw new Error('activation codebook cache entry: header is incomplete')
+  for (const [id, c] of Object.entries(entry.arrays)) {
+    if (c.length !== 2 ** params.bits) throw new Error(`activation codebook cache entry: ${id} has ${c.length} centroids, not ${2 ** params.bits}`)
+  }
+  return { codebooks: entry.arrays, tokens: entry.meta.tokens, cached }
+}
+
+async function fitCodebooksNow(
+  model: OpenedModel,
+  ids: readonly number[],
+  params: KMeansActParams,
+  ctx: number,
+  maxWindows: number,
+  options: ActCodebookOptions,
+  hooks: EvalHooks,
+): Promise<{ codebooks: Record<string, Float32Array>; tokens: number }> {
+  const windows = planWindows(ids, ctx, maxWindows)
   const session = await DecoderSession.create(model, {
     backend: options.backend,
     threads: options.threads,

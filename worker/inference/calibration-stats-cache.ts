@@ -1,0 +1,145 @@
+/**
+ * Disk cache of small calibration results that every evaluation with the same settings
+ * recomputes otherwise: KV smoothing statistics (kv-calibration.ts) and k-means activation
+ * codebooks (plan/act-codebooks.ts). Each is a pass of the full-precision model over up to
+ * 32 × 256 calibration tokens (plus k-means fits), seconds on the default model and minutes
+ * on a 0.5B one, for a few kilobytes of float32 numbers.
+ *
+ * Entries live in a private, bounded, verified folder (io/bounded-cache-dir.ts:
+ * `<cache root>/<kind>`), keyed like the calibration capture cache (plan/calibration-cache.ts):
+ *   (model files' fingerprint, calibration token ids' hash, ctx, windows, backend, spec)
+ * A tampered, truncated or foreign entry fails its checksum or identity and is recomputed.
+ * Weight overrides (a plan's variant) change the statistics and are not part of the key, so
+ * callers with overrides pass no cache unless they name the variant (`variantKey`).
+ *
+ * Payload: one JSON header line (meta, array names and lengths), then every array's float32
+ * bytes in header order, so a hit returns bit-identical values.
+ */
+import { createHash } from 'node:crypto'
+import { join } from 'node:path'
+import type { OpenedModel } from '../formats/contract'
+import { BoundedCacheDir } from '../io/bounded-cache-dir'
+import { filesFingerprint } from '../io/file-fingerprint'
+import { defaultCacheDir } from '../io/private-dir'
+
+/** What an entry holds: JSON-able facts and named float32 arrays. */
+export interface StatsEntry {
+  meta: Record<string, unknown>
+  arrays: Record<string, Float32Array>
+}
+
+/** Where a calibration result is cached: undefined = `<cache root>/<kind>`, null = not at all. */
+export type StatsCacheDir = string | null | undefined
+
+export interface StatsKeyParts {
+  ids: readonly number[]
+  ctx: number
+  /** Windows asked for (null: every window of the text). */
+  maxWindows: number | null
+  backend: string
+  /** The settings the result depends on (method parameters), JSON-able. */
+  spec: unknown
+  /** Names the weight overrides the result was computed with (absent: the stored weights). */
+  variantKey?: string
+}
+
+const MAX_BYTES = 64 << 20
+
+export function defaultStatsCacheDir(kind: string): string {
+  return join(defaultCacheDir(), kind)
+}
+
+/** The cache key of one calibration result of `model`'s current files. */
+export async function statsKey(model: OpenedModel, parts: StatsKeyParts): Promise<string> {
+  const ids = Int32Array.from(parts.ids)
+  const idsHash = createHash('sha256').update(new Uint8Array(ids.buffer)).digest('hex')
+  return JSON.stringify({
+    files: await filesFingerprint(model.files),
+    tokens: `${ids.length}:${idsHash}`,
+    ctx: parts.ctx,
+    maxWindows: parts.maxWindows,
+    backend: parts.backend,
+    spec: sortedJson(parts.spec),
+    variant: parts.variantKey ?? null,
+  })
+}
+
+/** Object keys sorted at every level, so two equal specs give one key whatever their key order. */
+function sortedJson(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortedJson)
+  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortedJson((v as Record<string, unknown>)[k])]))
+  return v
+}
+
+export function encodeStats(e: StatsEntry): Uint8Array {
+  const names = Object.keys(e.arrays)
+  const head = Buffer.from(`${JSON.stringify({ meta: e.meta, arrays: names.map((n) => [n, e.arrays[n]!.length]) })}\n`, 'utf8')
+  const pad = (4 - (head.length % 4)) % 4
+  const out = new Uint8Array(head.length + pad + names.reduce((s, n) => s + e.arrays[n]!.byteLength, 0))
+  out.set(head, 0)
+  let at = head.length + pad
+  for (const n of names) {
+    const a = e.arrays[n]!
+    out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), at)
+    at += a.byteLength
+  }
+  return out
+}
+
+/** Inverse of encodeStats; throws on a payload that does not add up. */
+export function decodeStats(payload: Uint8Array): StatsEntry {
+  const eol = payload.indexOf(10)
+  if (eol < 0) throw new Error('stats cache entry has no header')
+  const header = JSON.parse(Buffer.from(payload.buffer, payload.byteOffset, eol).toString('utf8')) as { meta: Record<string, unknown>; arrays: [string, number][] }
+  let at = eol + 1
+  at += (4 - (at % 4)) % 4
+  const arrays: Record<string, Float32Array> = {}
+  for (const [name, n] of header.arrays) {
+    if (!Number.isSafeInteger(n) || n < 0 || at + 4 * n > payload.length) throw new Error('stats cache entry is shorter than its header says')
+    const a = new Float32Array(n)
+    new Uint8Array(a.buffer).set(payload.subarray(at, at + 4 * n))
+    arrays[name] = a
+    at += 4 * n
+  }
+  if (at !== payload.length) throw new Error('stats cache entry is longer than its header says')
+  return { meta: header.meta, arrays }
+}
+
+const folders = new Map<string, BoundedCacheDir>()
+
+function folder(kind: string, version: number, dir: string): BoundedCacheDir {
+  const id = `${kind}\u0000${version}\u0000${dir}`
+  let f = folders.get(id)
+  if (!f) {
+    f = new BoundedCacheDir(dir, { kind, version, maxBytes: MAX_BYTES })
+    folders.set(id, f)
+  }
+  return f
+}
+
+/**
+ * The entry for `key` from the folder, else `compute()`'s, stored for next time (best effort:
+ * an unwritable folder costs the next run time, not this result). `cached` says which.
+ */
+export async function cachedStats(
+  kind: string,
+  version: number,
+  dir: StatsCacheDir,
+  key: () => Promise<string>,
+  compute: () => Promise<StatsEntry>,
+): Promise<{ entry: StatsEntry; cached: boolean }> {
+  if (dir === null) return { entry: await compute(), cached: false }
+  const disk = folder(kind, version, dir ?? defaultStatsCacheDir(kind))
+  const k = await key()
+  const stored = await disk.get(k)
+  if (stored) {
+    try {
+      return { entry: decodeStats(stored), cached: true }
+    } catch {
+      // Verified bytes that still do not decode (a writer bug): recompute and overwrite.
+    }
+  }
+  const entry = await compute()
+  await disk.set(k, encodeStats(entry)).catch(() => {})
+  return { entry, cached: false }
+}
