@@ -10,6 +10,7 @@
  * while it runs, and may call `cancelJob`; the response then fails with `cancelled: true`.
  */
 import type * as v from 'valibot'
+import type { ExportedTensor, ExportFloatType, ExportReport } from '../export/report-types'
 import type { ModelConfig, ModelFormatId } from '../formats/contract'
 import type { KldBaseMode, KldSummary } from '../inference/kld-types'
 import type { LinearRole } from '../model/logical-model'
@@ -302,50 +303,15 @@ export type GenerateParams = ParamsOf<'generate'>
 // ---- Export ------------------------------------------------------------------------------
 
 /**
- * The export formats and the report, as the UI sees them. Written out here rather than imported
- * from worker/export/contract.ts, which pulls Node modules into the UI's typecheck; export-api.ts
- * fails to compile if the two drift apart.
+ * The export formats and the report, as the UI sees them. The report types come from
+ * export/report-types.ts (type-only, no Node types); the format id is the API schema's, and
+ * export-api.ts fails to compile if it drifts from export/contract.ts.
  */
 export type ExportFormatId = v.InferOutput<typeof schemas.exportFormatSchema>
-export type ExportFloatType = 'bf16' | 'fp16' | 'fp32'
+export type { ExportedTensor, ExportFloatType }
 
-/** One tensor as written (export/contract.ts ExportedTensor). */
-export interface ExportedTensor {
-  /** Name in the written file(s) (GGUF renames: blk.0.attn_q.weight). */
-  name: string
-  /** The source model's tensor it comes from. */
-  source: string
-  /** The plan's method as a spec, or null for a tensor kept as stored. */
-  method: string | null
-  /** Type as the target names it ('F32', 'Q4_K', 'int4 g128 asym (pack-quantized)', …). */
-  writtenType: string
-  bytes: number
-  support: 'exact' | 'fallback' | 'kept'
-  /** What was done differently from the plan, or rounding to the output float type. */
-  note?: string
-  /** Largest |written − planned| when they differ. */
-  maxAbsError?: number
-  rmsError?: number
-}
-
-/** The export's report (export/contract.ts ExportReport) without its free-form evaluation. */
-export interface ExportReportInfo {
-  format: ExportFormatId
-  label: string
-  /** The export's final path (file or folder). */
-  path: string
-  /** The report written beside it. */
-  reportPath: string
-  files: { path: string; bytes: number }[]
-  bytes: number
-  seconds: number
-  model: { path: string; name: string; fingerprint: string }
-  plan: { source: string; name: string; description?: string; quantized: number }
-  tensors: ExportedTensor[]
-  /** Bytes per section of the output; they sum to the total. */
-  sections: Record<string, number>
-  notes: string[]
-}
+/** The export's report without its free-form evaluation (the API adds a typed one). */
+export type ExportReportInfo = Omit<ExportReport, 'evaluation' | 'format'> & { format: ExportFormatId }
 
 /** A choice a format offers beyond the float type (GGUF: the ggml type for methods it cannot store). */
 export interface ExportFormatOptionInfo {
