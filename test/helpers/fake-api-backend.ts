@@ -90,6 +90,12 @@ export class FakeBackend implements ApiBackend {
   async layerImportance(): Promise<ApiResult<'layerImportance'>> {
     throw new Error('not used')
   }
+  async allocatePlan(): Promise<ApiResult<'allocatePlan'>> {
+    throw new Error('not used')
+  }
+  async paretoSweep(): Promise<ApiResult<'paretoSweep'>> {
+    throw new Error('not used')
+  }
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
     this.cancelled.push(jobId)
     const stop = this.running.get(jobId)

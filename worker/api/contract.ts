@@ -424,6 +424,90 @@ export interface LayerImportanceReport {
 
 export type LayerImportanceParams = ParamsOf<'layerImportance'>
 
+// ---- Activation and KV-cache quantization views -------------------------------------------
+
+export type { ActivationInputView, ActivationViewResult, ActNorm, Histogram, KvHeatmap, KvViewResult } from './actkv-types'
+import type { ActivationViewResult, KvViewResult } from './actkv-types'
+
+export type ActSettings = NonNullable<EvaluateParams['act']>
+export type KvSettings = NonNullable<EvaluateParams['kv']>
+
+/** The KV evaluations kvSweep ran (the combinations that were missing) and how many were already kept. */
+export interface KvSweepResult {
+  runs: EvalRun[]
+  /** Combinations skipped because a run of the same variant, text, ctx and windows was kept. */
+  existing: number
+}
+
+// ---- Allocation under a budget ---------------------------------------------------------------
+
+export type AllocatorId = v.InferOutput<typeof schemas.allocatePlanParamsSchema>['allocator']
+
+/**
+ * Bytes of the model under an allocated plan, as the stacked memory bar draws them: they sum to
+ * `total`. codes + scales = the planned tensors in the layout (native: QuantMethod.storage's
+ * codes vs scales/zeros/tables/outliers; gguf: the native split scaled to the GGUF bytes, since
+ * ggml blocks interleave them); kept = every tensor the plan leaves as stored (embeddings,
+ * lm_head, norms); kvCache = the reserve for the requested context and batch (0 without).
+ */
+export interface AllocationMemory {
+  layout: 'native' | 'gguf'
+  codes: number
+  scales: number
+  kept: number
+  kvCache: number
+  /** codes + scales + kept: the weights (native: planSize's bytes; gguf: the data section). */
+  weights: number
+  total: number
+  /** The split of the planned bytes into codes and scales is exact (native) or proportional (gguf). */
+  splitExact: boolean
+  kv: { ctx: number; batch: number; bits: number } | null
+}
+
+/** An allocated plan (plan/allocate.ts) with what the budget panel shows. */
+export interface AllocatePlanResult {
+  plan: Plan
+  allocator: AllocatorId
+  budget: string
+  /** Tensors per option spec. */
+  counts: Record<string, number>
+  /** 8 · planned bytes / planned weights. */
+  bitsPerWeight: number
+  /** Summed per-tensor ΔKLD of the picks (greedy/optimal), null for LSAQ. */
+  predictedKld: number | null
+  /** LSAQ: the blocks at the high option. */
+  highLayers?: number[]
+  memory: AllocationMemory
+  /** How the allocator's inputs came: 'lsaq' importance or per-tensor 'sensitivity', from the cache or measured now. */
+  measurement: { kind: 'lsaq' | 'sensitivity' | 'none'; fromCache: boolean; measured: number; seconds: number }
+}
+
+/** One point of a Pareto sweep: a plan, its size and its perplexity on the held-out windows. */
+export interface ParetoPoint {
+  /** 'optimal 3.5bpw', 'uniform rtn:bits=4,…', 'llama.cpp Q3_K_M'. */
+  label: string
+  kind: AllocatorId | 'uniform' | 'preset'
+  /** The budget asked for (allocator points). */
+  budget?: string
+  /** Modelled size in the layout (weights; no KV reserve). */
+  bytes: number
+  /** Bits per weight over the allocation's target tensors. */
+  bpw: number
+  ppl: number
+  plan: Plan
+}
+
+export interface ParetoSweepResult {
+  points: ParetoPoint[]
+  /** Budgets no plan of the allocator meets, with the allocator's reason. */
+  skipped: { label: string; reason: string }[]
+  layout: 'native' | 'gguf'
+  textLabel: string
+  ctx: number
+  windows: number
+  seconds: number
+}
+
 /** Method table: params and result of every call. */
 export interface ApiMethods {
   openModel: { params: ParamsOf<'openModel'>; result: ModelSummary }
@@ -471,6 +555,16 @@ export interface ApiMethods {
   exportModel: { params: ExportModelParams; result: ExportModelReport }
   /** Job: per-layer LSAQ, cosine and measured sensitivity on a text (importance worker thread), with their Spearman agreement. */
   layerImportance: { params: LayerImportanceParams; result: LayerImportanceReport }
+  /** Job: a plan for a budget by an allocator (measurements on an allocation worker thread, cached); an infeasible budget fails with 'PlanError' giving the smallest feasible size. */
+  allocatePlan: { params: ParamsOf<'allocatePlan'>; result: AllocatePlanResult }
+  /** Job: allocators × budgets, uniform plans and llama.cpp presets, each evaluated (perplexity on held-out windows). */
+  paretoSweep: { params: ParamsOf<'paretoSweep'>; result: ParetoSweepResult }
+  /** Job: one layer's linear inputs on the calibration text: histograms with k-means centroids and INT grid, outlier share, top channels. */
+  activationView: { params: ParamsOf<'activationView'>; result: ActivationViewResult }
+  /** Job: K (after RoPE) and V of one layer and kv head on a calibration window, raw and smoothed; KV memory by context and bits. */
+  kvView: { params: ParamsOf<'kvView'>; result: KvViewResult }
+  /** Job: the missing KV evaluations bits × {naive, past-only, smoothed, both}; each is kept as a run. */
+  kvSweep: { params: ParamsOf<'kvSweep'>; result: KvSweepResult }
 }
 
 // Every method of the table has a schema and every schema a method: otherwise this fails to compile.
@@ -483,7 +577,7 @@ export type ApiParams<M extends ApiMethod> = ApiMethods[M]['params']
 export type ApiResult<M extends ApiMethod> = ApiMethods[M]['result']
 
 /** Methods that run as jobs (take a jobId, emit progress, can be cancelled). */
-export type JobMethod = 'tensorStats' | 'layerGridStats' | 'evaluate' | 'generate' | 'quantizePreview' | 'exportModel' | 'layerImportance'
+export type JobMethod = 'tensorStats' | 'layerGridStats' | 'evaluate' | 'generate' | 'quantizePreview' | 'exportModel' | 'layerImportance' | 'allocatePlan' | 'paretoSweep' | 'activationView' | 'kvView' | 'kvSweep'
 
 /** A request on the wire: a discriminated union on `method`. */
 export type ApiRequest = { [M in ApiMethod]: { id: number; method: M; params: ApiParams<M> } }[ApiMethod]
@@ -518,6 +612,8 @@ export interface JobProgressDetail {
   stage: 'loading' | 'loading-base' | 'evaluating' | 'generating' | 'calibrating' | 'quantizing' | 'writing' | 'finishing' | 'measuring'
   /** Exporting: the tensor being written. */
   tensor?: string
+  /** Allocation: what is being measured or which plan is evaluated. */
+  label?: string
   /** Tokens per second over the stage so far (evaluating, generating). */
   tokensPerSecond?: number
   /** Perplexity over the windows done so far (evaluating). */

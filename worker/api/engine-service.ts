@@ -35,7 +35,9 @@ import { orientationPlan, orientStats } from '../stats/orientation'
 import { EngineError } from './errors'
 import { EvaluateService, MemoryEvalRuns, type EvalRunsBackend, type EvaluateServiceOptions, type InferenceApi, type VariantCatalog } from './evaluate-service'
 import { ExportApi } from './export-api'
+import { AllocationApi } from './allocation-api'
 import { ImportanceApi } from './importance-api'
+import { ActKvApi } from './actkv-api'
 import { llamaCppPresetNames, llamaCppPresetPlan } from './llama-cpp-preset-api'
 import { QuantApi } from './quant-api'
 import { modelFingerprint } from '../plan/plan'
@@ -93,6 +95,8 @@ export interface EngineServiceOptions {
   calibrationCacheDir?: string | null
   /** Measured-sensitivity result cache; undefined: `<cache root>/importance`, null: none. */
   importanceCacheDir?: string | null
+  /** Per-tensor ΔKLD cache of the allocators; undefined: `<cache root>/sensitivity`, null: none. */
+  sensitivityCacheDir?: string | null
 }
 
 interface OpenModelEntry {
@@ -114,6 +118,8 @@ export class EngineService implements ApiFunctions {
   private readonly quantization: QuantApi
   private readonly exports: ExportApi
   private readonly importance: ImportanceApi
+  private readonly allocation: AllocationApi
+  private readonly actkv: ActKvApi
   private nextModel = 1
 
   constructor(private readonly options: EngineServiceOptions = {}) {
@@ -131,6 +137,11 @@ export class EngineService implements ApiFunctions {
     this.exports = new ExportApi({ evaluation: evaluationOptions }, (jobId, work) => this.runJob(jobId, work))
     this.importance = new ImportanceApi(
       { heldoutText: () => this.evaluation.heldoutText, threads: options.inferenceThreads, cacheDir: options.importanceCacheDir },
+      (jobId, work) => this.runJob(jobId, work),
+    )
+    this.actkv = new ActKvApi({ threads: options.inferenceThreads }, (jobId, work) => this.runJob(jobId, work))
+    this.allocation = new AllocationApi(
+      { heldoutText: () => this.evaluation.heldoutText, threads: options.inferenceThreads, cacheDir: options.sensitivityCacheDir },
       (jobId, work) => this.runJob(jobId, work),
     )
     this.quantization = new QuantApi(
@@ -308,6 +319,25 @@ export class EngineService implements ApiFunctions {
   // Layer importance: importance-api.ts, on an importance worker thread.
   async layerImportance(params: ApiParams<'layerImportance'>): Promise<ApiResult<'layerImportance'>> {
     return this.importance.layerImportance(this.model(params.modelId), params)
+  }
+
+  // Activation and KV-cache quantization: actkv-api.ts (views) and evaluate-service.ts (sweep), on worker threads.
+  async activationView(params: ApiParams<'activationView'>): Promise<ApiResult<'activationView'>> {
+    return this.actkv.activationView(this.model(params.modelId), params)
+  }
+  async kvView(params: ApiParams<'kvView'>): Promise<ApiResult<'kvView'>> {
+    return this.actkv.kvView(this.model(params.modelId), params)
+  }
+  async kvSweep(params: ApiParams<'kvSweep'>): Promise<ApiResult<'kvSweep'>> {
+    return this.evaluation.kvSweep(this.model(params.modelId), params)
+  }
+
+  // Allocation: allocation-api.ts, measurements and evaluations on an allocation worker thread.
+  async allocatePlan(params: ApiParams<'allocatePlan'>): Promise<ApiResult<'allocatePlan'>> {
+    return this.allocation.allocatePlan(this.model(params.modelId), params)
+  }
+  async paretoSweep(params: ApiParams<'paretoSweep'>): Promise<ApiResult<'paretoSweep'>> {
+    return this.allocation.paretoSweep(this.model(params.modelId), params)
   }
 
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {

@@ -30,6 +30,11 @@ export const API_METHOD_NAMES = [
   'exportSupport',
   'exportModel',
   'layerImportance',
+  'allocatePlan',
+  'paretoSweep',
+  'activationView',
+  'kvView',
+  'kvSweep',
 ] as const
 
 export type ApiMethodName = (typeof API_METHOD_NAMES)[number]

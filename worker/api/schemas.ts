@@ -124,6 +124,39 @@ export const statsOptionsSchema = v.strictObject({
 
 const noParams = v.strictObject({})
 
+/** Activation fake-quant kinds of the evaluation graph (inference/act-quant.ts). */
+export const ACT_KINDS = ['int', 'kmeans'] as const
+/** k-means normalisations (quant/activations/spec.ts ACT_NORMALISATIONS; our choice, the paper leaves it open). */
+export const ACT_NORMS = ['absmax-non-outlier', 'none'] as const
+
+/**
+ * Activation quantization of every decoder linear's input: int per token (bits 2–16) or KLLM's
+ * k-means codebooks (bits 1–8, fitted on the calibration text); `outliers` is k per side of the
+ * top-k detector; `norm` only for k-means (default absmax-non-outlier).
+ */
+export const actSettingsSchema = v.pipe(
+  v.strictObject({
+    kind: v.picklist(ACT_KINDS, `must be one of ${ACT_KINDS.join(', ')}`),
+    bits: integer(1, 16),
+    outliers: v.optional(integer(0, 4096)),
+    norm: v.optional(v.picklist(ACT_NORMS, `must be one of ${ACT_NORMS.join(', ')}`)),
+  }),
+  v.check((a) => a.kind !== 'int' || a.bits >= 2, "'bits' of int activations must be an integer in [2, 16]"),
+  v.check((a) => a.kind !== 'kmeans' || a.bits <= 8, "'bits' of k-means activations must be an integer in [1, 8] (2^bits centroids)"),
+  v.check((a) => a.kind === 'kmeans' || a.norm === undefined, "'norm' goes with kind 'kmeans' only"),
+)
+
+/** KV-cache fake-quant (inference/kv-quant.ts): per-token bits 2–8, optional groups along head_dim, smoothing, past-only. */
+export const kvSettingsSchema = v.strictObject({
+  bits: integer(2, 8),
+  /** Values of head_dim per quantization group (must divide it); absent/null: the whole head vector. */
+  group: v.optional(v.nullable(integer(2, 4096))),
+  /** WKVQuant's static per-channel shift/scale from the calibration text. */
+  smooth: v.optional(v.boolean('must be a boolean')),
+  /** Past-only: the current token's own K/V stay full precision. */
+  pastOnly: v.optional(v.boolean('must be a boolean')),
+})
+
 export const evaluateParamsSchema = v.strictObject({
   jobId: name(),
   modelId: name(),
@@ -135,6 +168,10 @@ export const evaluateParamsSchema = v.strictObject({
   kld: v.optional(v.boolean('must be a boolean')),
   /** Default: the base model. */
   variant: v.optional(variantRefSchema),
+  /** Fake-quantize every decoder linear's input (absent: full precision). */
+  act: v.optional(actSettingsSchema),
+  /** Fake-quantize the KV cache (absent: full precision). */
+  kv: v.optional(kvSettingsSchema),
 })
 
 const variantsMessage = `must be a list of 1 to ${API_LIMITS.variants} variants`
@@ -248,6 +285,96 @@ export const layerImportanceParamsSchema = v.strictObject({
   backend: v.optional(backendSchema),
 })
 
+/** Activation view of one layer's linear inputs on the calibration text (actkv-api.ts). */
+export const activationViewParamsSchema = v.strictObject({
+  jobId: name(),
+  modelId: name(),
+  layer: integer(0, 4096),
+  /** k-means codebook size 2^bits and the INT grid's levels (default 4). */
+  bits: v.optional(integer(1, 8)),
+  /** k per side of the top-k detector (default 4). */
+  outliers: v.optional(integer(0, 4096)),
+  norm: v.optional(v.picklist(ACT_NORMS, `must be one of ${ACT_NORMS.join(', ')}`)),
+  bins: v.optional(integer(...API_LIMITS.bins)),
+  /** Calibration windows of 256 tokens (default 32, as the evaluation's codebooks). */
+  maxWindows: v.optional(integer(1, API_LIMITS.windows)),
+  topChannels: v.optional(integer(1, 256)),
+  backend: v.optional(backendSchema),
+})
+
+/** K (after RoPE) and V of one layer and kv head on one calibration window, raw and smoothed. */
+export const kvViewParamsSchema = v.strictObject({
+  jobId: name(),
+  modelId: name(),
+  layer: integer(0, 4096),
+  kvHead: integer(0, 4096),
+  /** Tokens of the window shown (default 128). */
+  tokens: v.optional(integer(2, 4096)),
+  /** Windows of 256 calibration tokens for the smoothing statistics (default 32, as evaluation). */
+  calibrationWindows: v.optional(integer(1, API_LIMITS.windows)),
+  backend: v.optional(backendSchema),
+})
+
+/** The missing KV evaluations bits × {naive, past-only, smoothed, both}, as one job. */
+export const kvSweepParamsSchema = v.strictObject({
+  jobId: name(),
+  modelId: name(),
+  text: evalTextRefSchema,
+  ctx: integer(2, API_LIMITS.ctx),
+  maxWindows: v.optional(integer(1, API_LIMITS.windows)),
+  backend: backendSchema,
+  variant: v.optional(variantRefSchema),
+  /** Default [2, 3, 4]. */
+  bits: v.optional(v.pipe(v.array(integer(2, 8), 'must be a list of KV bit widths'), v.minLength(1, 'must name at least one bit width'), v.maxLength(7, 'at most 7 bit widths'))),
+})
+
+// ---- Allocation (allocation-api.ts) -----------------------------------------------------
+
+export const ALLOCATOR_IDS = ['lsaq', 'greedy', 'optimal'] as const
+
+const allocatorSchema = v.picklist(ALLOCATOR_IDS, `must be one of ${ALLOCATOR_IDS.join(', ')}`)
+
+/** A budget as users write it ('12MB', '3.5bpw', a byte count); the engine parses it (plan/budget.ts). */
+const budgetTextSchema = v.pipe(v.string('must be a budget like 12MB, 3.5bpw or a byte count'), v.minLength(1, 'must be a budget like 12MB, 3.5bpw or a byte count'), v.maxLength(64, 'is longer than 64 characters'))
+
+/** What an allocation shares with a sweep: options, targets, layout, and the text it measures on. */
+const allocationEntries = {
+  jobId: name(),
+  modelId: name(),
+  /** Option specs separated by ';' (`rtn:bits=4,group=128;rtn:bits=3,group=128`, `ggml:type=Q6_K;…;keep`). */
+  options: v.pipe(v.string('must be option specs separated by ";"'), v.minLength(1, 'must be option specs separated by ";"'), v.maxLength(4096, 'is longer than 4096 characters')),
+  /** Plan embeddings and lm_head too (greedy/optimal only), as llama.cpp's mixes do. */
+  allTensors: v.optional(v.boolean('must be a boolean')),
+  /** Sizes as the app stores the model (default) or as the GGUF export's data section. */
+  layout: v.optional(v.picklist(['native', 'gguf'], "must be 'native' or 'gguf'")),
+  /** The text LSAQ importance and ΔKLD are measured on; absent: the shipped calibration text (never the held-out one). */
+  text: v.optional(evalTextRefSchema),
+  /** Windows of the measurement text (default 4). */
+  windows: v.optional(integer(1, 1024)),
+  ctx: v.optional(integer(2, API_LIMITS.ctx)),
+  backend: v.optional(backendSchema),
+}
+
+export const allocatePlanParamsSchema = v.strictObject({
+  ...allocationEntries,
+  budget: budgetTextSchema,
+  allocator: allocatorSchema,
+  /** A KV-cache reserve the memory breakdown (and a byte budget) includes. */
+  kv: v.optional(v.strictObject({ ctx: integer(0, 1 << 24), batch: v.optional(integer(1, 4096)), bits: v.optional(integer(1, 32)) })),
+})
+
+export const paretoSweepParamsSchema = v.strictObject({
+  ...allocationEntries,
+  allocators: v.pipe(v.array(allocatorSchema, 'must be a list of allocators'), v.minLength(1, 'must list at least one allocator'), v.check((a) => new Set(a).size === a.length, 'lists an allocator twice')),
+  budgets: v.pipe(v.array(budgetTextSchema, 'must be a list of budgets'), v.minLength(1, 'must list 1 to 32 budgets'), v.maxLength(32, 'must list 1 to 32 budgets')),
+  /** Held-out windows each plan's perplexity is measured on. */
+  evalWindows: integer(1, API_LIMITS.windows),
+  /** Add the uniform plan of each option (default on). */
+  uniform: v.optional(v.boolean('must be a boolean')),
+  /** For ggml option sets: add llama.cpp's presets whose size falls in the sweep's range (default on). */
+  presets: v.optional(v.boolean('must be a boolean')),
+})
+
 /** Every method's parameters. Keyed by exactly the names in method-names.ts. */
 export const apiParamSchemas = {
   openModel: v.strictObject({ path: name() }),
@@ -290,6 +417,11 @@ export const apiParamSchemas = {
   }),
   exportModel: exportModelParamsSchema,
   layerImportance: layerImportanceParamsSchema,
+  allocatePlan: allocatePlanParamsSchema,
+  paretoSweep: paretoSweepParamsSchema,
+  activationView: activationViewParamsSchema,
+  kvView: kvViewParamsSchema,
+  kvSweep: kvSweepParamsSchema,
 } satisfies { [M in ApiMethodName]: v.GenericSchema }
 
 export type ApiParamSchemas = typeof apiParamSchemas
@@ -355,6 +487,27 @@ export const evalRunSchema = v.object({
   bitsPerWeight: v.optional(v.nullable(num())),
   /** What the user should know about the result (e.g. ctx beyond max_position_embeddings). */
   warnings: v.optional(v.array(str())),
+  /** Activation fake-quant of the run (absent on full-precision runs and runs kept before it existed). */
+  act: v.optional(
+    v.object({
+      kind: v.picklist(ACT_KINDS),
+      bits: num(),
+      outliers: num(),
+      norm: v.optional(v.picklist(ACT_NORMS)),
+      /** k-means: calibration tokens the codebooks were fitted on. */
+      calibrationTokens: v.optional(num()),
+    }),
+  ),
+  /** KV-cache fake-quant of the run (absent: full precision, or kept before it existed). */
+  kv: v.optional(
+    v.object({
+      bits: num(),
+      group: v.nullable(num()),
+      smooth: v.boolean(),
+      pastOnly: v.boolean(),
+      calibration: v.optional(v.object({ source: str(), tokens: num(), windows: num() })),
+    }),
+  ),
 })
 
 /** One saved plan, as listPlans returns it and as it is kept per model. */

@@ -15,6 +15,10 @@ export const ENGINE_WORKERS = {
   export: 'api/export.worker',
   /** Layer importance (LSAQ, cosine, measured sensitivity): one job per thread (api/importance-thread.ts). */
   importance: 'api/importance.worker',
+  /** Allocation: LSAQ importance / per-tensor ΔKLD and a sweep's evaluations, one job per thread (api/allocation-thread.ts). */
+  allocation: 'api/allocation.worker',
+  /** Activation/KV: k-means activation codebooks for evaluation, the activation and KV views (api/actkv-thread.ts). */
+  actkv: 'api/actkv-view.worker',
 } as const
 
 export type EngineWorkerName = keyof typeof ENGINE_WORKERS
