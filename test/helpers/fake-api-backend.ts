@@ -96,6 +96,15 @@ export class FakeBackend implements ApiBackend {
   async paretoSweep(): Promise<ApiResult<'paretoSweep'>> {
     throw new Error('not used')
   }
+  async activationView(): Promise<ApiResult<'activationView'>> {
+    throw new Error('not used')
+  }
+  async kvView(): Promise<ApiResult<'kvView'>> {
+    throw new Error('not used')
+  }
+  async kvSweep(): Promise<ApiResult<'kvSweep'>> {
+    throw new Error('not used')
+  }
   async cancelJob({ jobId }: ApiParams<'cancelJob'>): Promise<ApiResult<'cancelJob'>> {
     this.cancelled.push(jobId)
     const stop = this.running.get(jobId)

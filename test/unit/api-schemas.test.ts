@@ -80,6 +80,9 @@ const VALID: { [M in ApiMethod]: ApiParams<M> } = {
   exportSupport: { modelId: 'm1', plan: PLAN, planName: 'int4', format: 'gguf', dtype: 'fp16', formatOptions: { fallback: 'Q4_K' }, out: '/tmp/tiny.gguf' },
   exportModel: { jobId: 'j6', modelId: 'm1', plan: PLAN, format: 'safetensors', out: '/tmp/tiny-q4', dtype: 'fp32', evaluate: { ctx: 256, maxWindows: 2, backend: 'wasm' } },
   layerImportance: { jobId: 'j7', modelId: 'm1', text: { kind: 'heldout' }, methods: ['lsaq', 'sensitivity'], k: 10, finalNorm: false, ctx: 256, maxWindows: 2, quant: 'rtn:bits=3,group=128', backend: 'wasm' },
+  activationView: { jobId: 'j10', modelId: 'm1', layer: 1, bits: 4, outliers: 4, norm: 'absmax-non-outlier', bins: 96, maxWindows: 8, topChannels: 12, backend: 'wasm' },
+  kvView: { jobId: 'j11', modelId: 'm1', layer: 0, kvHead: 1, tokens: 128, calibrationWindows: 8, backend: 'wasm' },
+  kvSweep: { jobId: 'j12', modelId: 'm1', text: { kind: 'heldout' }, ctx: 256, maxWindows: 4, backend: 'wasm', variant: { kind: 'listed', id: 'base' }, bits: [2, 3, 4] },
   allocatePlan: { jobId: 'j8', modelId: 'm1', budget: '3.5bpw', allocator: 'optimal', options: 'rtn:bits=4,group=128;rtn:bits=3,group=128', allTensors: false, layout: 'native', text: { kind: 'heldout' }, windows: 2, ctx: 256, backend: 'wasm', kv: { ctx: 2048, batch: 1, bits: 16 } },
   paretoSweep: { jobId: 'j9', modelId: 'm1', allocators: ['lsaq', 'optimal'], budgets: ['3bpw', '12MB'], options: 'ggml:type=Q4_K;ggml:type=Q3_K', layout: 'gguf', windows: 2, evalWindows: 4, uniform: true, presets: true },
 }

@@ -10,11 +10,13 @@ import { stat } from 'node:fs/promises'
 import { basename, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type {
+  ApiParams,
   ApiResult,
   EvalRun,
   EvalTextRef,
   EvaluateParams,
   GenerateParams,
+  KvSweepResult,
   GeneratedOutput,
   InferenceBackendInfo,
   JobProgressDetail,
@@ -23,6 +25,10 @@ import type {
   VariantRef,
 } from './contract'
 import { availableBackends, evalPerplexity, generate } from '../inference/inference-service'
+import type { ActGraphOptions } from '../inference/act-quant'
+import { checkKvSettings, type KvQuantSettings } from '../inference/kv-quant'
+import type { ActKvProgress, CodebooksJob, CodebooksResult } from './actkv-protocol'
+import { runActKvInWorker } from './actkv-thread'
 import { EngineError } from './errors'
 import type { OpenedModel } from '../formats/contract'
 import type { PlanSize } from '../plan/size'
@@ -93,6 +99,38 @@ export interface EvaluateServiceOptions {
   threads?: number
   /** Calibration capture cache of plan variants; undefined: `<cache root>/calibration`, null: memory only. */
   calibrationCacheDir?: string | null
+  /** Fits k-means activation codebooks (default: in the activation/KV worker). */
+  fitCodebooks?: (job: CodebooksJob, hooks: { signal?: AbortSignal; onProgress?(p: ActKvProgress): void }) => Promise<CodebooksResult>
+}
+
+export type KvSweepParams = ApiParams<'kvSweep'>
+
+/** The four KV schemes a sweep covers per bit width. */
+export const KV_SCHEMES = [
+  { smooth: false, pastOnly: false },
+  { smooth: false, pastOnly: true },
+  { smooth: true, pastOnly: false },
+  { smooth: true, pastOnly: true },
+] as const
+
+/**
+ * Refuses what the graph cannot build before any work, with the engine's own messages: KV
+ * bits/group against the head size, activation outliers against the smallest linear input.
+ */
+function checkQuantSettings(model: ModelHandle, params: Pick<EvaluateParams, 'act' | 'kv'>): void {
+  const cfg = model.summary.config
+  if (params.kv) {
+    try {
+      checkKvSettings({ bits: params.kv.bits, group: params.kv.group ?? null }, cfg?.headDim ?? undefined)
+    } catch (err) {
+      throw new EngineError('BadRequest', `evaluate: ${(err as Error).message}`)
+    }
+  }
+  const k = params.act?.outliers ?? 0
+  const smallest = cfg ? Math.min(cfg.hiddenSize, cfg.numHeads * cfg.headDim) : null
+  if (params.act && smallest !== null && 2 * k >= smallest) {
+    throw new EngineError('BadRequest', `evaluate: act.outliers ${k} keeps ${2 * k} values per token, which leaves nothing of a ${smallest}-value linear input to quantize`)
+  }
 }
 
 export type JobProgress = (done: number, total: number, detail?: JobProgressDetail) => void
@@ -157,49 +195,123 @@ export class EvaluateService {
     const textFile = await this.textFile(params.text)
     const variantRef = params.variant ?? { kind: 'listed', id: BASE_VARIANT_ID }
     const variant = await this.resolveVariant(model, variantRef)
-    const ctx = params.ctx
-    const result = await this.runJob(params.jobId, ({ onProgress, signal }) => {
-      let evalStart: number | null = null
-      let firstBatch: { at: number; done: number } | null = null
-      return this.inference.evalPerplexity(
-        model.path,
-        { file: textFile },
-        {
-          ctx,
-          maxWindows: params.maxWindows,
-          backend: params.backend,
-          threads: this.options.threads,
-          variant: variant.spec,
-          kld: params.kld ? {} : null,
-        },
-        {
+    checkQuantSettings(model, params)
+    const run = await this.runJob(params.jobId, (hooks) => this.measure(model, params, textFile, variantRef, variant, hooks))
+    // Keeping the run is best effort: the numbers are returned either way.
+    await this.runs.add(run).catch(() => {})
+    return run
+  }
+
+  /**
+   * kvSweep: every combination of `bits` × {naive, past-only, smoothed, both} that has no kept
+   * run of the same variant, text, ctx and windows (and no activation quant), evaluated one
+   * after the other in one job; each is kept as a run.
+   */
+  async kvSweep(model: ModelHandle, params: KvSweepParams): Promise<KvSweepResult> {
+    const textFile = await this.textFile(params.text)
+    const variantRef = params.variant ?? { kind: 'listed', id: BASE_VARIANT_ID }
+    const variant = await this.resolveVariant(model, variantRef)
+    const bits = [...new Set(params.bits ?? [2, 3, 4])].sort((a, b) => b - a)
+    const kept = await this.listRuns(model)
+    const textKey = (t: EvalTextRef): string => (t.kind === 'heldout' ? 'heldout' : `file:${resolve(t.path)}`)
+    const wanted = bits.flatMap((b) => KV_SCHEMES.map((scheme) => ({ bits: b, group: null, ...scheme })))
+    const missing = wanted.filter(
+      (kv) =>
+        !kept.some(
+          (r) =>
+            r.kv &&
+            !r.act &&
+            r.kv.bits === kv.bits &&
+            r.kv.group === null &&
+            r.kv.smooth === kv.smooth &&
+            r.kv.pastOnly === kv.pastOnly &&
+            r.variantLabel === variant.label &&
+            r.variant.kind === variantRef.kind &&
+            textKey(r.text) === textKey(params.text) &&
+            r.ctx === params.ctx &&
+            r.maxWindows === (params.maxWindows ?? null),
+        ),
+    )
+    for (const kv of missing) checkQuantSettings(model, { kv })
+    const runs = await this.runJob(params.jobId, async ({ onProgress, signal }) => {
+      const out: EvalRun[] = []
+      for (const kv of missing) {
+        signal.throwIfAborted()
+        const one: EvaluateParams = { jobId: params.jobId, modelId: params.modelId, text: params.text, ctx: params.ctx, backend: params.backend, variant: variantRef, kv, ...(params.maxWindows !== undefined ? { maxWindows: params.maxWindows } : {}) }
+        const done = out.length
+        // Progress over the whole sweep: each evaluation's share of the tokens.
+        const run = await this.measure(model, one, textFile, variantRef, variant, {
           signal,
-          onProgress: (p: InferenceProgress) => {
-            if (p.stage === 'token') return
-            const now = performance.now()
-            if (p.stage !== 'evaluating') {
-              onProgress(p.done, p.total, { stage: p.stage })
-              // Evaluation starts when the last model finished loading.
-              if (p.done >= p.total) evalStart = now
-              return
-            }
-            const done = p.done * ctx
-            // The rate from the first batch on: the time before it also holds building the
-            // runtime session and its warm-up, which would make the ETA far too long.
-            let rate: number | undefined
-            if (firstBatch && now > firstBatch.at) rate = ((done - firstBatch.done) * 1000) / (now - firstBatch.at)
-            else if (evalStart !== null && now > evalStart) rate = (done * 1000) / (now - evalStart)
-            firstBatch ??= { at: now, done }
-            onProgress(done, p.total * ctx, {
-              stage: 'evaluating',
-              ...(p.ppl !== undefined ? { ppl: p.ppl } : {}),
-              ...(rate !== undefined && rate > 0 ? { tokensPerSecond: rate } : {}),
-            })
+          onProgress: (d, t, detail) => {
+            if (detail?.stage !== 'evaluating' || t === 0) return onProgress(done, missing.length, detail)
+            onProgress(done + d / t, missing.length, { stage: 'evaluating', ...(detail.ppl !== undefined ? { ppl: detail.ppl } : {}) })
           },
-        },
-      )
+        })
+        await this.runs.add(run).catch(() => {})
+        out.push(run)
+        onProgress(out.length, missing.length, { stage: 'evaluating', ppl: run.ppl })
+      }
+      return out
     })
-    const run: EvalRun = {
+    return { runs, existing: wanted.length - missing.length }
+  }
+
+  /** One perplexity evaluation with its activation and KV settings, as a run (not yet kept). */
+  private async measure(
+    model: ModelHandle,
+    params: EvaluateParams,
+    textFile: string,
+    variantRef: VariantRef,
+    variant: { label: string; spec?: VariantSpec; size?: PlanSize },
+    { onProgress, signal }: { onProgress: JobProgress; signal: AbortSignal },
+  ): Promise<EvalRun> {
+    const ctx = params.ctx
+    const act = params.act ? await this.actOptions(model, params, { onProgress, signal }) : null
+    const kv: KvQuantSettings | null = params.kv
+      ? { bits: params.kv.bits, group: params.kv.group ?? null, smooth: params.kv.smooth ?? false, pastOnly: params.kv.pastOnly ?? false }
+      : null
+    let evalStart: number | null = null
+    let firstBatch: { at: number; done: number } | null = null
+    const result = await this.inference.evalPerplexity(
+      model.path,
+      { file: textFile },
+      {
+        ctx,
+        maxWindows: params.maxWindows,
+        backend: params.backend,
+        threads: this.options.threads,
+        variant: variant.spec,
+        kld: params.kld ? {} : null,
+        kv,
+        act: act?.options ?? null,
+      },
+      {
+        signal,
+        onProgress: (p: InferenceProgress) => {
+          if (p.stage === 'token') return
+          const now = performance.now()
+          if (p.stage !== 'evaluating') {
+            onProgress(p.done, p.total, { stage: p.stage })
+            // Evaluation starts when the last model finished loading.
+            if (p.done >= p.total) evalStart = now
+            return
+          }
+          const done = p.done * ctx
+          // The rate from the first batch on: the time before it also holds building the
+          // runtime session and its warm-up, which would make the ETA far too long.
+          let rate: number | undefined
+          if (firstBatch && now > firstBatch.at) rate = ((done - firstBatch.done) * 1000) / (now - firstBatch.at)
+          else if (evalStart !== null && now > evalStart) rate = (done * 1000) / (now - evalStart)
+          firstBatch ??= { at: now, done }
+          onProgress(done, p.total * ctx, {
+            stage: 'evaluating',
+            ...(p.ppl !== undefined ? { ppl: p.ppl } : {}),
+            ...(rate !== undefined && rate > 0 ? { tokensPerSecond: rate } : {}),
+          })
+        },
+      },
+    )
+    return {
       id: randomUUID(),
       modelPath: resolve(model.path),
       createdAt: Date.now(),
@@ -232,10 +344,43 @@ export class EvaluateService {
       // A plan variant records what it costs: the whole model's bytes and bits per quantized weight.
       ...(variant.size ? { bytes: variant.size.bytes, bitsPerWeight: variant.size.bitsPerWeight } : {}),
       ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
+      ...(act ? { act: act.echo } : {}),
+      ...(result.kv
+        ? {
+            kv: {
+              bits: result.kv.bits,
+              group: result.kv.group ?? null,
+              smooth: result.kv.smooth,
+              pastOnly: result.kv.pastOnly,
+              ...(result.kv.calibration ? { calibration: result.kv.calibration } : {}),
+            },
+          }
+        : {}),
     }
-    // Keeping the run is best effort: the numbers are returned either way.
-    await this.runs.add(run).catch(() => {})
-    return run
+  }
+
+  /**
+   * The evaluation graph's activation option, as `eval --act` builds it: int directly; k-means
+   * with codebooks fitted on the calibration text by the open (full-precision) model, in the
+   * activation/KV worker so the engine thread stays free.
+   */
+  private async actOptions(model: ModelHandle, params: EvaluateParams, hooks: { onProgress: JobProgress; signal: AbortSignal }): Promise<{ options: ActGraphOptions; echo: NonNullable<EvalRun['act']> }> {
+    const a = params.act!
+    const outliers = a.outliers ?? 0
+    if (a.kind === 'int') return { options: { kind: 'int', bits: a.bits, outliers }, echo: { kind: 'int', bits: a.bits, outliers } }
+    const norm = a.norm ?? 'absmax-non-outlier'
+    const fit = await this.codebooks(
+      { kind: 'codebooks', modelPath: model.path, bits: a.bits, outliers, norm, backend: params.backend, threads: this.options.threads },
+      { signal: hooks.signal, onProgress: (p) => hooks.onProgress(p.done, p.total, { stage: p.stage === 'loading' ? 'loading' : 'calibrating' }) },
+    )
+    return {
+      options: { kind: 'kmeans', bits: a.bits, outliers, norm, codebooks: fit.codebooks },
+      echo: { kind: 'kmeans', bits: a.bits, outliers, norm, calibrationTokens: fit.calibrationTokens },
+    }
+  }
+
+  private codebooks(job: CodebooksJob, hooks: { signal?: AbortSignal; onProgress?(p: ActKvProgress): void }): Promise<CodebooksResult> {
+    return (this.options.fitCodebooks ?? runActKvInWorker)(job, hooks)
   }
 
   async generate(model: ModelHandle, params: GenerateParams): Promise<ApiResult<'generate'>> {
