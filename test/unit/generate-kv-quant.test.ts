@@ -141,17 +141,24 @@ describe('default model', () => {
   it('job: kv and act reach every variant and are echoed; CLI generate --kv-bits … --json; flags without --kv-bits are usage errors', { timeout: 120_000 }, async () => {
     const job = { kind: 'generate' as const, model: DEFAULT, prompt: 'The cache', maxTokens: 6, threads: 2, stopTokens: [] }
     const plain = (await runInferenceJob(job)) as GenerateJobResult
-    const quant = (await runInferenceJob({ ...job, kv: { bits: 2, group: null, smooth: false, pastOnly: false }, act: { kind: 'int', bits: 3, outliers: 0 } })) as GenerateJobResult
-    expect(quant.kv).toEqual({ bits: 2, group: null, smooth: false, pastOnly: false })
+    const quant = (await runInferenceJob({
+      ...job,
+      variants: [{ label: 'a' }, { label: 'b' }],
+      kv: { bits: 2, group: null, smooth: true, pastOnly: false, calibrationWindows: 2, calibrationCache: false },
+      act: { kind: 'int', bits: 3, outliers: 0 },
+    })) as GenerateJobResult
+    expect(quant.kv).toEqual({ bits: 2, group: null, smooth: true, pastOnly: false, calibration: { source: DEFAULT_KV_CALIBRATION_TEXT, tokens: 512, windows: 2 } })
     expect(quant.act).toEqual({ kind: 'int', bits: 3, outliers: 0 })
     expect(plain.kv).toBeUndefined()
     // 2-bit naive KV with 3-bit activations changes what the model says.
     expect(quant.variants[0]!.ids).not.toEqual(plain.variants[0]!.ids)
+    // Both variants (the same weights) generated with the same quantization.
+    expect(quant.variants[1]!.ids).toEqual(quant.variants[0]!.ids)
 
-    const r = await runCli(['generate', DEFAULT, '--prompt', 'The cache', '--max-tokens', '4', '--kv-bits', '4', '--kv-group', '16', '--kv-past-only', '--kv-smooth', '--act', 'int:bits=8,outliers=2', '--json'])
+    const r = await runCli(['generate', DEFAULT, '--prompt', 'The cache', '--max-tokens', '4', '--kv-bits', '4', '--kv-group', '16', '--kv-past-only', '--act', 'int:bits=8,outliers=2', '--json'])
     expect(r.code).toBe(0)
     const out = JSON.parse(r.stdout) as GenerateJobResult
-    expect(out.kv).toEqual({ bits: 4, group: 16, smooth: true, pastOnly: true, calibration: { source: DEFAULT_KV_CALIBRATION_TEXT, tokens: 8192, windows: 32 } })
+    expect(out.kv).toEqual({ bits: 4, group: 16, smooth: false, pastOnly: true })
     expect(out.act).toEqual({ kind: 'int', bits: 8, outliers: 2 })
     expect(out.variants[0]!.ids).toHaveLength(4)
     const bad = await runCli(['generate', DEFAULT, '--prompt', 'x', '--kv-past-only'])

@@ -10,7 +10,7 @@ import { engineModuleUrl } from '../jobs/spawn-worker'
 import type { PlanOverridesOptions } from '../plan/apply'
 import { planSize, type PlanSize } from '../plan/size'
 import { hasPlanArgument, planArgument } from './plan-args'
-import type { KvQuantSettings } from '../inference/kv-quant'
+import type { KvJobSettings } from '../inference/kv-calibration'
 import type { ActGraphOptions } from '../inference/act-quant'
 import { parseActivationSpec, type ActivationSpec } from '../quant/activations/spec'
 import { kmeansActOptions } from '../plan/act-codebooks'
@@ -67,7 +67,7 @@ export async function runEval(args: ParsedArgs): Promise<number> {
     // Codebooks per linear input from the full-precision model on the calibration text (never the evaluated one).
     const opened = await openModel(model)
     try {
-      const { calibrationTokens, ...options } = await kmeansActOptions(opened, actSpec.params, { tokenizer: tokenizerPath, backend, threads }, {
+      const { calibrationTokens, ...options } = await kmeansActOptions(opened, actSpec.params, { tokenizer: tokenizerPath, backend, threads, ...(args.flags.has('no-calib-cache') ? { cacheDir: null } : {}) }, {
         signal: controller.signal,
         onProgress: (p) => progressLine(p.stage === 'evaluating' ? 'activation codebooks' : p.stage, p.done, p.total),
       })
@@ -128,7 +128,7 @@ export function actFlag(args: ParsedArgs): ActivationSpec | null {
 }
 
 /** --kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only] → the job's kv settings (null without --kv-bits). */
-export function kvFlags(args: ParsedArgs): KvQuantSettings | null {
+export function kvFlags(args: ParsedArgs): KvJobSettings | null {
   if (!args.flags.has('kv-bits')) {
     if (['kv-group', 'kv-smooth', 'kv-past-only'].some((f) => args.flags.has(f))) throw new UsageError('--kv-group, --kv-smooth and --kv-past-only go with --kv-bits')
     return null
@@ -136,7 +136,10 @@ export function kvFlags(args: ParsedArgs): KvQuantSettings | null {
   const bits = intFlag(args, 'kv-bits', 8, 2)
   if (bits > 8) throw new UsageError(`--kv-bits must be 2 to 8, got ${bits}`)
   const group = args.flags.has('kv-group') ? intFlag(args, 'kv-group', 32, 2) : null
-  return { bits, group, smooth: args.flags.has('kv-smooth'), pastOnly: args.flags.has('kv-past-only') }
+  const settings: KvJobSettings = { bits, group, smooth: args.flags.has('kv-smooth'), pastOnly: args.flags.has('kv-past-only') }
+  // --no-calib-cache: smoothing statistics computed afresh (kv-calibration.ts caches them on disk otherwise).
+  if (args.flags.has('no-calib-cache')) settings.calibrationCache = false
+  return settings
 }
 
 export function backendFlag(args: ParsedArgs): BackendKind {

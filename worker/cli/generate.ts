@@ -11,7 +11,7 @@ import { kmeansActOptions } from '../plan/act-codebooks'
 /**
  * `generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
  *  [--compare MODEL2] [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
- *  [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]] [--act SPEC]`
+ *  [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]] [--act SPEC] [--no-calib-cache]`
  * Greedy by default; with --compare both models continue the same prompt with the same
  * sampling settings, side by side. --kv-bits quantizes the KV cache as eval does: with
  * --kv-past-only each step attends to its own K/V at full precision and they enter the cache
@@ -52,7 +52,12 @@ export async function runGenerate(args: ParsedArgs): Promise<number> {
       const { calibrationTokens, ...options } = await kmeansActOptions(
         opened,
         actSpec.params,
-        { tokenizer: typeof tokenizer === 'string' ? resolve(tokenizer) : undefined, backend: backendFlag(args), threads: args.flags.has('threads') ? intFlag(args, 'threads', 1, 1) : undefined },
+        {
+          tokenizer: typeof tokenizer === 'string' ? resolve(tokenizer) : undefined,
+          backend: backendFlag(args),
+          threads: args.flags.has('threads') ? intFlag(args, 'threads', 1, 1) : undefined,
+          ...(args.flags.has('no-calib-cache') ? { cacheDir: null } : {}),
+        },
         { signal: controller.signal, onProgress: (p) => progressLine(p.stage === 'evaluating' ? 'activation codebooks' : p.stage, p.done, p.total) },
       )
       process.stderr.write(`activation codebooks from ${calibrationTokens} calibration tokens\n`)

@@ -25,7 +25,7 @@ commands:
   eval MODEL --text FILE [--quant SPEC | --plan FILE | --preset NAME [--calib FILE]] [--ctx 256] [--max-windows N]
        [--backend wasm|native] [--threads N] [--kld [--base PATH] [--kld-cache auto|on|off]]
        [--tokenizer FILE] [--json] [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]]
-       [--act int:bits=B,outliers=K]
+       [--act int:bits=B,outliers=K|kmeans:bits=B,outliers=K] [--no-calib-cache]
       Perplexity on the text (windows of ctx tokens, remainder dropped); --kld adds the KL
       divergence against the base model (default: MODEL itself). --quant applies one method
       to every decoder linear weight (e.g. rtn:bits=4,group=128,sym=false, nf4:group=64,
@@ -47,25 +47,29 @@ commands:
       overrides and command, or an llm-compressor recipe YAML (config_groups by role pattern).
   generate MODEL --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
        [--compare MODEL2] [--backend wasm|native] [--threads N] [--tokenizer FILE] [--json]
-       [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]] [--act SPEC]
+       [--kv-bits N [--kv-group G] [--kv-smooth] [--kv-past-only]] [--act SPEC] [--no-calib-cache]
       Continues the prompt (greedy unless --temperature > 0); --compare runs a second model
       on the same prompt and settings, side by side. --kv-bits/--act as for eval; past-only:
       each step uses its own K/V at full precision, which enter the cache quantized after it.
-  importance MODEL --text FILE --method lsaq|cosine|sensitivity [--k 10] [--no-final-norm]
+      KV smoothing statistics and k-means codebooks are cached on disk; --no-calib-cache recomputes.
+  importance MODEL --text FILE --method lsaq|cosine|sensitivity|local [--k 10] [--no-final-norm]
        [--quant SPEC [--calib FILE]] [--ctx 256] [--max-windows N] [--backend wasm|native] [--threads N]
        [--tokenizer FILE] [--json]
       Per decoder block importance on the text: lsaq = 1 − Jaccard of the logit-lens top-k
       token sets of the block's input and output residual (final norm then lm_head; off with
       --no-final-norm), cosine = 1 − cos(input, output), sensitivity = ΔKLD against the model
-      with only that block quantized by --quant SPEC (ΔPPL beside it; cached). Reports the
-      Spearman rank agreement between the methods computed.
+      with only that block quantized by --quant SPEC (ΔPPL beside it; cached), local = relative
+      error of the block's linear outputs on the calibration text (--calib, default
+      resources/eval/calibration.txt) with --quant SPEC (default rtn:bits=4,group=128), no forward
+      pass per block. Reports the Spearman rank agreement between the methods computed.
   plan MODEL --budget SIZE --allocator lsaq|greedy|optimal [--options "SPEC;SPEC;…"] [--all-tensors]
        [--text FILE] [--ctx 256] [--max-windows 4] [--format native|gguf] [--kv-ctx N [--kv-batch N] [--kv-bits N]]
-       [--importance-file FILE] --out plan.json [--json]
+       [--importance-file FILE] [--cost kld|local] --out plan.json [--json]
       Allocates a plan under a budget (bytes, 12MB, 1.5GiB, or bits per weight: 3.5bpw) over the
       options (default rtn:bits=4,group=128;rtn:bits=3,group=128; 'keep' = stored): lsaq puts the
       most important blocks (logit-lens importance on the text, or --importance-file) at the larger
-      option; greedy and optimal minimise the summed per-tensor ΔKLD measured on the text (cached).
+      option; greedy and optimal minimise the summed per-tensor ΔKLD measured on the text (cached),
+      or with --cost local the relative local error on the calibration text (no evaluations).
       --all-tensors also plans embeddings and lm_head; --format gguf sizes tensors as the GGUF export.
   plan MODEL --preset NAME --out plan.json [--json]
       Writes llama.cpp's mix of that name (--preset of eval/quantize/export) as a plan file.
@@ -77,7 +81,7 @@ commands:
   help
 `
 
-const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help', 'kld', 'no-final-norm', 'all-tensors', 'kv-smooth', 'kv-past-only'])
+const BOOLEAN_FLAGS = new Set(['json', 'stats', 'help', 'kld', 'no-final-norm', 'all-tensors', 'kv-smooth', 'kv-past-only', 'no-calib-cache'])
 const VALUE_FLAGS = new Set([
   'threads',
   // eval / generate
@@ -89,7 +93,7 @@ const VALUE_FLAGS = new Set([
   // importance
   'method', 'k',
   // plan
-  'budget', 'allocator', 'options', 'importance-file', 'kv-ctx', 'kv-batch', 'kv-bits',
+  'budget', 'allocator', 'options', 'importance-file', 'kv-ctx', 'kv-batch', 'kv-bits', 'cost',
   // sweep
   'budgets', 'eval-text', 'calib-windows',
   'prompt', 'max-tokens', 'temperature', 'top-p', 'seed', 'compare',

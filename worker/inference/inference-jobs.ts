@@ -19,7 +19,7 @@ import type {
   VariantSpec,
 } from './inference-protocol'
 import { evaluatePerplexity, type PerplexityResult } from './perplexity'
-import { DEFAULT_KV_CALIBRATION_TEXT, kvEvalOptions, kvJobOptions } from './kv-calibration'
+import { kvJobOptions } from './kv-calibration'
 import { kvEchoOf, type KvEcho, type KvEvalOptions } from './kv-quant'
 import { actEcho } from './act-quant'
 import { openEvalSession } from './eval-session'
@@ -111,17 +111,7 @@ async function runPerplexity(job: PerplexityJob, open: Opener, hooks: JobHooks):
   }
   let kv: KvEvalOptions | null = null
   if (job.kv) {
-    const { calibrationText, calibrationWindows, ...settings } = job.kv
-    let calibration = null
-    if (settings.smooth) {
-      const source = calibrationText ?? { file: DEFAULT_KV_CALIBRATION_TEXT }
-      if ('file' in source && 'file' in job.text && resolve(source.file) === resolve(job.text.file)) {
-        throw new InferenceInputError(`KV smoothing would calibrate on the evaluated text ${job.text.file}; give another calibration text`)
-      }
-      const calibIds = await tokensOf(source, lazyTokenizer(model, job.tokenizer))
-      calibration = { ids: calibIds, maxWindows: calibrationWindows, source: 'file' in source ? source.file : 'text' in source ? 'text' : 'tokens' }
-    }
-    kv = await kvEvalOptions(model, settings, calibration, { backend: job.backend, threads: job.threads, overrides }, {
+    kv = await kvJobOptions(model, job.kv, lazyTokenizer(model, job.tokenizer), { backend: job.backend, threads: job.threads, overrides, evaluatedFile: 'file' in job.text ? job.text.file : undefined }, {
       signal: hooks.signal,
       onProgress: (p) => hooks.onProgress?.({ ...p, stage: 'loading' }),
     })

@@ -3,7 +3,8 @@ import type { CaptureResult } from './activation-capture'
 import type { CaptureSite } from './capture-points'
 import { InferenceInputError } from './errors'
 import type { KldCacheMode } from './kld'
-import type { KvEcho, KvQuantSettings } from './kv-quant'
+import type { KvEcho } from './kv-quant'
+import type { KvJobSettings } from './kv-calibration'
 import type { ActGraphOptions } from './act-quant'
 import type { BackendKind } from './ort-backend'
 import type { EvalProgress, PerplexityResult } from './perplexity'
@@ -55,7 +56,7 @@ export interface PerplexityJob extends JobCommon {
    * KV-cache fake quantization; with smooth, the ranges come from `calibrationText` (default
    * resources/eval/calibration.txt, `calibrationWindows` windows of 256 tokens, default 32).
    */
-  kv?: (KvQuantSettings & { calibrationText?: TextSource; calibrationWindows?: number }) | null
+  kv?: KvJobSettings | null
   /** Fake quantization of every decoder linear's input (int per token, top-k outliers kept). */
   act?: ActGraphOptions | null
 }
@@ -75,7 +76,7 @@ export interface GenerateJob extends JobCommon {
    * KV-cache fake quantization of every variant (as PerplexityJob's; past-only: a token enters
    * the cache quantized after its step). Smoothing is calibrated per variant, on its weights.
    */
-  kv?: (KvQuantSettings & { calibrationText?: TextSource; calibrationWindows?: number }) | null
+  kv?: KvJobSettings | null
   /** Fake quantization of every decoder linear's input (k-means codebooks included). */
   act?: ActGraphOptions | null
 }

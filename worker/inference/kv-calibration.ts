@@ -149,7 +149,12 @@ export async function kvEvalOptions(
 }
 
 /** A job's kv request: the settings, and where smoothing calibrates (default resources/eval/calibration.txt). */
-export type KvJobSettings = KvQuantSettings & { calibrationText?: TextSource; calibrationWindows?: number }
+export type KvJobSettings = KvQuantSettings & {
+  calibrationText?: TextSource
+  calibrationWindows?: number
+  /** false: compute the smoothing statistics even when the disk cache holds them (and do not store them). */
+  calibrationCache?: boolean
+}
 
 /**
  * kvEvalOptions from a job's request: with smooth, the calibration text tokenized with the
@@ -162,7 +167,7 @@ export async function kvJobOptions(
   options: KvCalibrationOptions & { evaluatedFile?: string } = {},
   hooks: EvalHooks = {},
 ): Promise<KvEvalOptions> {
-  const { calibrationText, calibrationWindows, ...settings } = request
+  const { calibrationText, calibrationWindows, calibrationCache, ...settings } = request
   let calibration = null
   if (settings.smooth) {
     const source = calibrationText ?? { file: DEFAULT_KV_CALIBRATION_TEXT }
@@ -172,5 +177,5 @@ export async function kvJobOptions(
     const ids = await tokensOf(source, tokenizer)
     calibration = { ids, maxWindows: calibrationWindows, source: 'file' in source ? source.file : 'text' in source ? 'text' : 'tokens' }
   }
-  return kvEvalOptions(model, settings, calibration, options, hooks)
+  return kvEvalOptions(model, settings, calibration, calibrationCache === false ? { ...options, cacheDir: null } : options, hooks)
 }
