@@ -10,9 +10,11 @@
  *   tensors in broadly the same order, and more bits always cost less.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { execFile } from 'node:child_process'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
+import { promisify } from 'node:util'
 import { openModel } from '../../worker/formats/open-model'
 import type { OpenedModel } from '../../worker/formats/contract'
 import { localBlockImportance, localCosts, localProxyTable } from '../../worker/importance/local-proxy'
@@ -24,6 +26,8 @@ import { classifyTensor } from '../../worker/model/logical-model'
 import { allocationTargets, optionEntry, parseOptionSpecs, type AllocOption } from '../../worker/plan/allocate'
 import { quantizeEntry, readOrientedWeight } from '../../worker/plan/apply'
 import { DEFAULT_CALIBRATION_TEXT } from '../../worker/plan/calibration'
+import { parsePlan } from '../../worker/plan/plan'
+import { formatQuantSpec } from '../../worker/quant/spec'
 
 const WINDOWS = 2
 let dir: string
@@ -188,4 +192,61 @@ describe('local error proxy vs measured per-tensor ΔKLD (default model)', () =>
       await model.close()
     }
   }, 240_000)
+})
+
+describe('CLI: importance --method local, plan --cost local (qwen2-tiny)', () => {
+  /** The CLI in a child process with its own cache root, so nothing is read from an earlier run. */
+  const cli = async (args: string[]): Promise<{ code: number; stdout: string; stderr: string }> => {
+    try {
+      const r = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'worker/cli/main.ts', ...args], { cwd: resolve('.'), env: { ...process.env, XDG_CACHE_HOME: join(dir, 'xdg') } })
+      return { code: 0, ...r }
+    } catch (err) {
+      const e = err as { code: number; stdout: string; stderr: string }
+      return { code: e.code, stdout: e.stdout, stderr: e.stderr }
+    }
+  }
+  let calib: string
+  beforeAll(async () => {
+    // Three windows of calibration text keep the capture short.
+    calib = join(dir, 'calib-short.txt')
+    await writeFile(calib, (await readFile(DEFAULT_CALIBRATION_TEXT, 'utf8')).slice(0, 3500))
+  })
+
+  it('importance --json: { method: local, layers } equal to the library, with ρ against LSAQ and cosine', async () => {
+    const spec = 'rtn:bits=3,group=32'
+    const r = await cli(['importance', 'resources/models/qwen2-tiny', '--text', 'resources/eval/heldout.txt', '--method', 'local', '--quant', spec, '--calib', calib, '--max-windows', '1', '--json'])
+    expect(r.code, r.stderr).toBe(0)
+    const report = JSON.parse(r.stdout) as { method: string; layers: { layer: number; importance: number }[]; spearman: Record<string, number | null>; spec: string; calibrationTokens: number }
+    expect(report.method).toBe('local')
+    const direct = await localBlockImportance(tiny, spec, { cacheDir: null, calibration: { text: { file: calib }, cacheDir: null } })
+    expect(report.layers.map((l) => l.layer)).toEqual([0, 1, 2, 3])
+    report.layers.forEach((l) => expect(l.importance).toBeCloseTo(direct.importance[l.layer]!, 12))
+    expect(report.calibrationTokens).toBe(direct.tokens)
+    expect(Object.keys(report.spearman).sort()).toEqual(['cosine~local', 'lsaq~cosine', 'lsaq~local'])
+  }, 120_000)
+
+  it('plan --cost local: the optimal plan fits and its summed local error is the proxy of its picks', async () => {
+    const out = join(dir, 'local-plan.json')
+    const optionsText = 'rtn:bits=4,group=32;rtn:bits=3,group=32'
+    const r = await cli(['plan', 'resources/models/qwen2-tiny', '--budget', '4.5bpw', '--allocator', 'optimal', '--cost', 'local', '--options', optionsText, '--text', calib, '--out', out, '--json'])
+    expect(r.code, r.stderr).toBe(0)
+    const report = JSON.parse(r.stdout) as { cost: string; local: { figures: number; tokens: number }; predictedKld: number; bitsPerWeight: number; counts: Record<string, number> }
+    expect(report.cost).toBe('local')
+    expect(report.local.figures).toBe(28 * 2)
+    expect(report.bitsPerWeight).toBeLessThanOrEqual(4.5)
+    // Both options are used at 4.5 bpw (asymmetric g32: 3-bit below it, 4-bit above it).
+    expect(Object.keys(report.counts).length).toBe(2)
+    const plan = parsePlan(await readFile(out, 'utf8'), out)
+    const table = localCosts(await localProxyTable(tiny, allocationTargets(tiny, false), parseOptionSpecs(optionsText), { cacheDir: null, calibration: { text: { file: calib }, cacheDir: null } }))
+    let sum = 0
+    for (const [name, e] of Object.entries(plan.tensors)) {
+      if (e === 'keep') throw new Error('no keep option was given')
+      sum += table.get(name)!.get(formatQuantSpec(e.method, e.params))!
+    }
+    expect(report.predictedKld).toBeCloseTo(sum, 12)
+
+    const refused = await cli(['plan', 'resources/models/qwen2-tiny', '--budget', '4bpw', '--allocator', 'lsaq', '--cost', 'local', '--out', out])
+    expect(refused.code).toBe(2)
+    expect(refused.stderr).toMatch(/--cost goes with --allocator greedy or optimal/)
+  }, 120_000)
 })

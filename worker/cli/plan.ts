@@ -1,12 +1,15 @@
 /**
  * `plan MODEL --budget SIZE --allocator lsaq|greedy|optimal [--options "SPEC;SPEC;…"]
  *  [--all-tensors] [--text FILE] [--max-windows N] [--ctx N] [--format native|gguf]
- *  [--kv-ctx N [--kv-batch N] [--kv-bits N]] [--importance-file FILE] --out plan.json [--json]`
+ *  [--kv-ctx N [--kv-batch N] [--kv-bits N]] [--importance-file FILE] [--cost kld|local] --out plan.json [--json]`
  *
  * Allocates a plan under a budget (worker/plan/allocate.ts) and writes it where `eval --plan`
  * and `export --plan` read it. LSAQ ranks blocks by their logit-lens importance (computed on
  * the text, or read from an `importance --json` file); greedy and optimal minimise the summed
- * per-tensor ΔKLD, measured on the text's first windows and cached (plan/sensitivity.ts).
+ * per-tensor ΔKLD, measured on the text's first windows and cached (plan/sensitivity.ts), or
+ * with `--cost local` the relative local error of each tensor's output on the calibration text
+ * (importance/local-proxy.ts: one capture pass, no evaluation per tensor and option — the cost
+ * for models too large to measure; --text then names the calibration text).
  */
 import { rename, writeFile } from 'node:fs/promises'
 import { resolve } from 'node:path'
@@ -16,6 +19,7 @@ import { DEFAULT_CTX } from '../inference/perplexity'
 import { openTokenizer, tokensOf } from '../inference/text-source'
 import { readRegularTextFile } from '../io/regular-file'
 import { computeLayerImportance, DEFAULT_LSAQ_K } from '../importance/layer-importance'
+import { localCosts, localProxyTable } from '../importance/local-proxy'
 import { allocate, allocationTargets, ALLOCATORS, parseOptionSpecs, type AllocationResult, type AllocatorId } from '../plan/allocate'
 import { parseBudget, BudgetError } from '../plan/budget'
 import { DEFAULT_CALIBRATION_TEXT } from '../plan/calibration'
@@ -38,6 +42,19 @@ export interface PlanCommandReport extends Omit<AllocationResult, 'plan' | 'budg
   importance?: number[]
   /** greedy/optimal: ΔKLD measurements (total, of them from the cache) and their seconds. */
   sensitivity?: { measured: number; cached: number; seconds: number; windows: number; ctx: number }
+  /** greedy/optimal: what the allocator minimised (ΔKLD measured, or the local error proxy). */
+  cost?: CostKind
+  /** --cost local: figures (of them from the cache), calibration tokens and seconds. */
+  local?: { figures: number; cached: number; tokens: number; seconds: number }
+}
+
+export type CostKind = 'kld' | 'local'
+
+function costFlag(args: ParsedArgs, allocator: AllocatorId): CostKind {
+  const c = args.flags.get('cost') ?? 'kld'
+  if (c !== 'kld' && c !== 'local') throw new UsageError(`--cost must be kld (measured ΔKLD per tensor) or local (the local error proxy), got '${String(c)}'`)
+  if (c === 'local' && allocator === 'lsaq') throw new UsageError('--cost goes with --allocator greedy or optimal (LSAQ ranks blocks by importance)')
+  return c
 }
 
 function allocatorFlag(args: ParsedArgs): AllocatorId {
@@ -104,6 +121,7 @@ export async function runPlan(args: ParsedArgs): Promise<number> {
   const text = resolve(String(args.flags.get('text') ?? DEFAULT_CALIBRATION_TEXT))
   const importanceFile = args.flags.get('importance-file')
   if (importanceFile !== undefined && allocator !== 'lsaq') throw new UsageError('--importance-file goes with --allocator lsaq')
+  const costKind = costFlag(args, allocator)
 
   const controller = new AbortController()
   process.once('SIGINT', () => controller.abort())
@@ -113,6 +131,7 @@ export async function runPlan(args: ParsedArgs): Promise<number> {
     let importance: number[] | undefined
     let costs: Map<string, Map<string, number>> | undefined
     let sensitivity: PlanCommandReport['sensitivity']
+    let local: PlanCommandReport['local']
     const ids = async (): Promise<number[]> => tokensOf({ file: text }, () => openTokenizer(model))
     if (allocator === 'lsaq') {
       if (layers === undefined) throw new UsageError(`${modelPath}: LSAQ needs the model config's layer count`)
@@ -122,6 +141,16 @@ export async function runPlan(args: ParsedArgs): Promise<number> {
         const r = await computeLayerImportance(model, await ids(), { lsaq: { k: DEFAULT_LSAQ_K }, ctx, maxWindows }, { signal: controller.signal })
         importance = r.lsaq!
       }
+    } else if (costKind === 'local' && options.filter((o) => o.kind === 'method').length > 0 && options.length > 1) {
+      const table = await localProxyTable(
+        model,
+        allocationTargets(model, allTensors),
+        options,
+        { calibration: { text: { file: text } } },
+        { signal: controller.signal, onProgress: (p) => progressLine(p.stage === 'measuring' ? 'local error per tensor and option' : p.stage, p.done, p.total) },
+      )
+      costs = localCosts(table)
+      local = { figures: table.cached + table.computed, cached: table.cached, tokens: table.tokens, seconds: table.seconds }
     } else if (options.filter((o) => o.kind === 'method').length > 0 && options.length > 1) {
       const t0 = performance.now()
       let cached = 0
@@ -157,6 +186,8 @@ export async function runPlan(args: ParsedArgs): Promise<number> {
       ...(result.highLayers ? { highLayers: result.highLayers } : {}),
       ...(importance ? { importance } : {}),
       ...(sensitivity ? { sensitivity } : {}),
+      ...(allocator !== 'lsaq' ? { cost: costKind } : {}),
+      ...(local ? { local } : {}),
     }
     if (args.flags.has('json')) process.stdout.write(JSON.stringify(report) + '\n')
     else process.stdout.write(renderReport(report, model))
@@ -182,6 +213,6 @@ function renderReport(r: PlanCommandReport, model: OpenedModel): string {
     ...Object.entries(r.counts).map(([spec, n]) => `  ${String(n).padStart(4)} × ${spec}`),
   ]
   if (r.highLayers) lines.push(`high blocks   ${r.highLayers.join(', ') || 'none'} of ${model.config?.numLayers ?? '?'}`)
-  if (r.predictedKld !== null) lines.push(`ΣΔKLD proxy   ${r.predictedKld.toFixed(6)}`)
+  if (r.predictedKld !== null) lines.push(r.cost === 'local' ? `Σ local error ${r.predictedKld.toFixed(6)} (relative, summed over tensors)` : `ΣΔKLD proxy   ${r.predictedKld.toFixed(6)}`)
   return lines.join('\n') + '\n'
 }
