@@ -6,6 +6,8 @@
  */
 import { markRaw, reactive } from 'vue'
 import type {
+  ActSettings,
+  KvSettings,
   ApiError,
   EvalRun,
   EvalTextRef,
@@ -45,6 +47,67 @@ export interface EvalSettings {
   maxWindows: number | null
   kld: boolean
   variant: VariantChoice
+  /** Activation fake-quant of every decoder linear's input ('none': full precision). */
+  act: ActChoice
+  /** KV-cache fake-quant (bits 0: full precision). */
+  kv: KvChoice
+}
+
+export interface ActChoice {
+  kind: 'none' | 'int' | 'kmeans'
+  bits: number
+  /** k per side of the top-k detector. */
+  outliers: number
+  norm: 'absmax-non-outlier' | 'none'
+}
+
+export interface KvChoice {
+  /** 0: off. */
+  bits: number
+  /** Values of head_dim per group; null: the whole head vector. */
+  group: number | null
+  smooth: boolean
+  pastOnly: boolean
+}
+
+/** The API's act setting of a choice (undefined: off). */
+export function actParams(a: ActChoice): ActSettings | undefined {
+  if (a.kind === 'none') return undefined
+  return a.kind === 'int' ? { kind: 'int', bits: a.bits, outliers: a.outliers } : { kind: 'kmeans', bits: a.bits, outliers: a.outliers, norm: a.norm }
+}
+
+/** The API's kv setting of a choice (undefined: off). */
+export function kvParams(k: KvChoice): KvSettings | undefined {
+  if (!k.bits) return undefined
+  return { bits: k.bits, group: k.group, smooth: k.smooth, pastOnly: k.pastOnly }
+}
+
+/** 'W16' / the plan's bits per weight, as the runs table's weight column says it. */
+export function weightText(run: EvalRun): string {
+  if (run.bitsPerWeight != null) return `${run.bitsPerWeight.toFixed(2)} bits/weight`
+  if (run.variant.kind === 'plan') return 'plan'
+  return isBaseRun(run) ? 'as stored' : run.variant.kind === 'model' ? 'other model' : 'listed variant'
+}
+
+/** 'k-means A4 · 4 outl./side · absmax' / 'int A8' / 'full precision'. */
+export function actText(run: EvalRun): string {
+  const a = run.act
+  if (!a) return 'full precision'
+  const k = a.outliers ? ` · ${a.outliers} outl./side` : ''
+  return a.kind === 'int' ? `int A${a.bits}${k}` : `k-means A${a.bits}${k}${a.norm === 'none' ? ' · raw' : ''}`
+}
+
+/** The KV scheme's name: naive, past-only, smoothed, past-only + smoothed. */
+export function kvScheme(kv: { smooth: boolean; pastOnly: boolean }): string {
+  if (kv.pastOnly && kv.smooth) return 'past-only + smoothed'
+  return kv.pastOnly ? 'past-only' : kv.smooth ? 'smoothed' : 'naive'
+}
+
+/** 'KV3 past-only' / 'KV4 g32 naive' / 'full precision'. */
+export function kvText(run: EvalRun): string {
+  const k = run.kv
+  if (!k) return 'full precision'
+  return `KV${k.bits}${k.group ? ` g${k.group}` : ''} ${kvScheme(k)}`
 }
 
 export interface GenerateSettings {
@@ -114,8 +177,9 @@ export function runWarnings(run: EvalRun): string[] {
   return Array.isArray(w) ? w.filter((x): x is string => typeof x === 'string') : []
 }
 
+/** The model as stored, run in full precision (no activation or KV quantization): what ΔPPL is measured against. */
 export function isBaseRun(run: EvalRun): boolean {
-  return run.variant.kind === 'listed' && run.variant.id === 'base'
+  return run.variant.kind === 'listed' && run.variant.id === 'base' && !run.act && !run.kv
 }
 
 /** Same text, ctx and windows: the runs' perplexities are comparable. */
@@ -145,7 +209,16 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
     runs: [],
     lastRunId: null,
     loadError: null,
-    settings: { text: 'heldout', filePath: '', ctx: DEFAULT_CTX, maxWindows: DEFAULT_MAX_WINDOWS, kld: false, variant: listed('base') },
+    settings: {
+      text: 'heldout',
+      filePath: '',
+      ctx: DEFAULT_CTX,
+      maxWindows: DEFAULT_MAX_WINDOWS,
+      kld: false,
+      variant: listed('base'),
+      act: { kind: 'none', bits: 4, outliers: 4, norm: 'absmax-non-outlier' },
+      kv: { bits: 0, group: null, smooth: false, pastOnly: true },
+    },
     evalJob: null,
     evalError: null,
     gen: {
@@ -265,7 +338,10 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
       state.evalError = asApiError(err)
       return
     }
-    const view = rateView(`Perplexity of ${variantLabel(s.variant)} on ${textLabel}${s.kld ? ' with KLD' : ''}`, () => job.cancel())
+    const act = actParams(s.act)
+    const kv = kvParams(s.kv)
+    const quant = [act ? `A${act.bits} ${act.kind === 'kmeans' ? 'k-means' : 'int'}` : '', kv ? `KV${kv.bits}` : ''].filter(Boolean).join(', ')
+    const view = rateView(`Perplexity of ${variantLabel(s.variant)}${quant ? ` (${quant})` : ''} on ${textLabel}${s.kld ? ' with KLD' : ''}`, () => job.cancel())
     const job = startJob(
       client,
       'evaluate',
@@ -277,6 +353,8 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
         backend: state.backend,
         kld: s.kld,
         variant,
+        ...(act ? { act } : {}),
+        ...(kv ? { kv } : {}),
       },
       (done, total, detail) => applyProgress(view, done, total, detail),
     )
@@ -365,5 +443,11 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
       })
   }
 
-  return { state, setModel, load, runEvaluation, runGeneration, deleteRun, variantLabel, currentPlan }
+  /** Runs made elsewhere (the KV sweep) join the table. */
+  function addRuns(runs: EvalRun[]): void {
+    const ids = new Set(runs.map((r) => r.id))
+    state.runs = [...runs.map((r) => markRaw(r)).reverse(), ...state.runs.filter((r) => !ids.has(r.id))]
+  }
+
+  return { state, setModel, load, runEvaluation, runGeneration, deleteRun, variantLabel, currentPlan, addRuns, rateView, applyProgress }
 }

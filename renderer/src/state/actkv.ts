@@ -1,0 +1,218 @@
+/**
+ * State of the activation and KV views (Evaluate tab): their settings, the three jobs
+ * (activationView, kvView, kvSweep) with progress and cancel, and their results. One per
+ * workbench (kept in a WeakMap rather than in workbench.ts), reset when another model opens,
+ * so settings and results survive switching tabs.
+ */
+import { markRaw, reactive, watch } from 'vue'
+import type { ActivationViewResult, ApiError, EvalRun, EvalTextRef, KvSweepResult, KvViewResult } from '../../../worker/api/contract'
+import { asApiError, startJob, type Job } from '../api'
+import { isBaseRun, kvScheme, variantRef, type RateJobView } from './evaluation'
+import type { Workbench } from './workbench'
+
+export interface ActKvState {
+  modelId: string | null
+  act: {
+    layer: number
+    bits: number
+    outliers: number
+    norm: 'absmax-non-outlier' | 'none'
+    /** Calibration windows of 256 tokens (32 = what evaluation fits the codebooks on). */
+    windows: number
+    result: ActivationViewResult | null
+    job: RateJobView | null
+    error: ApiError | null
+  }
+  kv: {
+    layer: number
+    kvHead: number
+    tokens: number
+    result: KvViewResult | null
+    job: RateJobView | null
+    error: ApiError | null
+  }
+  sweep: {
+    /** Windows each sweep evaluation runs on (a few: 12 evaluations). */
+    windows: number
+    job: RateJobView | null
+    error: ApiError | null
+    last: { ran: number; existing: number } | null
+  }
+}
+
+export type ActKv = ReturnType<typeof createActKv>
+
+const instances = new WeakMap<Workbench, ActKv>()
+
+/** The workbench's activation/KV state (created on first use). */
+export function actKvFor(wb: Workbench): ActKv {
+  let a = instances.get(wb)
+  if (!a) instances.set(wb, (a = createActKv(wb)))
+  return a
+}
+
+/** One point of the perplexity-vs-KV-bits chart. */
+export interface KvPoint {
+  bits: number
+  scheme: string
+  ppl: number
+  runId: string
+}
+
+export const KV_SCHEMES = ['naive', 'past-only', 'smoothed', 'past-only + smoothed'] as const
+
+/**
+ * The KV runs comparable with each other: no activation quant, no groups, the same variant,
+ * text, ctx and windows as the newest KV run (the newest run of each bits × scheme); and the
+ * full-precision run of that protocol when there is one.
+ */
+export function kvCurve(runs: readonly EvalRun[]): { points: KvPoint[]; protocol: string | null; fullPpl: number | null } {
+  const kvRuns = runs.filter((r) => r.kv && !r.act && !r.kv.group)
+  const ref = kvRuns[0]
+  if (!ref) return { points: [], protocol: null, fullPpl: null }
+  const key = (r: EvalRun): string => `${r.variantLabel}|${r.variant.kind}|${r.text.kind === 'heldout' ? 'heldout' : r.text.path}|${r.ctx}|${r.windows}`
+  const same = kvRuns.filter((r) => key(r) === key(ref))
+  const seen = new Set<string>()
+  const points: KvPoint[] = []
+  for (const r of same) {
+    const scheme = kvScheme(r.kv!)
+    const id = `${r.kv!.bits}|${scheme}`
+    if (seen.has(id)) continue
+    seen.add(id)
+    points.push({ bits: r.kv!.bits, scheme, ppl: r.ppl, runId: r.id })
+  }
+  const full = runs.find((r) => !r.kv && !r.act && key(r) === key(ref) && (isBaseRun(r) || r.variantLabel === ref.variantLabel))
+  return { points, protocol: `${ref.variantLabel} · ${ref.textLabel} · ${ref.ctx} × ${ref.windows}`, fullPpl: full?.ppl ?? null }
+}
+
+export function createActKv(wb: Workbench) {
+  const ev = wb.evaluation
+  const state = reactive<ActKvState>({
+    modelId: null,
+    act: { layer: 0, bits: 4, outliers: 4, norm: 'absmax-non-outlier', windows: 8, result: null, job: null, error: null },
+    kv: { layer: 0, kvHead: 0, tokens: 128, result: null, job: null, error: null },
+    sweep: { windows: 4, job: null, error: null, last: null },
+  })
+  const jobs: { act: Job<unknown> | null; kv: Job<unknown> | null; sweep: Job<unknown> | null } = { act: null, kv: null, sweep: null }
+
+  watch(
+    () => wb.state.model?.modelId ?? null,
+    (id) => {
+      if (id === state.modelId) return
+      for (const j of Object.values(jobs)) j?.cancel()
+      Object.assign(jobs, { act: null, kv: null, sweep: null })
+      state.modelId = id
+      Object.assign(state.act, { result: null, job: null, error: null, layer: 0 })
+      Object.assign(state.kv, { result: null, job: null, error: null, layer: 0, kvHead: 0 })
+      Object.assign(state.sweep, { job: null, error: null, last: null })
+    },
+    { immediate: true },
+  )
+
+  function runActivationView(): void {
+    const modelId = state.modelId
+    if (!modelId || jobs.act) return
+    const a = state.act
+    a.error = null
+    const view = ev.rateView(`Activations of layer ${a.layer} on the calibration text`, () => job.cancel())
+    const job = startJob(
+      wb.client,
+      'activationView',
+      { modelId, layer: a.layer, bits: a.bits, outliers: a.outliers, norm: a.norm, maxWindows: a.windows, backend: ev.state.backend },
+      (done, total, detail) => ev.applyProgress(view, done, total, detail),
+    )
+    jobs.act = job
+    a.job = view
+    job.promise
+      .then(
+        (r) => {
+          if (jobs.act === job) a.result = markRaw(r)
+        },
+        (err: unknown) => {
+          const e = asApiError(err)
+          if (jobs.act === job && !e.cancelled) a.error = e
+        },
+      )
+      .finally(() => {
+        if (jobs.act === job) {
+          jobs.act = null
+          a.job = null
+        }
+      })
+  }
+
+  function runKvView(): void {
+    const modelId = state.modelId
+    if (!modelId || jobs.kv) return
+    const k = state.kv
+    k.error = null
+    const view = ev.rateView(`K and V of layer ${k.layer}, kv head ${k.kvHead}`, () => job.cancel())
+    const job = startJob(wb.client, 'kvView', { modelId, layer: k.layer, kvHead: k.kvHead, tokens: k.tokens, backend: ev.state.backend }, (done, total, detail) =>
+      ev.applyProgress(view, done, total, detail),
+    )
+    jobs.kv = job
+    k.job = view
+    job.promise
+      .then(
+        (r) => {
+          if (jobs.kv === job) k.result = markRaw(r)
+        },
+        (err: unknown) => {
+          const e = asApiError(err)
+          if (jobs.kv === job && !e.cancelled) k.error = e
+        },
+      )
+      .finally(() => {
+        if (jobs.kv === job) {
+          jobs.kv = null
+          k.job = null
+        }
+      })
+  }
+
+  /** The missing 2/3/4-bit × {naive, past-only, smoothed, both} runs of the Perplexity card's variant and text, on a few windows. */
+  function runSweep(): void {
+    const modelId = state.modelId
+    if (!modelId || jobs.sweep) return
+    const sw = state.sweep
+    const s = ev.state.settings
+    sw.error = null
+    let variant
+    try {
+      variant = variantRef(s.variant, ev.currentPlan())
+    } catch (err) {
+      sw.error = asApiError(err)
+      return
+    }
+    const text: EvalTextRef = s.text === 'heldout' ? { kind: 'heldout' } : { kind: 'file', path: s.filePath.trim() }
+    const view = ev.rateView(`KV sweep of ${ev.variantLabel(s.variant)}: 2/3/4 bits × 4 schemes on ${sw.windows} windows`, () => job.cancel())
+    const job = startJob(
+      wb.client,
+      'kvSweep',
+      { modelId, text, ctx: s.ctx, maxWindows: sw.windows, backend: ev.state.backend, variant, bits: [2, 3, 4] },
+      (done, total, detail) => ev.applyProgress(view, done, total, detail?.stage === 'evaluating' ? { stage: 'calibrating', ...(detail.ppl !== undefined ? { ppl: detail.ppl } : {}) } : detail),
+    )
+    jobs.sweep = job
+    sw.job = view
+    job.promise
+      .then(
+        (r: KvSweepResult) => {
+          if (state.modelId !== modelId) return
+          ev.addRuns(r.runs)
+          sw.last = { ran: r.runs.length, existing: r.existing }
+        },
+        (err: unknown) => {
+          const e = asApiError(err)
+          if (jobs.sweep === job && !e.cancelled) sw.error = e
+        },
+      )
+      .finally(() => {
+        if (jobs.sweep === job) {
+          jobs.sweep = null
+          sw.job = null
+        }
+      })
+  }
+
+  return { state, runActivationView, runKvView, runSweep }
+}
