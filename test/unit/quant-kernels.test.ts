@@ -7,7 +7,9 @@ import { IntGroupTensor } from '../../worker/quant/int-grid'
 import { F16Array } from '../../worker/quant/common'
 import { packCodes, unpackCodes } from '../../worker/quant/packing'
 import { type RtnParams, type RtnTensor, quantizeRtn, rtnSchema } from '../../worker/quant/rtn'
-import { quantWasmAvailable } from '../../worker/quant/wasm-kernels'
+import { QUADRATIC_CHUNK_ROWS, quadraticRowsWasm, quantWasmAvailable } from '../../worker/quant/wasm-kernels'
+import { quadraticForm, rowsQuadraticForm } from '../../worker/quant/gram'
+import { awqParamsSchema, awqQuantize } from '../../worker/quant/awq'
 import { quantizeRtnF16 } from '../../worker/quant/rtn-f16'
 import { f16ToF32, f32ToF16 } from '../../worker/formats/dtypes'
 import { calibrationOf, correlatedActivations, randomWeight, seededRandom } from '../helpers/quant-calibration'
@@ -219,6 +221,44 @@ describe.runIf(quantWasmAvailable())('GPTQ: WASM column loop = TS loop, bit for 
       expectSameBits(b.dequantizeRows(0, c.rows), a.dequantizeRows(0, c.rows), 'dequantized')
     })
   }
+})
+
+describe.runIf(quantWasmAvailable())("AWQ's scale-search error: WASM SIMD kernel = rowsQuadraticForm, bit for bit, and ≈ quadraticForm", () => {
+  it('odd and even widths, zero errors, a zero Gram row, more rows than a chunk', () => {
+    for (const [rows, cols] of [[5, 7], [QUADRATIC_CHUNK_ROWS, 64], [3, 1], [2, 130]] as const) {
+      const rand = seededRandom(rows * 17 + cols)
+      const X = correlatedActivations(2 * cols + 3, cols, rand)
+      const gram = calibrationOf(X, 2 * cols + 3, cols).gram!
+      for (let j = 0; j < cols; j++) gram[(cols >> 1) * cols + j] = gram[j * cols + (cols >> 1)] = 0
+      const E = new Float64Array(rows * cols).map(() => (rand() < 0.2 ? 0 : rand() - 0.5))
+      const ts = new Float64Array(rows)
+      const simd = new Float64Array(rows)
+      rowsQuadraticForm(E, rows, cols, gram, ts)
+      const k = quadraticRowsWasm(gram, cols)
+      k.run(E, rows, simd)
+      k.release()
+      expectSameBytes(new Uint32Array(simd.buffer), new Uint32Array(ts.buffer), `${rows}×${cols}`)
+      for (let r = 0; r < rows; r++) {
+        // The same quantity as the one-lane loop, up to summation order.
+        expect(Math.abs(ts[r]! - quadraticForm(E, r * cols, gram, cols, 0, cols))).toBeLessThanOrEqual(1e-12 * Math.max(1, Math.abs(ts[r]!)))
+      }
+    }
+  })
+  it('awqQuantize with either kernel: same α, scale-search errors, codes and scales', () => {
+    const rows = 2 * QUADRATIC_CHUNK_ROWS + 5
+    const cols = 96
+    const rand = seededRandom(7)
+    const X = correlatedActivations(3 * cols, cols, rand)
+    const cal = calibrationOf(X, 3 * cols, cols)
+    const w = randomWeight(rows, cols, rand)
+    const p = v.parse(awqParamsSchema, { bits: 4, group: 32 })
+    const a = awqQuantize(w, rows, cols, p, cal, TS)
+    const b = awqQuantize(w, rows, cols, p, cal, WASM)
+    expect(b.search.alpha).toBe(a.search.alpha)
+    expectSameBytes(new Uint32Array(b.search.alphaErrors.buffer), new Uint32Array(a.search.alphaErrors.buffer), 'α errors')
+    expectSameBytes(intCodes(b), intCodes(a), 'codes')
+    expectSameBytes(b.scales.bits, a.scales.bits, 'scale fp16 bits')
+  })
 })
 
 describe.runIf(quantWasmAvailable())('integer-grid dequantization (GPTQ/AWQ storage) in WASM = decodeRow', () => {

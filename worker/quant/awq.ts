@@ -23,9 +23,10 @@
 import * as v from 'valibot'
 import { f16ToF32, f32ToF16 } from '../formats/dtypes'
 import { type LayerCalibration, type QuantMethod, type QuantizeHooks, QuantParamError, groupColumns } from './contract'
-import { quadraticForm, requireGram } from './gram'
+import { quadraticForm, requireGram, rowsQuadraticForm } from './gram'
 import { F16Array, bitsSchema, checkWeight, groupSchema } from './common'
 import { IntGroupTensor, fitIntGrid, intGroupStorage, newGroupGrid, quantizeToGrid, storeGridScale } from './int-grid'
+import { QUADRATIC_CHUNK_ROWS, quadraticRowsWasm, useWasmKernels } from './wasm-kernels'
 
 /** α candidates (auto_scale.py n_grid). */
 export const AWQ_ALPHA_GRID = 20
@@ -145,19 +146,34 @@ export function awqQuantize(weight: Float32Array, rows: number, cols: number, p:
   const s = new Float64Array(cols)
   const alphaErrors = new Float64Array(AWQ_ALPHA_GRID)
   let bestAlpha = 0
-  for (let a = 0; a < AWQ_ALPHA_GRID; a++) {
-    const alpha = a / AWQ_ALPHA_GRID
-    awqScales(calibration!.meanAbs, alpha, sBits, s)
-    let err = 0
-    for (let r = 0; r < rows; r++) {
-      if (signal && r % 16 === 0) signal.throwIfAborted()
-      const off = r * cols
-      for (let k = 0; k < groupsPerRow; k++) quantizeGroup(weight, off, k * g, k * g + g, s, Infinity, p, grid, e, null)
-      err += quadraticForm(e, 0, gram, cols, 0, cols)
+  // The hot loop: Σ_rows e·G·eᵀ per α, over chunks of error rows (WASM SIMD when it loads;
+  // both kernels give the same bits, test/unit/quant-kernels.test.ts).
+  const chunkRows = QUADRATIC_CHUNK_ROWS
+  const chunk = new Float64Array(chunkRows * cols)
+  const rowErrors = new Float64Array(chunkRows)
+  const simd = useWasmKernels(hooks.kernel) ? quadraticRowsWasm(gram, cols) : null
+  try {
+    for (let a = 0; a < AWQ_ALPHA_GRID; a++) {
+      const alpha = a / AWQ_ALPHA_GRID
+      awqScales(calibration!.meanAbs, alpha, sBits, s)
+      let err = 0
+      for (let r0 = 0; r0 < rows; r0 += chunkRows) {
+        signal?.throwIfAborted()
+        const n = Math.min(chunkRows, rows - r0)
+        for (let b = 0; b < n; b++) {
+          const row = chunk.subarray(b * cols, (b + 1) * cols)
+          for (let k = 0; k < groupsPerRow; k++) quantizeGroup(weight, (r0 + b) * cols, k * g, k * g + g, s, Infinity, p, grid, row, null)
+        }
+        if (simd) simd.run(chunk, n, rowErrors)
+        else rowsQuadraticForm(chunk, n, cols, gram, rowErrors)
+        for (let b = 0; b < n; b++) err += rowErrors[b]!
+      }
+      alphaErrors[a] = err
+      if (err < alphaErrors[bestAlpha]!) bestAlpha = a
+      onProgress?.(Math.round((rows * (a + 1)) / steps), rows)
     }
-    alphaErrors[a] = err
-    if (err < alphaErrors[bestAlpha]!) bestAlpha = a
-    onProgress?.(Math.round((rows * (a + 1)) / steps), rows)
+  } finally {
+    simd?.release()
   }
   const alpha = bestAlpha / AWQ_ALPHA_GRID
   awqScales(calibration!.meanAbs, alpha, sBits, s)

@@ -34,3 +34,33 @@ export function quadraticForm(e: Float64Array, off: number, gram: Float64Array, 
   }
   return 2 * total
 }
+
+/**
+ * e·G·eᵀ of each of `rows` error rows of E (rows × cols) over all columns, into out[r]: AWQ's
+ * scale search, where it is the hot loop. The inner sum runs in two lanes (j − i − 1 even,
+ * odd) added after the loop, the order of the WASM SIMD kernel (kernels/assembly/quant.ts
+ * quadraticRows), so the two give the same bits; it differs from quadraticForm only in
+ * rounding.
+ */
+export function rowsQuadraticForm(E: Float64Array, rows: number, cols: number, gram: Float64Array, out: Float64Array): void {
+  for (let r = 0; r < rows; r++) {
+    const off = r * cols
+    let total = 0
+    for (let i = 0; i < cols; i++) {
+      const ei = E[off + i]!
+      if (ei === 0) continue
+      const gi = i * cols
+      let a0 = 0
+      let a1 = 0
+      let j = i + 1
+      for (; j + 1 < cols; j += 2) {
+        a0 += gram[gi + j]! * E[off + j]!
+        a1 += gram[gi + j + 1]! * E[off + j + 1]!
+      }
+      if (j < cols) a0 += gram[gi + j]! * E[off + j]!
+      const t = 0.5 * gram[gi + i]! * ei + (a0 + a1)
+      total += ei * t
+    }
+    out[r] = 2 * total
+  }
+}

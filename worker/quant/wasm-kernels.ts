@@ -47,6 +47,7 @@ interface QuantExports {
   choleskyPanel(A: number, n: number, j0: number, j1: number): number
   invertUpperRows(A: number, v: number, n: number, i0: number, i1: number): void
   badPivot: { value: number }
+  quadraticRows(E: number, rows: number, cols: number, G: number, out: number): void
 }
 
 const PAGE = 65536
@@ -347,5 +348,35 @@ export function inverseHessianFactorWasm(H: Float64Array, n: number, signal?: Ab
     return new Float64Array(mem, A, n * n).slice()
   } finally {
     done(x)
+  }
+}
+
+// ---- AWQ's scale-search error -------------------------------------------------------------------
+
+/** Rows of E per kernel call: one chunk's error rows stay in cache beside G's row. */
+export const QUADRATIC_CHUNK_ROWS = 32
+
+/**
+ * gram.ts rowsQuadraticForm in WASM (bit-identical) for repeated calls against one G: lays G
+ * out once and returns a function that takes up to QUADRATIC_CHUNK_ROWS error rows at a time.
+ * Valid until the next use of the kernels in this thread (nothing runs in between: AWQ's scale
+ * search is synchronous); `release` gives back memory grown for a wide G.
+ */
+export function quadraticRowsWasm(gram: Float64Array, cols: number): { run(E: Float64Array, rows: number, out: Float64Array): void; release(): void } {
+  const x = wasm()
+  const L = new Layout()
+  const G = L.take(cols * cols * 8)
+  const E = L.take(QUADRATIC_CHUNK_ROWS * cols * 8)
+  const out = L.take(QUADRATIC_CHUNK_ROWS * 8)
+  new Float64Array(L.commit(x), G, cols * cols).set(gram)
+  return {
+    run(rowsE: Float64Array, rows: number, result: Float64Array): void {
+      if (rows > QUADRATIC_CHUNK_ROWS) throw new Error(`quadraticRowsWasm: ${rows} rows, at most ${QUADRATIC_CHUNK_ROWS} per call`)
+      const mem = x.memory.buffer
+      new Float64Array(mem, E, rows * cols).set(rowsE.subarray(0, rows * cols))
+      x.quadraticRows(E, rows, cols, G, out)
+      result.set(new Float64Array(mem, out, rows))
+    },
+    release: () => done(x),
   }
 }

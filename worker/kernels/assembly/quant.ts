@@ -633,3 +633,58 @@ export function invertUpperRows(A: usize, v: usize, n: i32, i0: i32, i1: i32): v
     memory.fill(ri, 0, <usize>i << 3)
   }
 }
+
+/**
+ * AWQ's scale-search error Σ e·G·eᵀ of each row of E (rows × cols, f64) against the symmetric
+ * G (cols × cols, f64): 2·Σ_i e_i·(½·G_ii·e_i + Σ_{j>i} G_ij·e_j), a zero e_i skipped, the inner
+ * sum in two lanes (j − i − 1 even, odd) added after the loop — the order of
+ * rowsQuadraticForm in quant/gram.ts, so both give the same bits. One value per row into out.
+ */
+export function quadraticRows(E: usize, rows: i32, cols: i32, G: usize, out: usize): void {
+  // Four rows per pass over G: G's row i (read once, from L2/L3) serves all four error rows,
+  // which stay in L1. Each row's terms are still summed in its own order.
+  const rowBytes = <usize>cols << 3
+  let r = 0
+  for (; r + 3 < rows; r += 4) {
+    const e0 = E + <usize>r * rowBytes
+    const e1 = e0 + rowBytes
+    const e2 = e1 + rowBytes
+    const e3 = e2 + rowBytes
+    let t0: f64 = 0
+    let t1: f64 = 0
+    let t2: f64 = 0
+    let t3: f64 = 0
+    for (let i = 0; i < cols; i++) {
+      const gi = G + <usize>i * rowBytes
+      t0 += rowTerm(e0, gi, i, cols)
+      t1 += rowTerm(e1, gi, i, cols)
+      t2 += rowTerm(e2, gi, i, cols)
+      t3 += rowTerm(e3, gi, i, cols)
+    }
+    store<f64>(out + (<usize>r << 3), 2 * t0)
+    store<f64>(out + (<usize>(r + 1) << 3), 2 * t1)
+    store<f64>(out + (<usize>(r + 2) << 3), 2 * t2)
+    store<f64>(out + (<usize>(r + 3) << 3), 2 * t3)
+  }
+  for (; r < rows; r++) {
+    const e = E + <usize>r * rowBytes
+    let t: f64 = 0
+    for (let i = 0; i < cols; i++) t += rowTerm(e, G + <usize>i * rowBytes, i, cols)
+    store<f64>(out + (<usize>r << 3), 2 * t)
+  }
+}
+
+/** e_i·(½·G_ii·e_i + Σ_{j>i} G_ij·e_j) of one row (0 when e_i is 0), the inner sum in two lanes. */
+@inline function rowTerm(e: usize, gi: usize, i: i32, cols: i32): f64 {
+  const ei = load<f64>(e + (<usize>i << 3))
+  if (ei == 0) return 0
+  let acc = f64x2.splat(0)
+  let j = i + 1
+  for (; j + 1 < cols; j += 2) {
+    acc = f64x2.add(acc, f64x2.mul(v128.load(gi + (<usize>j << 3)), v128.load(e + (<usize>j << 3))))
+  }
+  let a0 = f64x2.extract_lane(acc, 0)
+  const a1 = f64x2.extract_lane(acc, 1)
+  if (j < cols) a0 += load<f64>(gi + (<usize>j << 3)) * load<f64>(e + (<usize>j << 3))
+  return ei * (0.5 * load<f64>(gi + (<usize>i << 3)) * ei + (a0 + a1))
+}
