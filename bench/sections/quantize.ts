@@ -138,7 +138,7 @@ function cases(quick: boolean): Case[] {
       target: { text: '<= 300 s', ok: (s) => s <= 300 },
     },
     // AWQ's α search costs rows·cols² per candidate: the 4864-wide shapes take minutes in TS.
-    { label: 'awq 4-bit g128', spec: 'awq:bits=4,group=128', hasWasm: false, cost: 'rows-cols2', plan: () => (quick ? { kind: 'shapes', which: [1] } : NARROW_SHAPES) },
+    { label: 'awq 4-bit g128', spec: 'awq:bits=4,group=128', hasWasm: true, cost: 'rows-cols2', plan: () => (quick ? { kind: 'shapes', which: [1] } : NARROW_SHAPES) },
   ]
 }
 
