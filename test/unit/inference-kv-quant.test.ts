@@ -14,6 +14,8 @@ import { gaussian } from '../helpers/tiny-llama'
 import { randomTokens, writeTinyDecoder, type TinyDecoder } from '../helpers/tiny-decoder'
 import { flat, kvReference, maxDiff } from '../helpers/kv-reference'
 import { runCli } from '../helpers/run-cli'
+import { parseArgs, UsageError } from '../../worker/cli/args'
+import { actFlag, kvFlags } from '../../worker/cli/eval'
 import { referenceForward } from '../helpers/reference-forward'
 import { fitActivationCodebook } from '../../worker/quant/activations/kmeans-act'
 import { parseActivationSpec, type KMeansActParams } from '../../worker/quant/activations/spec'
@@ -267,8 +269,12 @@ describe('k-means activations in the graph', () => {
   })
 })
 
-describe('default model (2 held-out windows)', () => {
+describe('default model (1 held-out window)', () => {
   const DEFAULT = resolve('resources/models/default')
+  // One window of 256 tokens and smoothing from 2 calibration windows (computed, not cached)
+  // keep every order below with a margin: measured base 17.636, 8-bit 17.637 (+0.007 %), 2-bit
+  // naive 22.684 / past-only 21.151, 3-bit naive 18.496 / smoothed past-only 17.979. With 2
+  // windows the orders were the same; at ctx 128 they were not (too few tokens per window).
   it('8-bit KV is within 0.1 %, 2-bit naive far off; past-only ≤ naive at 2 bits; smoothed past-only < naive at 3 bits', { timeout: 90_000 }, async () => {
     const m = await openModel(DEFAULT)
     try {
@@ -276,8 +282,8 @@ describe('default model (2 held-out windows)', () => {
       const ids = tok.encode(await readFile(resolve('resources/eval/heldout.txt'), 'utf8'), { addSpecialTokens: false })
       const calib = tok.encode(await readFile(DEFAULT_KV_CALIBRATION_TEXT, 'utf8'), { addSpecialTokens: false })
       const ppl = async (bits: number, pastOnly: boolean, smooth = false) =>
-        (await evaluatePerplexity(m, ids, { maxWindows: 2, threads: 2, kv: await kvEvalOptions(m, { bits, group: null, smooth, pastOnly }, smooth ? { ids: calib, maxWindows: 8 } : null, { threads: 2 }) })).ppl
-      const base = (await evaluatePerplexity(m, ids, { maxWindows: 2, threads: 2 })).ppl
+        (await evaluatePerplexity(m, ids, { maxWindows: 1, threads: 2, kv: await kvEvalOptions(m, { bits, group: null, smooth, pastOnly }, smooth ? { ids: calib, maxWindows: 2 } : null, { threads: 2, cacheDir: null }) })).ppl
+      const base = (await evaluatePerplexity(m, ids, { maxWindows: 1, threads: 2 })).ppl
       const kv8 = await ppl(8, false)
       expect(Math.abs(kv8 / base - 1)).toBeLessThan(1e-3)
       expect(kv8).not.toBe(base)
@@ -310,11 +316,13 @@ describe('default model (2 held-out windows)', () => {
     expect(out.kv).toEqual({ bits: 4, group: 16, smooth: false, pastOnly: true })
     expect(out.act).toEqual({ kind: 'int', bits: 6, outliers: 2 })
     expect(out.ppl).toBeGreaterThan(1)
-    const bad = await runCli(['eval', DEFAULT, '--text', 'resources/eval/heldout.txt', '--kv-smooth'])
-    expect(bad.code).toBe(2)
-    expect(bad.stderr).toMatch(/go with --kv-bits/)
-    const badAct = await runCli(['eval', DEFAULT, '--text', 'resources/eval/heldout.txt', '--act', 'int:bits=4,outlier=2'])
-    expect(badAct.code).toBe(2)
-    expect(badAct.stderr).toMatch(/unknown key 'outlier'/)
+    // Usage errors (exit 2 in main.ts for every UsageError) from the flag parsers in-process:
+    // a CLI start per case cost ~2.5 s each.
+    const parse = (argv: string[]) => parseArgs(argv, new Set(['kv-smooth', 'kv-past-only', 'json']), new Set(['text', 'kv-bits', 'kv-group', 'act']))
+    expect(() => kvFlags(parse(['eval', DEFAULT, '--text', 'x', '--kv-smooth']))).toThrow(UsageError)
+    expect(() => kvFlags(parse(['eval', DEFAULT, '--text', 'x', '--kv-smooth']))).toThrow(/go with --kv-bits/)
+    expect(() => kvFlags(parse(['eval', DEFAULT, '--text', 'x', '--kv-bits', '9']))).toThrow(/--kv-bits must be 2 to 8, got 9/)
+    expect(() => actFlag(parse(['eval', DEFAULT, '--text', 'x', '--act', 'int:bits=4,outlier=2']))).toThrow(UsageError)
+    expect(() => actFlag(parse(['eval', DEFAULT, '--text', 'x', '--act', 'int:bits=4,outlier=2']))).toThrow(/unknown key 'outlier'/)
   })
 })
