@@ -121,12 +121,12 @@ describe('EngineService layerImportance (default model)', () => {
 
   it('bad requests fail early, naming the key, the spec or the file', async () => {
     const base = { jobId: 'bad', modelId, text: { kind: 'heldout' as const } }
-    expect(() => parseApiParams('layerImportance', { ...base, methods: [] })).toThrow(/'methods' must be a list of 1 to 3 different methods/)
-    expect(() => parseApiParams('layerImportance', { ...base, methods: ['lsaq', 'lsaq'] })).toThrow(/'methods' must be a list of 1 to 3 different methods/)
-    expect(() => parseApiParams('layerImportance', { ...base, methods: ['local'] })).toThrow(/must be one of lsaq, cosine, sensitivity/)
+    expect(() => parseApiParams('layerImportance', { ...base, methods: [] })).toThrow(/'methods' must be a list of 1 to 4 different methods/)
+    expect(() => parseApiParams('layerImportance', { ...base, methods: ['lsaq', 'lsaq'] })).toThrow(/'methods' must be a list of 1 to 4 different methods/)
+    expect(() => parseApiParams('layerImportance', { ...base, methods: ['shortgpt'] })).toThrow(/must be one of lsaq, cosine, sensitivity, local/)
     expect(() => parseApiParams('layerImportance', { ...base, methods: ['lsaq'], k: 0 })).toThrow(/'k' must be an integer in \[1, 1024\]/)
     await expect(engine.layerImportance({ ...base, methods: ['sensitivity'] })).rejects.toThrow(/needs 'quant'.*rtn:bits=3,group=128/)
-    await expect(engine.layerImportance({ ...base, methods: ['lsaq'], quant: 'rtn:bits=4' })).rejects.toThrow(/'quant' goes with the 'sensitivity' method only/)
+    await expect(engine.layerImportance({ ...base, methods: ['lsaq'], quant: 'rtn:bits=4' })).rejects.toThrow(/'quant' goes with the 'sensitivity' and 'local' methods only/)
     await expect(engine.layerImportance({ ...base, methods: ['cosine'], k: 5 })).rejects.toThrow(/'k' and 'finalNorm' go with the 'lsaq' method/)
     await expect(engine.layerImportance({ ...base, methods: ['lsaq'], k: 9000 })).rejects.toThrow(/k = 9000 exceeds the vocabulary \(8192 tokens\)/)
     await expect(engine.layerImportance({ ...base, methods: ['sensitivity'], quant: 'nosuch:bits=3' })).rejects.toThrow(/nosuch/)

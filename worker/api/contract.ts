@@ -414,6 +414,8 @@ export interface LayerImportanceReport {
   finalNorm: boolean | null
   /** Measured sensitivity's spec, base perplexity and ΔPPL per layer. */
   sensitivity: { spec: string; basePpl: number; deltaPpl: (number | null)[]; cached: boolean } | null
+  /** The local error proxy's spec and the calibration tokens its Grams came from (importance/local-proxy.ts). */
+  local?: { spec: string; calibrationTokens: number; cached: boolean } | null
   textLabel: string
   ctx: number
   windows: number

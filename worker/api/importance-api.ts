@@ -8,6 +8,7 @@
 import { stat } from 'node:fs/promises'
 import { basename, resolve } from 'node:path'
 import { DEFAULT_LSAQ_K } from '../importance/layer-importance'
+import { DEFAULT_LOCAL_SPEC } from '../importance/local-proxy'
 import { spearman } from '../importance/rank-math'
 import { DEFAULT_CTX } from '../inference/perplexity'
 import { planFromSpec } from '../plan/plan'
@@ -38,6 +39,7 @@ const LABELS: Record<ImportanceMethodId, { label: string; unit: string }> = {
   lsaq: { label: 'LSAQ', unit: '1 − Jaccard of the logit-lens top-k' },
   cosine: { label: 'cosine', unit: '1 − cos(block input, output)' },
   sensitivity: { label: 'sensitivity', unit: 'ΔKLD (nats/token) with the block quantized' },
+  local: { label: 'local', unit: 'relative error of the block’s linear outputs on calibration activations' },
 }
 
 export class ImportanceApi {
@@ -51,7 +53,8 @@ export class ImportanceApi {
     const methods = params.methods
     const sensitivity = methods.includes('sensitivity')
     if (sensitivity && !params.quant) throw new EngineError('BadRequest', `${what}: measured sensitivity needs 'quant', the method spec each block is quantized with (e.g. rtn:bits=3,group=128)`)
-    if (!sensitivity && params.quant !== undefined) throw new EngineError('BadRequest', `${what}: 'quant' goes with the 'sensitivity' method only`)
+    const local = methods.includes('local')
+    if (!sensitivity && !local && params.quant !== undefined) throw new EngineError('BadRequest', `${what}: 'quant' goes with the 'sensitivity' and 'local' methods only`)
     if (!methods.includes('lsaq') && (params.k !== undefined || params.finalNorm !== undefined)) throw new EngineError('BadRequest', `${what}: 'k' and 'finalNorm' go with the 'lsaq' method only`)
     const vocab = handle.summary.config?.vocabSize ?? null
     const k = params.k ?? DEFAULT_LSAQ_K
@@ -73,12 +76,13 @@ export class ImportanceApi {
           finalNorm: params.finalNorm ?? true,
           ctx: params.ctx ?? DEFAULT_CTX,
           maxWindows: params.maxWindows,
-          quant: params.quant,
+          quant: params.quant ?? (local ? DEFAULT_LOCAL_SPEC : undefined),
           backend: params.backend,
           threads: this.options.threads,
           cacheDir: this.options.cacheDir,
         },
-        { signal, onProgress: (p) => onProgress(p.done, p.total, { stage: p.stage }) },
+        // The local proxy's per-tensor stage is 'measuring' with a label (the detail's stages are shared by every job).
+        { signal, onProgress: (p) => onProgress(p.done, p.total, p.stage === 'local' ? { stage: 'measuring', label: 'local' } : { stage: p.stage }) },
       ),
     )
     return importanceReport(result, methods, params.text.kind === 'heldout' ? 'held-out text' : basename(textFile))
@@ -87,7 +91,7 @@ export class ImportanceApi {
 
 /** The worker's numbers as the view's series, in the order asked for, with ρ for every pair. */
 export function importanceReport(r: ImportanceWorkerResult, methods: readonly ImportanceMethodId[], textLabel: string): LayerImportanceReport {
-  const values = (m: ImportanceMethodId): (number | null)[] => (m === 'sensitivity' ? r.sensitivity!.deltaKld : m === 'lsaq' ? r.lsaq! : r.cosine!)
+  const values = (m: ImportanceMethodId): (number | null)[] => (m === 'sensitivity' ? r.sensitivity!.deltaKld : m === 'local' ? r.local!.values : m === 'lsaq' ? r.lsaq! : r.cosine!)
   const series: ImportanceSeries[] = methods.map((m) => ({ method: m, ...LABELS[m], values: values(m) }))
   const pairs: LayerImportanceReport['spearman'] = []
   for (let i = 0; i < series.length; i++) {
@@ -111,6 +115,7 @@ export function importanceReport(r: ImportanceWorkerResult, methods: readonly Im
     k: r.k,
     finalNorm: r.finalNorm,
     sensitivity: r.sensitivity ? { spec: r.sensitivity.spec, basePpl: r.sensitivity.basePpl, deltaPpl: r.sensitivity.deltaPpl, cached: r.sensitivity.cached } : null,
+    local: r.local ? { spec: r.local.spec, calibrationTokens: r.local.tokens, cached: r.local.cached } : null,
     textLabel,
     ctx: r.ctx,
     windows: r.windows,

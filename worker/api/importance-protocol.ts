@@ -20,17 +20,20 @@ export interface ImportanceWorkerJob {
   finalNorm: boolean
   ctx: number
   maxWindows?: number
-  /** Sensitivity: the spec one block at a time is quantized with. */
+  /** Sensitivity and local: the spec one block at a time is quantized with (local: default rtn:bits=4,group=128). */
   quant?: string
   backend?: BackendKind
   threads?: number
-  /** Sensitivity result cache; undefined: the default folder, null: none. */
+  /** Sensitivity result cache; undefined: the default folder, null: none (also no local-proxy result cache). */
   cacheDir?: string | null
 }
 
-/** One stage's progress: loading (weight tensors), evaluating (windows), measuring (blocks of sensitivity). */
+/**
+ * One stage's progress: loading (weight tensors), evaluating (windows), measuring (blocks of
+ * sensitivity), calibrating (the local proxy's capture windows), local (its tensors).
+ */
 export interface ImportanceWorkerProgress {
-  stage: 'loading' | 'evaluating' | 'measuring'
+  stage: 'loading' | 'evaluating' | 'measuring' | 'calibrating' | 'local'
   done: number
   total: number
 }
@@ -42,6 +45,8 @@ export interface ImportanceWorkerResult {
   cosine?: number[]
   /** Per layer (null: the block has no linear weight the spec quantizes). */
   sensitivity?: { deltaKld: (number | null)[]; deltaPpl: (number | null)[]; basePpl: number; spec: string; cached: boolean }
+  /** Per layer, the local error proxy (null: the spec fits none of the block's linears). */
+  local?: { values: (number | null)[]; spec: string; tokens: number; cached: boolean }
   k: number | null
   finalNorm: boolean | null
   ctx: number

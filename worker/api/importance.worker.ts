@@ -1,13 +1,15 @@
 /**
  * Importance worker thread: opens the model, tokenizes the text, runs the one-pass LSAQ and
  * cosine importance (importance/layer-importance.ts) and, when asked, measured sensitivity
- * (importance/sensitivity.ts), posting progress per stage, then the result or the error.
+ * (importance/sensitivity.ts) and the local error proxy on the calibration text
+ * (importance/local-proxy.ts), posting progress per stage, then the result or the error.
  * 'cancel' aborts both between runtime calls.
  */
 import { parentPort } from 'node:worker_threads'
 import { openModel } from '../formats/open-model'
 import { openTokenizer, tokensOf } from '../inference/text-source'
 import { computeLayerImportance, type LayerImportanceResult } from '../importance/layer-importance'
+import { DEFAULT_LOCAL_SPEC, localBlockImportance, type LocalImportanceResult } from '../importance/local-proxy'
 import { measureSensitivity, type SensitivityResult } from '../importance/sensitivity'
 import { serializeError } from '../jobs/serialized-error'
 import type { ImportanceWorkerJob, ImportanceWorkerMessage, ImportanceWorkerProgress, ImportanceWorkerRequest, ImportanceWorkerResult } from './importance-protocol'
@@ -59,7 +61,18 @@ async function run(job: ImportanceWorkerJob): Promise<ImportanceWorkerResult> {
         { signal, onProgress: (p) => progress({ stage: 'measuring', done: p.done, total: p.total }) },
       )
     }
-    const blocks = one?.lsaq?.length ?? one?.cosine?.length ?? Math.max(...sens!.blocks.map((b) => b.layer)) + 1
+    let local: LocalImportanceResult | null = null
+    if (job.methods.includes('local')) {
+      // The calibration text (never the evaluated one), with the capture cache GPTQ shares.
+      local = await localBlockImportance(
+        model,
+        job.quant ?? DEFAULT_LOCAL_SPEC,
+        // No result cache asked for: no capture cache either (tests, a read-only home).
+        job.cacheDir === null ? { calibration: { backend: job.backend, threads: job.threads, cacheDir: null }, cacheDir: null } : { calibration: { backend: job.backend, threads: job.threads } },
+        { signal, onProgress: (p) => progress({ stage: p.stage === 'measuring' ? 'local' : p.stage === 'calibrating' ? 'calibrating' : 'loading', done: p.done, total: p.total }) },
+      )
+    }
+    const blocks = one?.lsaq?.length ?? one?.cosine?.length ?? (sens ? Math.max(...sens.blocks.map((b) => b.layer)) + 1 : local!.layers.length)
     const layers = Array.from({ length: blocks }, (_, l) => l)
     const byLayer = (pick: (b: SensitivityResult['blocks'][number]) => number): (number | null)[] => {
       const m = new Map(sens!.blocks.map((b) => [b.layer, pick(b)]))
@@ -70,11 +83,12 @@ async function run(job: ImportanceWorkerJob): Promise<ImportanceWorkerResult> {
       ...(one?.lsaq ? { lsaq: one.lsaq } : {}),
       ...(one?.cosine ? { cosine: one.cosine } : {}),
       ...(sens ? { sensitivity: { deltaKld: byLayer((b) => b.deltaKld), deltaPpl: byLayer((b) => b.deltaPpl), basePpl: sens.basePpl, spec: sens.spec, cached: sens.cached } } : {}),
+      ...(local ? { local: { values: layers.map((l) => local.importance[l] ?? null), spec: local.spec, tokens: local.tokens, cached: local.cached } } : {}),
       k: one?.k ?? null,
       finalNorm: one?.finalNorm ?? null,
-      ctx: one?.ctx ?? sens!.ctx,
-      windows: one?.windows ?? sens!.windows,
-      tokens: one?.tokens ?? sens!.windows * sens!.ctx,
+      ctx: one?.ctx ?? sens?.ctx ?? job.ctx,
+      windows: one?.windows ?? sens?.windows ?? local!.windows,
+      tokens: one?.tokens ?? (sens ? sens.windows * sens.ctx : local!.tokens),
       backend: one?.backend ?? job.backend ?? 'wasm',
       seconds: (performance.now() - t0) / 1000,
     }

@@ -140,7 +140,10 @@ export const actSettingsSchema = v.pipe(
     bits: integer(1, 16),
     outliers: v.optional(integer(0, 4096)),
     norm: v.optional(v.picklist(ACT_NORMS, `must be one of ${ACT_NORMS.join(', ')}`)),
+    /** k-means: windows of 256 calibration tokens the codebooks are fitted on (default 32, as `eval --act`). */
+    calibrationWindows: v.optional(integer(1, API_LIMITS.windows)),
   }),
+  v.check((a) => a.kind === 'kmeans' || a.calibrationWindows === undefined, "'calibrationWindows' goes with kind 'kmeans' only"),
   v.check((a) => a.kind !== 'int' || a.bits >= 2, "'bits' of int activations must be an integer in [2, 16]"),
   v.check((a) => a.kind !== 'kmeans' || a.bits <= 8, "'bits' of k-means activations must be an integer in [1, 8] (2^bits centroids)"),
   v.check((a) => a.kind === 'kmeans' || a.norm === undefined, "'norm' goes with kind 'kmeans' only"),
@@ -257,8 +260,8 @@ export const exportModelParamsSchema = v.strictObject({
   ),
 })
 
-/** Layer-importance methods (worker/importance/): logit-lens LSAQ, ShortGPT's cosine, measured ΔKLD per block. */
-export const IMPORTANCE_METHOD_IDS = ['lsaq', 'cosine', 'sensitivity'] as const
+/** Layer-importance methods (worker/importance/): logit-lens LSAQ, ShortGPT's cosine, measured ΔKLD per block, the local error proxy. */
+export const IMPORTANCE_METHOD_IDS = ['lsaq', 'cosine', 'sensitivity', 'local'] as const
 
 export const importanceMethodSchema = v.picklist(IMPORTANCE_METHOD_IDS, `must be one of ${IMPORTANCE_METHOD_IDS.join(', ')}`)
 
@@ -280,7 +283,7 @@ export const layerImportanceParamsSchema = v.strictObject({
   finalNorm: v.optional(v.boolean('must be a boolean')),
   ctx: v.optional(integer(2, API_LIMITS.ctx)),
   maxWindows: v.optional(integer(1, API_LIMITS.windows)),
-  /** Sensitivity: the method spec each block is quantized with alone, e.g. rtn:bits=3,group=128. */
+  /** Sensitivity and local: the method spec each block is quantized with alone, e.g. rtn:bits=3,group=128 (local's default rtn:bits=4,group=128). */
   quant: v.optional(v.pipe(v.string('must be a method spec'), v.minLength(1, 'must be a method spec'), v.maxLength(512, 'is longer than 512 characters'))),
   backend: v.optional(backendSchema),
 })

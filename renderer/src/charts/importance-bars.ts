@@ -8,7 +8,7 @@ import type { ImportanceMethodId, LayerImportanceReport } from '../../../worker/
 import { CHART_FONT, type ChartOption } from './echarts'
 import { formatNumber } from '../format'
 
-export const METHOD_COLOURS: Record<ImportanceMethodId, string> = { lsaq: '#3b6fd8', cosine: '#e08a2c', sensitivity: '#2a9d6f' }
+export const METHOD_COLOURS: Record<ImportanceMethodId, string> = { lsaq: '#3b6fd8', cosine: '#e08a2c', sensitivity: '#2a9d6f', local: '#9b4dca' }
 
 /** Fixed plot margins (pixels), so a click's column follows from its x alone (tests rely on them). */
 export const IMPORTANCE_GRID = { left: 52, right: 16, top: 34, bottom: 44 }

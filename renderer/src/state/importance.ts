@@ -1,6 +1,6 @@
 /**
  * The Importance tab's state and actions: settings (text, methods, k, final norm, windows, the
- * method spec sensitivity quantizes each block with), the layerImportance job with progress and
+ * method spec sensitivity and the local proxy quantize each block with), the layerImportance job with progress and
  * cancel, its report, and the bar order. The spec comes from the plan editor's method list and
  * params form, so any method of the library can be measured.
  */
@@ -14,6 +14,11 @@ export const IMPORTANCE_METHODS: { id: ImportanceMethodId; label: string; hint: 
   { id: 'lsaq', label: 'LSAQ', hint: '1 − Jaccard of the logit-lens top-k token sets of block input and output (arXiv 2412.18135)' },
   { id: 'cosine', label: 'cosine', hint: '1 − cos of block input and output residuals (ShortGPT)' },
   { id: 'sensitivity', label: 'sensitivity', hint: 'ΔKLD against the base with only this block quantized by the chosen method (one evaluation per block, cached)' },
+  {
+    id: 'local',
+    label: 'local',
+    hint: "Local error proxy: relative error of the block's linear outputs on calibration activations (resources/eval/calibration.txt) with its weights quantized by the chosen method; no forward pass per block",
+  },
 ]
 
 export interface ImportanceSettings {
@@ -25,7 +30,7 @@ export interface ImportanceSettings {
   ctx: number
   /** null: every window of the text. */
   maxWindows: number | null
-  /** Sensitivity: the method each block is quantized with, and its params. */
+  /** Sensitivity and local: the method each block is quantized with, and its params. */
   quant: { method: string; params: QuantParams }
 }
 
@@ -45,6 +50,8 @@ const STAGE_LABELS: Record<string, string> = {
   loading: 'Loading weights',
   evaluating: 'Lens and cosines over windows',
   measuring: 'Sensitivity: blocks measured',
+  calibrating: 'Local proxy: calibration windows',
+  local: 'Local proxy: tensors measured',
 }
 
 export function createImportance(client: ApiClient, jobView: (label: string, cancel: () => void) => JobView, onCancelled: (label: string) => void) {
@@ -102,10 +109,11 @@ export function createImportance(client: ApiClient, jobView: (label: string, can
         ...(lens ? { k: s.k, finalNorm: s.finalNorm } : {}),
         ctx: s.ctx,
         ...(s.maxWindows !== null ? { maxWindows: s.maxWindows } : {}),
-        ...(methods.includes('sensitivity') ? { quant: quantSpec() } : {}),
+        ...(methods.includes('sensitivity') || methods.includes('local') ? { quant: quantSpec() } : {}),
       },
       (done: number, total: number, detail?: JobProgressDetail) => {
-        Object.assign(view, { done, total, label: `Layer importance: ${STAGE_LABELS[detail?.stage ?? ''] ?? 'starting'}` })
+        const stage = detail?.label === 'local' ? 'local' : (detail?.stage ?? '')
+        Object.assign(view, { done, total, label: `Layer importance: ${STAGE_LABELS[stage] ?? 'starting'}` })
       },
     )
     job = started
