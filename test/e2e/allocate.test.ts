@@ -74,7 +74,7 @@ describe('allocation under a budget in the layer grid', () => {
     await page.waitForSelector('[data-testid="plan-method"] option[value="rtn"]', { state: 'attached', timeout: 30_000 })
     await page.click('[data-testid="allocate-toggle"]')
     await page.click('[data-testid="allocator-lsaq"]')
-    await page.fill('[data-testid="allocate-panel"] input[type="number"] >> nth=0', '1')
+    await page.fill('[data-testid="allocate-windows"]', '1')
 
     // Move the slider: 3.5 bits per weight over 4.25- and 3.25-bit options (a fp16 scale and zero per 128).
     await page.locator('[data-testid="budget-slider"]').fill('3.5')
@@ -127,6 +127,7 @@ describe('allocation under a budget in the layer grid', () => {
     expect(message).toMatch(/2bpw is infeasible with these options: the smallest feasible is 3\.25\d* bpw/)
 
     // Pareto sweep: LSAQ at two budgets beside the uniform plans, 2 held-out windows each.
+    await page.click('[data-testid="sweep-toggle"]')
     await page.uncheck('[data-testid="sweep-allocator-optimal"]')
     await page.fill('[data-testid="sweep-budgets"]', '3.5bpw, 4bpw')
     await page.fill('[data-testid="sweep-windows"]', '2')
