@@ -19,11 +19,13 @@ import { allocate, allocationTargets, parseOptionSpecs } from '../../worker/plan
 import { resolvePlanFor } from '../../worker/plan/apply'
 import { parseBudget } from '../../worker/plan/budget'
 import { DEFAULT_CALIBRATION_TEXT } from '../../worker/plan/calibration'
+import { LLAMA_CPP_PRESETS, planFromLlamaCppPreset } from '../../worker/plan/llama-cpp-presets'
 import { memoryModel } from '../../worker/plan/memory-model'
 import { measureSensitivity } from '../../worker/plan/sensitivity'
 import { planSize } from '../../worker/plan/size'
 
 const TINY = resolve('resources/models/qwen2-tiny')
+const DEFAULT = resolve('resources/models/default')
 const OPTIONS = 'rtn:bits=4,group=32;rtn:bits=3,group=32'
 const BACKEND = 'native' as const
 
@@ -151,5 +153,33 @@ describe('EngineService allocatePlan / paretoSweep (qwen2-tiny)', () => {
     expect((await engine.cancelJob({ jobId })).cancelled).toBe(true)
     expect(await outcome).toMatchObject({ name: 'AbortError' })
     expect(events.some((e) => e.type === 'job-finished' && e.jobId === jobId && e.outcome === 'cancelled')).toBe(true)
+  })
+
+  it('paretoSweep over ggml types adds the llama.cpp presets within ±15 % of its sizes (default model, GGUF sizes)', async () => {
+    const opened = await engine.openModel({ path: DEFAULT })
+    const big = await openModel(DEFAULT)
+    try {
+      const r = await engine.paretoSweep({ jobId: 'sw-ggml', modelId: opened.modelId, allocators: ['lsaq'], budgets: ['4bpw'], options: 'ggml:type=Q4_K;ggml:type=Q3_K', layout: 'gguf', windows: 1, evalWindows: 1, uniform: false })
+      const lsaq = r.points.find((p) => p.kind === 'lsaq')!
+      const gguf = (plan: Parameters<typeof resolvePlanFor>[1]) => memoryModel(big, resolvePlanFor(big, plan, 'test'), { format: 'gguf', kv: null }).weights
+      expect(lsaq.bytes).toBe(gguf(lsaq.plan))
+      // Exactly the presets whose GGUF data lies within 15 % of the one allocation, each the library's plan.
+      const expected = LLAMA_CPP_PRESETS.filter((p) => {
+        const b = gguf(planFromLlamaCppPreset(big, p))
+        return b >= lsaq.bytes * 0.85 && b <= lsaq.bytes * 1.15
+      })
+      expect(expected.length).toBeGreaterThan(0)
+      expect(expected.length).toBeLessThan(LLAMA_CPP_PRESETS.length)
+      const presets = r.points.filter((p) => p.kind === 'preset')
+      expect(presets.map((p) => p.label).sort()).toEqual(expected.map((p) => `llama.cpp ${p}`).sort())
+      for (const p of presets) {
+        expect(p.plan).toEqual(planFromLlamaCppPreset(big, p.label.slice('llama.cpp '.length)))
+        expect(p.bytes).toBe(gguf(p.plan))
+        expect(Number.isFinite(p.ppl) && p.ppl > 1).toBe(true)
+      }
+    } finally {
+      await big.close()
+      await engine.closeModel({ modelId: opened.modelId })
+    }
   })
 })
