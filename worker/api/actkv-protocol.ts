@@ -24,6 +24,8 @@ export interface CodebooksJob extends Common {
   bits: number
   outliers: number
   norm: ActNorm
+  /** Calibration windows of 256 tokens (default: act-codebooks.ts's 32). */
+  maxWindows?: number
 }
 
 export interface ActivationViewJob extends Common {

@@ -40,7 +40,7 @@ async function run(job: ActKvJob): Promise<ActKvResult> {
   try {
     const common = { backend: job.backend, threads: job.threads }
     if (job.kind === 'codebooks') {
-      const { codebooks, calibrationTokens } = (await kmeansActOptions(model, kmeansParams(job.bits, job.outliers, job.norm), common, hooksFor('calibrating'))) as {
+      const { codebooks, calibrationTokens } = (await kmeansActOptions(model, kmeansParams(job.bits, job.outliers, job.norm), { ...common, ...(job.maxWindows !== undefined ? { maxWindows: job.maxWindows } : {}) }, hooksFor('calibrating'))) as {
         codebooks: Record<string, Float32Array>
         calibrationTokens: number
       }

@@ -370,7 +370,7 @@ export class EvaluateService {
     if (a.kind === 'int') return { options: { kind: 'int', bits: a.bits, outliers }, echo: { kind: 'int', bits: a.bits, outliers } }
     const norm = a.norm ?? 'absmax-non-outlier'
     const fit = await this.codebooks(
-      { kind: 'codebooks', modelPath: model.path, bits: a.bits, outliers, norm, backend: params.backend, threads: this.options.threads },
+      { kind: 'codebooks', modelPath: model.path, bits: a.bits, outliers, norm, backend: params.backend, threads: this.options.threads, ...(a.calibrationWindows !== undefined ? { maxWindows: a.calibrationWindows } : {}) },
       { signal: hooks.signal, onProgress: (p) => hooks.onProgress(p.done, p.total, { stage: p.stage === 'loading' ? 'loading' : 'calibrating' }) },
     )
     return {

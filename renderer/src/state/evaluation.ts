@@ -59,6 +59,8 @@ export interface ActChoice {
   /** k per side of the top-k detector. */
   outliers: number
   norm: 'absmax-non-outlier' | 'none'
+  /** k-means: windows of 256 calibration tokens for the codebooks (32 = the CLI's default). */
+  calibrationWindows: number
 }
 
 export interface KvChoice {
@@ -73,20 +75,13 @@ export interface KvChoice {
 /** The API's act setting of a choice (undefined: off). */
 export function actParams(a: ActChoice): ActSettings | undefined {
   if (a.kind === 'none') return undefined
-  return a.kind === 'int' ? { kind: 'int', bits: a.bits, outliers: a.outliers } : { kind: 'kmeans', bits: a.bits, outliers: a.outliers, norm: a.norm }
+  return a.kind === 'int' ? { kind: 'int', bits: a.bits, outliers: a.outliers } : { kind: 'kmeans', bits: a.bits, outliers: a.outliers, norm: a.norm, calibrationWindows: a.calibrationWindows }
 }
 
 /** The API's kv setting of a choice (undefined: off). */
 export function kvParams(k: KvChoice): KvSettings | undefined {
   if (!k.bits) return undefined
   return { bits: k.bits, group: k.group, smooth: k.smooth, pastOnly: k.pastOnly }
-}
-
-/** 'W16' / the plan's bits per weight, as the runs table's weight column says it. */
-export function weightText(run: EvalRun): string {
-  if (run.bitsPerWeight != null) return `${run.bitsPerWeight.toFixed(2)} bits/weight`
-  if (run.variant.kind === 'plan') return 'plan'
-  return isBaseRun(run) ? 'as stored' : run.variant.kind === 'model' ? 'other model' : 'listed variant'
 }
 
 /** 'k-means A4 · 4 outl./side · absmax' / 'int A8' / 'full precision'. */
@@ -216,7 +211,7 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
       maxWindows: DEFAULT_MAX_WINDOWS,
       kld: false,
       variant: listed('base'),
-      act: { kind: 'none', bits: 4, outliers: 4, norm: 'absmax-non-outlier' },
+      act: { kind: 'none', bits: 4, outliers: 4, norm: 'absmax-non-outlier', calibrationWindows: 32 },
       kv: { bits: 0, group: null, smooth: false, pastOnly: true },
     },
     evalJob: null,
