@@ -243,7 +243,8 @@ export class EvaluateService {
         const run = await this.measure(model, one, textFile, variantRef, variant, {
           signal,
           onProgress: (d, t, detail) => {
-            if (detail?.stage !== 'evaluating' || t === 0) return onProgress(done, missing.length, detail)
+            // loading and calibrating count their own units (weights, windows); evaluating counts evaluations
+            if (detail?.stage !== 'evaluating' || t === 0) return onProgress(d, t, detail)
             onProgress(done + d / t, missing.length, { stage: 'evaluating', ...(detail.ppl !== undefined ? { ppl: detail.ppl } : {}) })
           },
         })

@@ -190,7 +190,8 @@ export function createActKv(wb: Workbench) {
       wb.client,
       'kvSweep',
       { modelId, text, ctx: s.ctx, maxWindows: sw.windows, backend: ev.state.backend, variant, bits: [2, 3, 4] },
-      (done, total, detail) => ev.applyProgress(view, done, total, detail?.stage === 'evaluating' ? { stage: 'calibrating', ...(detail.ppl !== undefined ? { ppl: detail.ppl } : {}) } : detail),
+      // done/total count evaluations (fractions while one runs); a sub-evaluation's loading counts weights
+      (done, total, detail) => ev.applyProgress(view, done, total, detail),
     )
     jobs.sweep = job
     sw.job = view
