@@ -103,8 +103,6 @@ export class AllocationApi {
     return this.runJob(params.jobId, async ({ onProgress, signal }) => {
       const t0 = performance.now()
       const { inputs } = await this.measured(handle, params, c, params.allocators, onProgress, signal)
-      const targets = allocationTargets(model, c.allTensors)
-      const targetParams = targets.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0)
       const candidates: Omit<ParetoPoint, 'ppl'>[] = []
       const skipped: ParetoSweepResult['skipped'] = []
       for (const allocator of params.allocators) {
@@ -116,7 +114,7 @@ export class AllocationApi {
         for (const u of uniformBaselines(model, { options: c.options, memory, allTensors: c.allTensors })) candidates.push({ label: `uniform ${u.option}`, kind: 'uniform', bytes: u.bytes, bpw: u.bitsPerWeight, plan: u.plan })
       }
       const ggmlOnly = c.options.every((o) => o.kind === 'keep' || o.methodId === 'ggml')
-      if ((params.presets ?? true) && ggmlOnly && candidates.length > 0) candidates.push(...presetsInRange(model, candidates, memory, targetParams))
+      if ((params.presets ?? true) && ggmlOnly && candidates.length > 0) candidates.push(...presetsInRange(model, candidates, memory))
       const job = this.job(handle, params, c, [])
       job.evaluate = { textFile: heldout, windows: params.evalWindows, plans: candidates.map((p) => ({ label: p.label, plan: p.plan })) }
       const r = await this.worker(job, onProgress, signal)
@@ -147,8 +145,9 @@ export class AllocationApi {
   }
 
   private cacheKey(handle: OpenedModelHandle, params: AllocationShared, c: Checked, kind: 'lsaq' | 'optimal'): string {
-    const options = kind === 'lsaq' ? c.options.map((o) => o.spec).join(';') : c.options.map((o) => o.spec).join(';')
-    return JSON.stringify({ model: handle.path, fingerprint: handle.summary.fingerprint, kind, options: kind === 'lsaq' ? '' : options, allTensors: c.allTensors, text: c.textFile, windows: c.windows, ctx: c.ctx, backend: params.backend ?? 'wasm' })
+    // LSAQ importance does not depend on the options; ΔKLD is per option.
+    const options = kind === 'lsaq' ? '' : c.options.map((o) => o.spec).join(';')
+    return JSON.stringify({ model: handle.path, fingerprint: handle.summary.fingerprint, kind, options, allTensors: c.allTensors, text: c.textFile, windows: c.windows, ctx: c.ctx, backend: params.backend ?? 'wasm' })
   }
 
   private job(handle: OpenedModelHandle, params: AllocationShared, c: Checked, allocators: readonly AllocatorId[]): AllocationWorkerJob {
@@ -191,7 +190,8 @@ export class AllocationApi {
       this.inputs.set(key, got)
       while (this.inputs.size > MAX_CACHED_INPUTS) this.inputs.delete(this.inputs.keys().next().value as string)
     }
-    return { inputs, fromCache: r.measured === 0, measured: r.measured }
+    // LSAQ importance is always computed when missing; ΔKLD may all have come from the disk cache.
+    return { inputs, fromCache: !missing.includes('lsaq') && r.measured === 0, measured: r.measured }
   }
 }
 
@@ -233,7 +233,7 @@ export function allocationMemory(model: OpenedModel, plan: Plan, memory: MemoryO
 }
 
 /** llama.cpp's presets whose size lies within the sweep's range (±15 %), as candidate points. */
-function presetsInRange(model: OpenedModel, points: readonly Omit<ParetoPoint, 'ppl'>[], memory: MemoryOptions, _targetParams: number): Omit<ParetoPoint, 'ppl'>[] {
+function presetsInRange(model: OpenedModel, points: readonly Omit<ParetoPoint, 'ppl'>[], memory: MemoryOptions): Omit<ParetoPoint, 'ppl'>[] {
   const lo = Math.min(...points.map((p) => p.bytes)) * 0.85
   const hi = Math.max(...points.map((p) => p.bytes)) * 1.15
   const out: Omit<ParetoPoint, 'ppl'>[] = []
