@@ -4,7 +4,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { openModel } from '../../worker/formats/open-model'
 import type { OpenedModel } from '../../worker/formats/contract'
-import { calibrateKvSmoothing } from '../../worker/inference/kv-calibration'
+import { calibrateKvSmoothing, kvJobOptions } from '../../worker/inference/kv-calibration'
+import { parseArgs } from '../../worker/cli/args'
+import { kvFlags } from '../../worker/cli/eval'
 import { fitActivationCodebooks } from '../../worker/plan/act-codebooks'
 import { decodeStats, encodeStats } from '../../worker/inference/calibration-stats-cache'
 import { parseActivationSpec, type KMeansActParams } from '../../worker/quant/activations/spec'
@@ -86,6 +88,25 @@ describe('KV smoothing statistics cache', () => {
     await m.close()
     expect(b.cached).toBe(false)
     expect(bytesOf(a.smoothing.key[1]!.shift).equals(bytesOf(b.smoothing.key[1]!.shift))).toBe(false)
+  })
+})
+
+describe('cache switch', () => {
+  it('--no-calib-cache → the job\'s kv.calibrationCache false → nothing read or stored', async () => {
+    const parse = (argv: string[]) => parseArgs(argv, new Set(['kv-smooth', 'no-calib-cache']), new Set(['kv-bits']))
+    const off = kvFlags(parse(['generate', 'm', '--kv-bits', '3', '--kv-smooth', '--no-calib-cache']))!
+    expect(off).toEqual({ bits: 3, group: null, smooth: true, pastOnly: false, calibrationCache: false })
+    expect(kvFlags(parse(['generate', 'm', '--kv-bits', '3']))!.calibrationCache).toBeUndefined()
+    const dir = join(root, 'kv-switch')
+    const calibrationText = { tokens: randomTokens(2 * 16, tiny.ref.vocab, 21) }
+    const noTokenizer = () => Promise.reject(new Error('token ids need no tokenizer'))
+    const entries = async () => (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith('.qsc')).length
+    const a = await kvJobOptions(model, { ...off, calibrationText }, noTokenizer, { ctx: 16, threads: 2, cacheDir: dir })
+    expect(await entries()).toBe(0)
+    const b = await kvJobOptions(model, { ...off, calibrationText, calibrationCache: undefined }, noTokenizer, { ctx: 16, threads: 2, cacheDir: dir })
+    expect(await entries()).toBe(1)
+    expect(bytesOf(b.smoothing!.key[0]!.scale).equals(bytesOf(a.smoothing!.key[0]!.scale))).toBe(true)
+    expect(a.calibration).toEqual({ source: 'tokens', tokens: 32, windows: 2 })
   })
 })
 
