@@ -5,7 +5,7 @@
  * budget) and the memory bar's total is the plan editor's exact size; the bar's weights plus
  * the KV reserve for a context of 1024 is its total; an infeasible budget shows the smallest
  * feasible size; a two-budget Pareto sweep on two windows draws its points and clicking the
- * uniform 3-bit point puts that plan in the grid. Screenshot: test-artifacts/allocate.png.
+ * uniform 3-bit point puts that plan in the grid. Screenshots: test-artifacts/allocate.png, allocate-lsaq-3.5bpw.png.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
@@ -102,6 +102,7 @@ describe('allocation under a budget in the layer grid', () => {
     expect(Number(await attr('[data-testid="memory-bar"]', 'data-kv'))).toBe(0)
     const parts = await page.$$eval('[data-testid="memory-bar"] .seg', (els) => els.map((e) => Number(e.getAttribute('data-bytes'))))
     expect(parts.reduce((a, b) => a + b, 0)).toBe(planBytes)
+    await page.locator('[data-testid="layer-grid"]').screenshot({ path: join(ARTIFACTS, 'allocate-lsaq-3.5bpw.png') })
 
     // A larger budget: more blocks at 4 bits, and the grid follows.
     await page.locator('[data-testid="budget-slider"]').fill('4')
