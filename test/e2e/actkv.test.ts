@@ -5,7 +5,7 @@
  * view draws each linear input's histograms with one centroid marker per codebook entry at
  * the centroid values the engine returned; the KV view draws the four K/V heatmaps, the
  * perplexity-vs-KV-bits chart from the KV-only run and the memory chart.
- * Screenshot: test-artifacts/actkv.png.
+ * Screenshots: test-artifacts/actkv.png, actkv-activations.png.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
@@ -97,6 +97,7 @@ describe('activation and KV views end to end', () => {
       expect(share).toBeCloseTo(8 / (i === 3 ? 768 : 256), 12)
     }
     await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="act-kmeans-chart"]')].every((e) => e.getAttribute('data-rendered') === 'true'), undefined, { timeout: 20_000 })
+    await page.locator('[data-testid="activation-view"]').screenshot({ path: join(ARTIFACTS, 'actkv-activations.png') })
   }, 90_000)
 
   it('KV view: K/V heatmaps raw and smoothed, perplexity against KV bits, memory', async () => {

@@ -96,6 +96,7 @@ describe('EngineService activation/KV quantization (qwen2-tiny)', () => {
     expect(() => parseApiParams('evaluate', { ...base, act: { kind: 'kmeans', bits: 9 } })).toThrow(/k-means activations must be an integer in \[1, 8\]/)
     expect(() => parseApiParams('evaluate', { ...base, act: { kind: 'fp4', bits: 4 } })).toThrow(/act.kind.*int, kmeans/)
     expect(() => parseApiParams('evaluate', { ...base, kv: { bits: 1 } })).toThrow(/kv.bits.*\[2, 8\]/)
+    expect(() => parseApiParams('evaluate', { ...base, act: { kind: 'int', bits: 4, calibrationWindows: 4 } })).toThrow(/'calibrationWindows' goes with kind 'kmeans'/)
     expect(() => parseApiParams('evaluate', { ...base, kv: { bits: 4, pastonly: true } })).toThrow(/pastonly/)
     await expect(engine.evaluate({ ...base, text: { kind: 'heldout' }, backend: 'wasm', kv: { bits: 4, group: 24 } })).rejects.toThrow(/group 24 does not divide the head size 32/)
     await expect(engine.evaluate({ ...base, text: { kind: 'heldout' }, backend: 'wasm', act: { kind: 'int', bits: 4, outliers: 64 } })).rejects.toThrow(/leaves nothing of a 128-value linear input/)
