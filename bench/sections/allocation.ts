@@ -11,7 +11,7 @@ import { allocate, allocationTargets, parseOptionSpecs, type AllocOption, type A
 import { parseBudget } from '../../worker/plan/budget'
 import { DEFAULT_CALIBRATION_TEXT } from '../../worker/plan/calibration'
 import { createOverrides } from '../../worker/plan/apply'
-import { modelDisplayName, modelFingerprint, PLAN_FORMAT, PLAN_VERSION } from '../../worker/plan/plan'
+import { modelDisplayName, modelFingerprint, PLAN_FORMAT, PLAN_VERSION, type Plan } from '../../worker/plan/plan'
 import type { BenchRow, BenchSection } from '../bench-types'
 import { ensureSyntheticModel } from '../synthetic-model'
 
@@ -49,7 +49,7 @@ async function sensitivityTiming(model: OpenedModel, ids: number[], names: strin
   const base = await timed(() => evaluatePerplexity(model, ids, { maxWindows: windows, backend: BACKEND, kld }))
   const runs: { ms: number; kld: number }[] = []
   for (const name of names) {
-    const plan = { format: PLAN_FORMAT, version: PLAN_VERSION, model: { name: modelDisplayName(model), fingerprint: modelFingerprint(model) }, tensors: { [name]: { method: option.methodId, params: option.params as Record<string, number | boolean | string> } } }
+    const plan: Plan = { format: PLAN_FORMAT, version: PLAN_VERSION, model: { name: modelDisplayName(model), fingerprint: modelFingerprint(model) }, tensors: { [name]: { method: option.methodId, params: option.params as Record<string, number | boolean | string> } } }
     const r = await timed(async () => {
       const overrides = await createOverrides(model, { plan, source: `bench ${name}` })
       return evaluatePerplexity(model, ids, { maxWindows: windows, backend: BACKEND, overrides, kld })
