@@ -3,7 +3,7 @@
  * in the layer grid. LSAQ over 4- and 3-bit RTN (g128): moving the budget slider re-allocates,
  * the grid takes the plan (cells at 4 and 3 bits, coloured by bits, the mix following the
  * budget) and the memory bar's total is the plan editor's exact size; the bar's weights plus
- * the KV reserve for a context of 1024 is its total; an infeasible budget shows the smallest
+ * the KV reserve for a context of 1024 is its total, and a budget in MB bounds that total; an infeasible budget shows the smallest
  * feasible size; a two-budget Pareto sweep on two windows draws its points and clicking the
  * uniform 3-bit point puts that plan in the grid. Screenshots: test-artifacts/allocate.png, allocate-lsaq-3.5bpw.png.
  */
@@ -119,6 +119,18 @@ describe('allocation under a budget in the layer grid', () => {
     const kv = Number(await attr('[data-testid="memory-bar"]', 'data-kv'))
     expect(Number(await attr('[data-testid="memory-bar"]', 'data-total'))).toBe(Number(await attr('[data-testid="plan-size"]', 'data-bytes')) + kv)
     expect(kv % (2 * 8 * 1024 * 2)).toBe(0)
+
+    // A budget in MB bounds the whole model, KV reserve included.
+    const totalAt4 = Number(await attr('[data-testid="memory-bar"]', 'data-total'))
+    const mb = Math.round(Math.floor(totalAt4 / 1e4) - 5) / 100
+    await page.click('[data-testid="budget-unit-mb"]')
+    await page.fill('[data-testid="budget-value"]', String(mb))
+    await allocated(`${mb}MB`)
+    const totalMb = Number(await attr('[data-testid="memory-bar"]', 'data-total'))
+    expect(totalMb).toBeLessThanOrEqual(mb * 1e6)
+    expect(totalMb).toBeLessThan(totalAt4)
+    expect(totalMb).toBe(Number(await attr('[data-testid="plan-size"]', 'data-bytes')) + kv)
+    await page.click('[data-testid="budget-unit-bpw"]')
 
     // Below the 3-bit plan everywhere: no plan fits, and the message gives the smallest feasible size.
     await page.locator('[data-testid="budget-slider"]').fill('2')
