@@ -177,6 +177,14 @@ describe('EngineService allocatePlan / paretoSweep (qwen2-tiny)', () => {
         expect(p.bytes).toBe(gguf(p.plan))
         expect(Number.isFinite(p.ppl) && p.ppl > 1).toBe(true)
       }
+      // The same allocation as allocatePlan (LSAQ importance kept from the sweep): GGUF bytes, a KV reserve.
+      const one = await engine.allocatePlan({ jobId: 'al-ggml', modelId: opened.modelId, budget: '4bpw', allocator: 'lsaq', options: 'ggml:type=Q4_K;ggml:type=Q3_K', layout: 'gguf', windows: 1, kv: { ctx: 2048 } })
+      expect(one.measurement.fromCache).toBe(true)
+      expect(one.plan).toEqual(lsaq.plan)
+      const m = memoryModel(big, resolvePlanFor(big, one.plan, 'test'), { format: 'gguf', kv: { ctx: 2048 } })
+      expect(one.memory).toMatchObject({ layout: 'gguf', splitExact: false, weights: m.weights, kvCache: m.kvCache, total: m.total, kept: m.kept })
+      expect(one.memory.codes + one.memory.scales).toBe(m.planned)
+      expect(one.memory.scales).toBeGreaterThan(0)
     } finally {
       await big.close()
       await engine.closeModel({ modelId: opened.modelId })
