@@ -3,7 +3,9 @@
  * LSAQ and cosine on 2 windows of the held-out text and draws 8 bars per method; its Spearman ρ
  * equals the importance CLI's for the same settings (a separate process); sorting by LSAQ puts
  * the CLI's most LSAQ-important block first; clicking that column's bar selects the block's
- * weights in the layer grid. Screenshot: test-artifacts/importance.png.
+ * weights in the layer grid. Screenshot: test-artifacts/importance.png. Then the local error
+ * proxy ticked beside them: 8 local bars, and its ρ against LSAQ equals the CLI's
+ * `--method local` with the spec the form shows.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { execFile } from 'node:child_process'
@@ -34,11 +36,11 @@ interface CliReport {
   spearman: Record<string, number | null>
 }
 
-/** The CLI's LSAQ (k 10, final norm) and Spearman ρ for the same text and windows. */
-async function cliImportance(): Promise<CliReport> {
+/** The CLI's LSAQ (k 10, final norm) and Spearman ρ for the same text and windows (or another method's, with its flags). */
+async function cliImportance(method = 'lsaq', extra: string[] = []): Promise<CliReport> {
   const { stdout } = await run(
     process.execPath,
-    ['--import', 'tsx', join(ROOT, 'worker', 'cli', 'main.ts'), 'importance', MODEL, '--text', HELDOUT, '--method', 'lsaq', '--max-windows', '2', '--json'],
+    ['--import', 'tsx', join(ROOT, 'worker', 'cli', 'main.ts'), 'importance', MODEL, '--text', HELDOUT, '--method', method, '--max-windows', '2', ...extra, '--json'],
     { cwd: ROOT, maxBuffer: 1 << 20 },
   )
   return JSON.parse(stdout.trim().split('\n').pop()!) as CliReport
@@ -109,4 +111,22 @@ describe('Importance tab end to end', () => {
     expect(selected.every((id) => id!.startsWith(`plan-cell-${top}-`))).toBe(true)
     expect(pageProblems).toEqual([])
   })
+
+  it('the local error proxy beside LSAQ and cosine: 8 bars, its ρ as the CLI\'s --method local', async () => {
+    await page.click('[data-testid="tab-importance"]')
+    await page.waitForSelector('[data-testid="importance-view"]')
+    expect(await page.isChecked('[data-testid="importance-method-local"]')).toBe(false)
+    await page.check('[data-testid="importance-method-local"]')
+    const spec = (await page.locator('[data-testid="importance-quant-spec"]').innerText()).trim()
+    expect(spec).toMatch(/^rtn:bits=3,group=128/)
+    await page.click('[data-testid="importance-run"]')
+    // The calibration capture (64 windows of the calibration text) may not be cached yet.
+    await page.waitForFunction(() => document.querySelector('[data-testid="importance-result"]')?.getAttribute('data-bars') === 'lsaq:8,cosine:8,local:8', undefined, { timeout: 300_000 })
+    const cli = await cliImportance('local', ['--quant', spec])
+    const rho = Number(await page.locator('[data-testid="importance-rho-lsaq-local"]').getAttribute('data-value'))
+    expect(rho).toBeCloseTo(cli.spearman['lsaq~local']!, 12)
+    expect(cli.layers.length).toBe(8)
+    await page.screenshot({ path: join(ARTIFACTS, 'importance-local.png'), fullPage: true })
+    expect(pageProblems).toEqual([])
+  }, 600_000)
 })
