@@ -66,7 +66,13 @@ describe('activation and KV views end to end', () => {
     expect(await newest.locator('[data-testid="run-variant"]').innerText()).toBe('base')
     // a quantized run is no full-precision base for ΔPPL
     expect(await newest.locator('[data-testid="run-delta"]').innerText()).toBe('no base run')
-  }, 120_000)
+    // Generation with the same settings (the codebooks come from their cache): the echo names both.
+    await page.fill('[data-testid="gen-max-tokens"]', '4')
+    await page.check('[data-testid="gen-with-quant"]')
+    await page.click('[data-testid="gen-run"]')
+    await page.waitForSelector('[data-testid="gen-output"][data-done="true"]', { timeout: 60_000 })
+    expect(await page.innerText('[data-testid="gen-quant-echo"]')).toBe(' · k-means A4 · 4 outl./side, KV3 past-only')
+  }, 180_000)
 
   it('activation view: histograms with one centroid marker per codebook entry', async () => {
     await page.click('[data-testid="actkv-tab-act"]')

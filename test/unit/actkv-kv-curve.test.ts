@@ -6,8 +6,7 @@
  */
 import { describe, it, expect } from 'vitest'
 import type { EvalRun } from '../../worker/api/contract'
-import { kvCurve } from '../../renderer/src/state/actkv'
-import { actText, isBaseRun, kvText } from '../../renderer/src/state/evaluation'
+import { actText, isBaseRun, kvCurve, kvText } from '../../renderer/src/state/run-facts'
 
 let n = 0
 function run(over: Partial<EvalRun>): EvalRun {

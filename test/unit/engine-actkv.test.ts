@@ -12,7 +12,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { resolve } from 'node:path'
 import * as v from 'valibot'
 import { EngineService } from '../../worker/api/engine-service'
-import { evalPerplexity } from '../../worker/inference/inference-service'
+import { evalPerplexity, generate } from '../../worker/inference/inference-service'
 import { openModel } from '../../worker/formats/open-model'
 import { kmeansActOptions } from '../../worker/plan/act-codebooks'
 import { parseActivationSpec, type KMeansActParams } from '../../worker/quant/activations/spec'
@@ -79,6 +79,25 @@ describe('EngineService activation/KV quantization (qwen2-tiny)', () => {
     expect(run.act).toEqual({ kind: 'int', bits: 8, outliers: 1 })
     expect(run.kv).toEqual({ bits: 4, group: 16, smooth: false, pastOnly: false })
   }, 120_000)
+
+  it('generate with int A6 and KV 3-bit past-only smoothed equals the inference service and echoes both; full precision differs', async () => {
+    const prompt = 'The river'
+    const params = { jobId: 'ak-gen', modelId, prompt, maxTokens: 12, sampling: { kind: 'greedy' as const }, variants: [{ kind: 'listed' as const, id: 'base' }], backend: 'wasm' as const }
+    const kv = { bits: 3, group: null, smooth: true, pastOnly: true }
+    const act = { kind: 'int' as const, bits: 6, outliers: 2 }
+    const viaApi = await engine.generate({ ...params, kv: { bits: 3, smooth: true, pastOnly: true }, act })
+    const direct = await generate(MODEL, prompt, { maxTokens: 12, temperature: 0, topP: 1, seed: 0, threads: THREADS, kv, act })
+    expect(viaApi.outputs[0]!.text).toBe(direct.variants[0]!.text)
+    expect(viaApi.kv).toMatchObject({ bits: 3, group: null, smooth: true, pastOnly: true })
+    expect(viaApi.kv!.calibration!.tokens).toBeGreaterThan(0)
+    expect(viaApi.act).toEqual({ kind: 'int', bits: 6, outliers: 2 })
+    // 2-bit naive KV changes the greedy continuation of this prompt: the settings reach the graph.
+    const coarse = await engine.generate({ ...params, kv: { bits: 2 } })
+    const plain = await engine.generate(params)
+    expect(plain.kv).toBeUndefined()
+    expect(coarse.outputs[0]!.text).not.toBe(plain.outputs[0]!.text)
+    await expect(engine.generate({ ...params, kv: { bits: 4, group: 24 } })).rejects.toThrow(/group 24 does not divide the head size 32/)
+  }, 180_000)
 
   it('runs kept before act/kv existed still load', () => {
     const old = {

@@ -185,6 +185,9 @@ export interface GenerateComparison {
   maxTokens: number
   sampling: SamplingSettings
   backend: InferenceBackendId
+  /** Activation and KV-cache fake quantization every variant generated with (absent: full precision), as a run records them. */
+  act?: EvalRun['act']
+  kv?: EvalRun['kv']
   /** One per requested variant, in request order. */
   outputs: GeneratedOutput[]
   seconds: number

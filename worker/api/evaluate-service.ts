@@ -365,7 +365,7 @@ export class EvaluateService {
    * with codebooks fitted on the calibration text by the open (full-precision) model, in the
    * activation/KV worker so the engine thread stays free.
    */
-  private async actOptions(model: ModelHandle, params: EvaluateParams, hooks: { onProgress: JobProgress; signal: AbortSignal }): Promise<{ options: ActGraphOptions; echo: NonNullable<EvalRun['act']> }> {
+  private async actOptions(model: ModelHandle, params: Pick<EvaluateParams, 'act' | 'backend'>, hooks: { onProgress: JobProgress; signal: AbortSignal }): Promise<{ options: ActGraphOptions; echo: NonNullable<EvalRun['act']> }> {
     const a = params.act!
     const outliers = a.outliers ?? 0
     if (a.kind === 'int') return { options: { kind: 'int', bits: a.bits, outliers }, echo: { kind: 'int', bits: a.bits, outliers } }
@@ -390,8 +390,16 @@ export class EvaluateService {
     const sampling = params.sampling
     const started = performance.now()
     const n = variants.length
-    const result = await this.runJob(params.jobId, ({ onProgress, signal }) => {
+    checkQuantSettings(model, params)
+    const kv: KvQuantSettings | null = params.kv
+      ? { bits: params.kv.bits, group: params.kv.group ?? null, smooth: params.kv.smooth ?? false, pastOnly: params.kv.pastOnly ?? false }
+      : null
+    let actEcho: EvalRun['act'] | undefined
+    const result = await this.runJob(params.jobId, async ({ onProgress, signal }) => {
       const firstToken: number[] = []
+      // k-means codebooks are fitted (or read from their cache) on the full-precision model, as for evaluate.
+      const act = params.act ? await this.actOptions(model, { act: params.act, backend: params.backend ?? 'wasm' }, { onProgress, signal }) : null
+      actEcho = act?.echo
       return this.inference.generate(
         model.path,
         params.prompt,
@@ -403,6 +411,8 @@ export class EvaluateService {
           seed: sampling.kind === 'greedy' ? 0 : sampling.seed,
           backend: params.backend,
           threads: this.options.threads,
+          kv,
+          act: act?.options ?? null,
         },
         {
           signal,
@@ -442,6 +452,10 @@ export class EvaluateService {
       maxTokens: params.maxTokens,
       sampling,
       backend: result.backend,
+      ...(actEcho ? { act: actEcho } : {}),
+      ...(result.kv
+        ? { kv: { bits: result.kv.bits, group: result.kv.group ?? null, smooth: result.kv.smooth, pastOnly: result.kv.pastOnly, ...(result.kv.calibration ? { calibration: result.kv.calibration } : {}) } }
+        : {}),
       outputs,
       seconds: (performance.now() - started) / 1000,
     }

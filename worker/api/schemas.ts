@@ -196,6 +196,10 @@ export const generateParamsSchema = v.strictObject({
     v.maxLength(API_LIMITS.variants, variantsMessage),
   ),
   backend: v.optional(backendSchema),
+  /** Fake-quantize every decoder linear's input of every variant (as evaluate's). */
+  act: v.optional(actSettingsSchema),
+  /** Quantized KV cache for every variant (past-only: a token enters the cache quantized after its step). */
+  kv: v.optional(kvSettingsSchema),
 })
 
 const previewMethodsMessage = `must be a list of 1 to ${API_LIMITS.previewMethods} methods`

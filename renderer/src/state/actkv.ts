@@ -7,7 +7,10 @@
 import { markRaw, reactive, watch } from 'vue'
 import type { ActivationViewResult, ApiError, EvalRun, EvalTextRef, KvSweepResult, KvViewResult } from '../../../worker/api/contract'
 import { asApiError, startJob, type Job } from '../api'
-import { isBaseRun, kvScheme, variantRef, type RateJobView } from './evaluation'
+import { variantRef, type RateJobView } from './evaluation'
+import { kvCurve } from './run-facts'
+
+export { KV_SCHEMES, kvCurve, type KvPoint } from './run-facts'
 import type { Workbench } from './workbench'
 
 export interface ActKvState {
@@ -52,39 +55,6 @@ export function actKvFor(wb: Workbench): ActKv {
 }
 
 /** One point of the perplexity-vs-KV-bits chart. */
-export interface KvPoint {
-  bits: number
-  scheme: string
-  ppl: number
-  runId: string
-}
-
-export const KV_SCHEMES = ['naive', 'past-only', 'smoothed', 'past-only + smoothed'] as const
-
-/**
- * The KV runs comparable with each other: no activation quant, no groups, the same variant,
- * text, ctx and windows as the newest KV run (the newest run of each bits × scheme); and the
- * full-precision run of that protocol when there is one.
- */
-export function kvCurve(runs: readonly EvalRun[]): { points: KvPoint[]; protocol: string | null; fullPpl: number | null } {
-  const kvRuns = runs.filter((r) => r.kv && !r.act && !r.kv.group)
-  const ref = kvRuns[0]
-  if (!ref) return { points: [], protocol: null, fullPpl: null }
-  const key = (r: EvalRun): string => `${r.variantLabel}|${r.variant.kind}|${r.text.kind === 'heldout' ? 'heldout' : r.text.path}|${r.ctx}|${r.windows}`
-  const same = kvRuns.filter((r) => key(r) === key(ref))
-  const seen = new Set<string>()
-  const points: KvPoint[] = []
-  for (const r of same) {
-    const scheme = kvScheme(r.kv!)
-    const id = `${r.kv!.bits}|${scheme}`
-    if (seen.has(id)) continue
-    seen.add(id)
-    points.push({ bits: r.kv!.bits, scheme, ppl: r.ppl, runId: r.id })
-  }
-  const full = runs.find((r) => !r.kv && !r.act && key(r) === key(ref) && (isBaseRun(r) || r.variantLabel === ref.variantLabel))
-  return { points, protocol: `${ref.variantLabel} · ${ref.textLabel} · ${ref.ctx} × ${ref.windows}`, fullPpl: full?.ppl ?? null }
-}
-
 export function createActKv(wb: Workbench) {
   const ev = wb.evaluation
   const state = reactive<ActKvState>({

@@ -84,26 +84,7 @@ export function kvParams(k: KvChoice): KvSettings | undefined {
   return { bits: k.bits, group: k.group, smooth: k.smooth, pastOnly: k.pastOnly }
 }
 
-/** 'k-means A4 · 4 outl./side · absmax' / 'int A8' / 'full precision'. */
-export function actText(run: EvalRun): string {
-  const a = run.act
-  if (!a) return 'full precision'
-  const k = a.outliers ? ` · ${a.outliers} outl./side` : ''
-  return a.kind === 'int' ? `int A${a.bits}${k}` : `k-means A${a.bits}${k}${a.norm === 'none' ? ' · raw' : ''}`
-}
-
-/** The KV scheme's name: naive, past-only, smoothed, past-only + smoothed. */
-export function kvScheme(kv: { smooth: boolean; pastOnly: boolean }): string {
-  if (kv.pastOnly && kv.smooth) return 'past-only + smoothed'
-  return kv.pastOnly ? 'past-only' : kv.smooth ? 'smoothed' : 'naive'
-}
-
-/** 'KV3 past-only' / 'KV4 g32 naive' / 'full precision'. */
-export function kvText(run: EvalRun): string {
-  const k = run.kv
-  if (!k) return 'full precision'
-  return `KV${k.bits}${k.group ? ` g${k.group}` : ''} ${kvScheme(k)}`
-}
+export { actText, deltaPpl, isBaseRun, kvScheme, kvText, runWarnings, sameProtocol } from './run-facts'
 
 export interface GenerateSettings {
   prompt: string
@@ -113,6 +94,8 @@ export interface GenerateSettings {
   topP: number
   seed: number
   variants: [VariantChoice, VariantChoice]
+  /** Generate with the run settings' activation and KV-cache quantization (both variants). */
+  withQuant: boolean
 }
 
 /** An inference job as the progress bar shows it. */
@@ -166,34 +149,6 @@ export function variantRef(choice: VariantChoice, plan: CurrentPlan | null = nul
   return choice.kind === 'model' ? { kind: 'model', path: choice.path.trim() } : { kind: 'listed', id: choice.id }
 }
 
-/** Warnings the engine attached to a run (e.g. ctx longer than max_position_embeddings); none on older runs. */
-export function runWarnings(run: EvalRun): string[] {
-  const w = (run as EvalRun & { warnings?: unknown }).warnings
-  return Array.isArray(w) ? w.filter((x): x is string => typeof x === 'string') : []
-}
-
-/** The model as stored, run in full precision (no activation or KV quantization): what ΔPPL is measured against. */
-export function isBaseRun(run: EvalRun): boolean {
-  return run.variant.kind === 'listed' && run.variant.id === 'base' && !run.act && !run.kv
-}
-
-/** Same text, ctx and windows: the runs' perplexities are comparable. */
-export function sameProtocol(a: EvalRun, b: EvalRun): boolean {
-  const text = (t: EvalTextRef): string => (t.kind === 'heldout' ? 'heldout' : `file:${t.path}`)
-  return text(a.text) === text(b.text) && a.ctx === b.ctx && a.windows === b.windows
-}
-
-/**
- * ppl(run) − ppl(base) on the same windows: measured in the run itself when it had KLD on,
- * otherwise against the newest base run of the same protocol; null when there is none.
- */
-export function deltaPpl(run: EvalRun, runs: readonly EvalRun[]): number | null {
-  if (run.kld) return run.kld.deltaPpl
-  if (isBaseRun(run)) return null
-  const base = runs.find((r) => isBaseRun(r) && sameProtocol(r, run))
-  return base ? run.ppl - base.ppl : null
-}
-
 /** `onCancelled(label)`: a job the user cancelled has stopped (the workbench says so). */
 export function createEvaluation(client: ApiClient, onCancelled: (label: string) => void = () => {}, currentPlan: () => CurrentPlan | null = () => null) {
   const state = reactive<EvaluationState>({
@@ -224,6 +179,7 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
       topP: 0.95,
       seed: 0,
       variants: [listed('base'), listed('base')],
+      withQuant: false,
     },
     genJob: null,
     genError: null,
@@ -407,7 +363,16 @@ export function createEvaluation(client: ApiClient, onCancelled: (label: string)
     const job = startJob(
       client,
       'generate',
-      { modelId, prompt: g.prompt, maxTokens: g.maxTokens, sampling, variants, backend: state.backend },
+      {
+        modelId,
+        prompt: g.prompt,
+        maxTokens: g.maxTokens,
+        sampling,
+        variants,
+        backend: state.backend,
+        ...(g.withQuant && actParams(state.settings.act) ? { act: actParams(state.settings.act) } : {}),
+        ...(g.withQuant && kvParams(state.settings.kv) ? { kv: kvParams(state.settings.kv) } : {}),
+      },
       (done, total, detail) => {
         applyProgress(view, done, total, detail)
         if (detail?.stage === 'generating' && detail.variant !== undefined && detail.text !== undefined) state.streaming[detail.variant] = detail.text
