@@ -5,37 +5,19 @@
  * result or the error. These run the decoder graph over calibration windows: seconds to
  * minutes that must not hold the engine thread. 'cancel' aborts between runtime calls.
  */
-import { parentPort } from 'node:worker_threads'
 import { openModel } from '../formats/open-model'
 import type { EvalProgress } from '../inference/perplexity'
-import { serializeError } from '../jobs/serialized-error'
+import { serveOneJob, type OneJobContext } from '../jobs/serve-one-job'
 import { kmeansActOptions } from '../plan/act-codebooks'
-import type { ActKvJob, ActKvMessage, ActKvProgress, ActKvRequest, ActKvResult } from './actkv-protocol'
+import type { ActKvJob, ActKvProgress, ActKvResult } from './actkv-protocol'
 import { computeActivationView, computeKvView, kmeansParams } from './actkv-views'
 
-if (!parentPort) throw new Error('actkv-view.worker must run in a worker thread')
-const port = parentPort
-const controller = new AbortController()
-const post = (msg: ActKvMessage): void => port.postMessage(msg)
-
-const PROGRESS_INTERVAL_MS = 50
-let last = 0
-let lastStage = ''
-function progress(p: ActKvProgress): void {
-  const now = performance.now()
-  if (p.stage === lastStage && p.done < p.total && now - last < PROGRESS_INTERVAL_MS) return
-  last = now
-  lastStage = p.stage
-  post({ type: 'progress', progress: p })
-}
-
-/** Loading stays loading; a calibration pass is 'calibrating', the view's own pass 'evaluating'. */
-const hooksFor = (evaluating: ActKvProgress['stage']) => ({
-  signal: controller.signal,
-  onProgress: (p: EvalProgress) => progress({ stage: p.stage === 'evaluating' ? evaluating : 'loading', done: p.done, total: p.total }),
-})
-
-async function run(job: ActKvJob): Promise<ActKvResult> {
+async function run(job: ActKvJob, { signal, progress }: OneJobContext<ActKvProgress>): Promise<ActKvResult> {
+  /** Loading stays loading; a calibration pass is 'calibrating', the view's own pass 'evaluating'. */
+  const hooksFor = (evaluating: ActKvProgress['stage']) => ({
+    signal,
+    onProgress: (p: EvalProgress) => progress({ stage: p.stage === 'evaluating' ? evaluating : 'loading', done: p.done, total: p.total }),
+  })
   const model = await openModel(job.modelPath)
   try {
     const common = { backend: job.backend, threads: job.threads }
@@ -53,13 +35,4 @@ async function run(job: ActKvJob): Promise<ActKvResult> {
   }
 }
 
-port.on('message', (msg: ActKvRequest) => {
-  if (msg.type === 'cancel') {
-    controller.abort()
-    return
-  }
-  run(msg.job).then(
-    (result) => post({ type: 'result', result }),
-    (err: unknown) => post({ type: 'error', error: serializeError(err) }),
-  )
-})
+serveOneJob<ActKvJob, ActKvProgress, ActKvResult>('actkv-view.worker', run)

@@ -4,36 +4,17 @@
  * cache or measured) and evaluates the plans it is given, posting progress per stage, then the
  * result or the error. 'cancel' aborts between runtime calls.
  */
-import { parentPort } from 'node:worker_threads'
 import { openModel } from '../formats/open-model'
 import { evaluatePerplexity } from '../inference/perplexity'
 import { openTokenizer, tokensOf } from '../inference/text-source'
-import { serializeError } from '../jobs/serialized-error'
+import { serveOneJob, type OneJobContext } from '../jobs/serve-one-job'
 import { parseOptionSpecs } from '../plan/allocate'
 import { createOverrides } from '../plan/apply'
 import { measureAllocatorInputs } from './allocation-sweep'
-import type { AllocationWorkerJob, AllocationWorkerMessage, AllocationWorkerProgress, AllocationWorkerRequest, AllocationWorkerResult } from './allocation-protocol'
+import type { AllocationWorkerJob, AllocationWorkerProgress, AllocationWorkerResult } from './allocation-protocol'
 
-if (!parentPort) throw new Error('allocation.worker must run in a worker thread')
-const port = parentPort
-const controller = new AbortController()
-const post = (msg: AllocationWorkerMessage): void => port.postMessage(msg)
-
-/** Progress at most ~20 messages a second, a stage's first and last step always. */
-const PROGRESS_INTERVAL_MS = 50
-let last = 0
-let lastStage = ''
-function progress(p: AllocationWorkerProgress): void {
-  const now = performance.now()
-  if (p.stage === lastStage && p.done > 0 && p.done < p.total && now - last < PROGRESS_INTERVAL_MS) return
-  last = now
-  lastStage = p.stage
-  post({ type: 'progress', progress: p })
-}
-
-async function run(job: AllocationWorkerJob): Promise<AllocationWorkerResult> {
+async function run(job: AllocationWorkerJob, { signal, progress }: OneJobContext<AllocationWorkerProgress>): Promise<AllocationWorkerResult> {
   const t0 = performance.now()
-  const signal = controller.signal
   const model = await openModel(job.modelPath)
   try {
     const tokenizer = () => openTokenizer(model, null)
@@ -79,13 +60,4 @@ async function run(job: AllocationWorkerJob): Promise<AllocationWorkerResult> {
   }
 }
 
-port.on('message', (msg: AllocationWorkerRequest) => {
-  if (msg.type === 'cancel') {
-    controller.abort()
-    return
-  }
-  run(msg.job).then(
-    (result) => post({ type: 'result', result }),
-    (err: unknown) => post({ type: 'error', error: serializeError(err) }),
-  )
-})
+serveOneJob<AllocationWorkerJob, AllocationWorkerProgress, AllocationWorkerResult>('allocation.worker', run)

@@ -5,38 +5,19 @@
  * (importance/local-proxy.ts), posting progress per stage, then the result or the error.
  * 'cancel' aborts both between runtime calls.
  */
-import { parentPort } from 'node:worker_threads'
 import { openModel } from '../formats/open-model'
 import { openTokenizer, tokensOf } from '../inference/text-source'
 import { computeLayerImportance, type LayerImportanceResult } from '../importance/layer-importance'
 import { DEFAULT_LOCAL_SPEC, localBlockImportance, type LocalImportanceResult } from '../importance/local-proxy'
 import { measureSensitivity, type SensitivityResult } from '../importance/sensitivity'
-import { serializeError } from '../jobs/serialized-error'
-import type { ImportanceWorkerJob, ImportanceWorkerMessage, ImportanceWorkerProgress, ImportanceWorkerRequest, ImportanceWorkerResult } from './importance-protocol'
+import { serveOneJob, type OneJobContext } from '../jobs/serve-one-job'
+import type { ImportanceWorkerJob, ImportanceWorkerProgress, ImportanceWorkerResult } from './importance-protocol'
 
-if (!parentPort) throw new Error('importance.worker must run in a worker thread')
-const port = parentPort
-const controller = new AbortController()
-const post = (msg: ImportanceWorkerMessage): void => port.postMessage(msg)
-
-/** Progress at most ~20 messages a second, a stage's first and last step always. */
-const PROGRESS_INTERVAL_MS = 50
-let last = 0
-let lastStage = ''
-function progress(p: ImportanceWorkerProgress): void {
-  const now = performance.now()
-  if (p.stage === lastStage && p.done < p.total && now - last < PROGRESS_INTERVAL_MS) return
-  last = now
-  lastStage = p.stage
-  post({ type: 'progress', progress: p })
-}
-
-async function run(job: ImportanceWorkerJob): Promise<ImportanceWorkerResult> {
+async function run(job: ImportanceWorkerJob, { signal, progress }: OneJobContext<ImportanceWorkerProgress>): Promise<ImportanceWorkerResult> {
   const t0 = performance.now()
   const model = await openModel(job.modelPath)
   try {
     const ids = await tokensOf({ file: job.textFile }, () => openTokenizer(model, null))
-    const signal = controller.signal
     const wantLens = job.methods.includes('lsaq')
     const wantCos = job.methods.includes('cosine')
     let one: LayerImportanceResult | null = null
@@ -97,13 +78,4 @@ async function run(job: ImportanceWorkerJob): Promise<ImportanceWorkerResult> {
   }
 }
 
-port.on('message', (msg: ImportanceWorkerRequest) => {
-  if (msg.type === 'cancel') {
-    controller.abort()
-    return
-  }
-  run(msg.job).then(
-    (result) => post({ type: 'result', result }),
-    (err: unknown) => post({ type: 'error', error: serializeError(err) }),
-  )
-})
+serveOneJob<ImportanceWorkerJob, ImportanceWorkerProgress, ImportanceWorkerResult>('importance.worker', run)
