@@ -8,35 +8,25 @@
  * Screenshots: test-artifacts/actkv.png, actkv-activations.png.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
-import type { BrowserContext, Page } from 'playwright-core'
-import { launchChromiumPage } from '../helpers/chromium-page'
-import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
+import { join } from 'node:path'
+import type { Page } from 'playwright-core'
+import type { HostProcess } from '../helpers/browser-host-process'
+import { ARTIFACTS, openE2eSession, type E2eSession } from '../helpers/e2e-session'
 
-const ROOT = resolve(import.meta.dirname, '..', '..')
-const ARTIFACTS = join(ROOT, 'test-artifacts')
-const MODEL = join(ROOT, 'resources', 'models', 'default')
 
-let dir: string
 let host: HostProcess
-let browser: BrowserContext
 let page: Page
-const pageProblems: string[] = []
+let pageProblems: string[] = []
+let session: E2eSession | undefined
 
 describe('activation and KV views end to end', () => {
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'qs-e2e-actkv-'))
-    await mkdir(ARTIFACTS, { recursive: true })
-    host = await startHostProcess([MODEL, '--state-dir', join(dir, 'state'), '--cache-dir', join(dir, 'cache')])
-    ;({ browser, page } = await launchChromiumPage(join(dir, 'chromium'), pageProblems))
+    session = await openE2eSession('actkv')
+    ;({ host, page, problems: pageProblems } = session)
   })
 
   afterAll(async () => {
-    await browser?.close().catch(() => {})
-    await host?.stop()
-    await rm(dir, { recursive: true, force: true })
+    await session?.close()
   })
 
   it('evaluates with k-means A4 and KV 3-bit past-only: the runs table shows both settings', async () => {

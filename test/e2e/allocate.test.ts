@@ -8,22 +8,16 @@
  * uniform 3-bit point puts that plan in the grid. Screenshots: test-artifacts/allocate.png, allocate-lsaq-3.5bpw.png.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
-import type { BrowserContext, Page } from 'playwright-core'
-import { launchChromiumPage } from '../helpers/chromium-page'
-import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
+import { join } from 'node:path'
+import type { Page } from 'playwright-core'
+import type { HostProcess } from '../helpers/browser-host-process'
+import { ARTIFACTS, openE2eSession, type E2eSession } from '../helpers/e2e-session'
 
-const ROOT = resolve(import.meta.dirname, '..', '..')
-const ARTIFACTS = join(ROOT, 'test-artifacts')
-const MODEL = join(ROOT, 'resources', 'models', 'default')
 
-let dir: string
 let host: HostProcess
-let browser: BrowserContext
 let page: Page
-const pageProblems: string[] = []
+let pageProblems: string[] = []
+let session: E2eSession | undefined
 
 interface Cell {
   tensor: string
@@ -55,16 +49,12 @@ async function attr(selector: string, name: string): Promise<string> {
 
 describe('allocation under a budget in the layer grid', () => {
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'qs-e2e-allocate-'))
-    await mkdir(ARTIFACTS, { recursive: true })
-    host = await startHostProcess([MODEL, '--state-dir', join(dir, 'state'), '--cache-dir', join(dir, 'cache')])
-    ;({ browser, page } = await launchChromiumPage(join(dir, 'chromium'), pageProblems))
+    session = await openE2eSession('allocate')
+    ;({ host, page, problems: pageProblems } = session)
   })
 
   afterAll(async () => {
-    await browser?.close().catch(() => {})
-    await host?.stop()
-    await rm(dir, { recursive: true, force: true })
+    await session?.close()
   })
 
   it('slider → grid and memory bar; infeasible budget; Pareto sweep point → grid', async () => {

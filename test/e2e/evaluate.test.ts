@@ -8,26 +8,22 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
 import { execFile } from 'node:child_process'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { promisify } from 'node:util'
-import type { BrowserContext, Page } from 'playwright-core'
-import { launchChromiumPage } from '../helpers/chromium-page'
-import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
+import type { Page } from 'playwright-core'
+import type { HostProcess } from '../helpers/browser-host-process'
+import { ARTIFACTS, DEFAULT_MODEL as MODEL, REPO_ROOT as ROOT, openE2eSession, type E2eSession } from '../helpers/e2e-session'
 
-const ROOT = resolve(import.meta.dirname, '..', '..')
-const ARTIFACTS = join(ROOT, 'test-artifacts')
-const MODEL = join(ROOT, 'resources', 'models', 'default')
 const HELDOUT = join(ROOT, 'resources', 'eval', 'heldout.txt')
 
 const run = promisify(execFile)
 
 let dir: string
 let host: HostProcess
-let browser: BrowserContext
 let page: Page
-const pageProblems: string[] = []
+let pageProblems: string[] = []
+let session: E2eSession | undefined
 
 /** The CLI's perplexity for the same settings (a separate process, same engine code). */
 async function cliPerplexity(): Promise<number> {
@@ -41,16 +37,12 @@ async function cliPerplexity(): Promise<number> {
 
 describe('Evaluate tab end to end', () => {
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'qs-e2e-eval-'))
-    await mkdir(ARTIFACTS, { recursive: true })
-    host = await startHostProcess([MODEL, '--state-dir', join(dir, 'state'), '--cache-dir', join(dir, 'cache')])
-    ;({ browser, page } = await launchChromiumPage(join(dir, 'chromium'), pageProblems))
+    session = await openE2eSession('eval')
+    ;({ dir, host, page, problems: pageProblems } = session)
   })
 
   afterAll(async () => {
-    await browser?.close().catch(() => {})
-    await host?.stop()
-    await rm(dir, { recursive: true, force: true })
+    await session?.close()
   })
 
   it('runs perplexity on the held-out text: progress, then a row equal to the CLI', async () => {

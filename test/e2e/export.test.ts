@@ -8,40 +8,32 @@
  * Screenshots: test-artifacts/export-*.png.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
-import type { BrowserContext, Page } from 'playwright-core'
+import { mkdir, readdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Page } from 'playwright-core'
 import { evalPerplexity } from '../../worker/inference/inference-service'
-import { launchChromiumPage } from '../helpers/chromium-page'
-import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
+import type { HostProcess } from '../helpers/browser-host-process'
+import { ARTIFACTS, DEFAULT_MODEL as MODEL, REPO_ROOT as ROOT, openE2eSession, type E2eSession } from '../helpers/e2e-session'
 
-const ROOT = resolve(import.meta.dirname, '..', '..')
-const ARTIFACTS = join(ROOT, 'test-artifacts')
-const MODEL = join(ROOT, 'resources', 'models', 'default')
 const HELDOUT = join(ROOT, 'resources', 'eval', 'heldout.txt')
 
 let dir: string
 let outDir: string
 let host: HostProcess
-let browser: BrowserContext
 let page: Page
-const pageProblems: string[] = []
+let pageProblems: string[] = []
+let session: E2eSession | undefined
 
 describe('Export dialog end to end', () => {
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'qs-e2e-export-'))
+    session = await openE2eSession('export')
+    ;({ dir, host, page, problems: pageProblems } = session)
     outDir = join(dir, 'out')
     await mkdir(outDir)
-    await mkdir(ARTIFACTS, { recursive: true })
-    host = await startHostProcess([MODEL, '--state-dir', join(dir, 'state'), '--cache-dir', join(dir, 'cache')])
-    ;({ browser, page } = await launchChromiumPage(join(dir, 'chromium'), pageProblems))
   })
 
   afterAll(async () => {
-    await browser?.close().catch(() => {})
-    await host?.stop()
-    await rm(dir, { recursive: true, force: true })
+    await session?.close()
   })
 
   it('exports a Q8_0 plan to GGUF with progress, shows the measured perplexity, and opens the export', async () => {

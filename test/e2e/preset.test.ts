@@ -8,29 +8,23 @@
  * Screenshot: test-artifacts/preset-q4km.png.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest'
-import { mkdir, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
-import type { BrowserContext, Page } from 'playwright-core'
+import { join } from 'node:path'
+import type { Page } from 'playwright-core'
 import type { OpenedModel } from '../../worker/formats/contract'
 import { openModel } from '../../worker/formats/open-model'
 import { classifyTensor } from '../../worker/model/logical-model'
 import { resolvePlanFor } from '../../worker/plan/apply'
 import { planFromLlamaCppPreset } from '../../worker/plan/llama-cpp-presets'
 import { planSize } from '../../worker/plan/size'
-import { launchChromiumPage } from '../helpers/chromium-page'
-import { startHostProcess, type HostProcess } from '../helpers/browser-host-process'
+import type { HostProcess } from '../helpers/browser-host-process'
+import { ARTIFACTS, DEFAULT_MODEL as MODEL, openE2eSession, type E2eSession } from '../helpers/e2e-session'
 
-const ROOT = resolve(import.meta.dirname, '..', '..')
-const ARTIFACTS = join(ROOT, 'test-artifacts')
-const MODEL = join(ROOT, 'resources', 'models', 'default')
 
-let dir: string
 let host: HostProcess
-let browser: BrowserContext
 let page: Page
 let model: OpenedModel
-const pageProblems: string[] = []
+let pageProblems: string[] = []
+let session: E2eSession | undefined
 
 interface Cell {
   tensor: string
@@ -52,18 +46,14 @@ async function cells(): Promise<Cell[]> {
 
 describe('llama.cpp preset in the plan editor', () => {
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'qs-e2e-preset-'))
-    await mkdir(ARTIFACTS, { recursive: true })
     model = await openModel(MODEL)
-    host = await startHostProcess([MODEL, '--state-dir', join(dir, 'state'), '--cache-dir', join(dir, 'cache')])
-    ;({ browser, page } = await launchChromiumPage(join(dir, 'chromium'), pageProblems))
+    session = await openE2eSession('preset')
+    ;({ host, page, problems: pageProblems } = session)
   })
 
   afterAll(async () => {
-    await browser?.close().catch(() => {})
-    await host?.stop()
+    await session?.close()
     await model?.close()
-    await rm(dir, { recursive: true, force: true })
   })
 
   it('replaces an edited plan with Q4_K_M after asking, shows its ggml types per weight, and edits from there', async () => {
