@@ -26,7 +26,7 @@ import { modelOpCounts, type ModelOpCounts } from '../quant/activations/op-count
  * dequantised (the KLD base stays MODEL as stored); the plan is checked before any work.
  * --kv-bits fake-quantizes the KV cache (inference/kv-quant.ts): naive unless --kv-past-only,
  * smoothed from resources/eval/calibration.txt with --kv-smooth. --act fake-quantizes every
- * decoder linear's input (inference/act-quant.ts; int only so far).
+ * decoder linear's input (inference/act-quant.ts; int, or k-means with codebooks fitted first).
  */
 export async function runEval(args: ParsedArgs): Promise<number> {
   const model = args.positionals[0]
