@@ -154,6 +154,28 @@ describe('methods GGUF cannot store', () => {
     expect(() => ggufExportFormat.support(model, entry(256, 'rtn', rtn4), { formatOptions: { fallback: 'Q7_0' } })).toThrow(/fallback type must be one of Q8_0, Q4_0/)
   })
 
+  it('kept tensors already in the written type are copied as stored: the same file as decoding and re-encoding them', async () => {
+    const plan: Plan = {
+      format: PLAN_FORMAT,
+      version: PLAN_VERSION,
+      model: { name: 'default', fingerprint: modelFingerprint(model) },
+      tensors: { 'model.layers.0.mlp.down_proj.weight': { method: 'ggml', params: { type: 'Q8_0' } } },
+    }
+    // The default model is bf16: with dtype bf16 its kept matrices (the embedding among them) take the copy path.
+    expect(typeof model.readRawRows).toBe('function')
+    const copied = join(dir, 'kept-copied.gguf')
+    const decoded = join(dir, 'kept-decoded.gguf')
+    const reads: string[] = []
+    const spy: OpenedModel = { ...model, readRawRows: async (name, r0, r1) => (reads.push(name), model.readRawRows!(name, r0, r1)) }
+    const a = await runExport({ model: spy, modelPath: DEFAULT, plan, planSource: 'test plan', format: 'gguf', out: copied, options: { dtype: 'bf16' } })
+    const b = await runExport({ model: { ...model, readRawRows: undefined }, modelPath: DEFAULT, plan, planSource: 'test plan', format: 'gguf', out: decoded, options: { dtype: 'bf16' } })
+    expect(reads).toContain('model.embed_tokens.weight')
+    expect(reads.some((n) => n.includes('norm'))).toBe(false) // 1-D tensors are written F32: converted
+    expect(a.tensors.find((t) => t.source === 'model.embed_tokens.weight')).toMatchObject({ writtenType: 'BF16', support: 'kept' })
+    expect(a.tensors.find((t) => t.source === 'model.embed_tokens.weight')!.maxAbsError).toBeUndefined()
+    expect(Buffer.compare(await readFile(copied), await readFile(decoded))).toBe(0)
+  })
+
   it('an RTN tensor is written as Q4_K of the original weights and reported as a fallback with its difference to the plan; ggml tensors stay exact', async () => {
     const up = 'model.layers.0.mlp.up_proj.weight'
     const down = 'model.layers.0.mlp.down_proj.weight'

@@ -271,8 +271,14 @@ async function writeKept(model: OpenedModel, w: PlannedWrite, file: string, writ
     await writer.writeTensor(w.info.name, permuteRowsToGguf(bytes, w.heads, n, bytes.length / n, w.hf.name))
   } else {
     const step = Math.max(1, Math.floor(KEPT_CHUNK_VALUES / Math.max(1, cols)))
+    // Stored in the written type already (an F16 model's matrices written F16): the stored
+    // bytes are the written bytes, so copy them instead of decoding and re-encoding.
+    const readRawRows = w.hf.dtype === type && w.hf.derivedFrom === undefined ? model.readRawRows?.bind(model) : undefined
     async function* chunks(): AsyncGenerator<Uint8Array> {
-      for (let r = 0; r < rows; r += step) yield encode(await model.readRows(w.hf.name, r, Math.min(rows, r + step)))
+      for (let r = 0; r < rows; r += step) {
+        const r1 = Math.min(rows, r + step)
+        yield readRawRows ? await readRawRows(w.hf.name, r, r1) : encode(await model.readRows(w.hf.name, r, r1))
+      }
     }
     await writer.writeTensorParts(w.info.name, chunks())
   }

@@ -89,6 +89,12 @@ export interface OpenedModel {
   readRows64?(name: string, rowStart: number, rowEnd: number): Promise<Float64Array>
   /** The stored bytes of a tensor, undecoded. */
   readRaw(name: string): Promise<Uint8Array>
+  /**
+   * The stored bytes of rows [rowStart, rowEnd) of a plain-dtype tensor (F16, BF16, F32 …), for
+   * exporters that copy a kept tensor in its own type chunk by chunk. Readers whose tensors
+   * are plain byte ranges have it (safetensors); others leave it out.
+   */
+  readRawRows?(name: string, rowStart: number, rowEnd: number): Promise<Uint8Array>
   close(): Promise<void>
 }
 

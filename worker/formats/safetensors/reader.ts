@@ -257,6 +257,9 @@ function createSafetensorsModel(files: string[], tensors: TensorEntry[], metadat
       const t = entry(name)
       return (await source(t.file)).read(t.byteOffset, t.byteLength)
     },
+    async readRawRows(name, rowStart, rowEnd) {
+      return (await rowBytes(name, rowStart, rowEnd)).bytes
+    },
     async close() {
       const all = [...sources.values()]
       sources.clear()
