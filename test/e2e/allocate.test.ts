@@ -135,7 +135,10 @@ describe('allocation under a budget in the layer grid', () => {
     await page.fill('[data-testid="sweep-budgets"]', '3.5bpw, 4bpw')
     await page.fill('[data-testid="sweep-windows"]', '2')
     await page.click('[data-testid="sweep-run"]')
+    // The sweep is listed with the other running jobs in the top bar while it runs.
+    await page.waitForSelector('[data-testid="job-indicator"][data-job="pareto"]', { timeout: 10_000 })
     await page.waitForSelector('[data-testid="pareto-chart"][data-rendered="true"]', { timeout: 60_000 })
+    expect(await page.$('[data-testid="job-indicator"][data-job="pareto"]')).toBeNull()
     const labels = await page.$$eval('[data-testid="sweep-points"] tbody tr', (rows) => rows.map((r) => r.getAttribute('data-label')!))
     expect(labels).toHaveLength(4)
     expect(labels).toEqual(expect.arrayContaining(['lsaq 3.5bpw', 'lsaq 4bpw']))

@@ -11,7 +11,7 @@ import { variantRef, type RateJobView } from './evaluation'
 import { kvCurve } from './run-facts'
 
 export { KV_SCHEMES, kvCurve, type KvPoint } from './run-facts'
-import type { Workbench } from './workbench'
+import type { RunningJob, Workbench } from './workbench'
 
 export interface ActKvState {
   modelId: string | null
@@ -50,7 +50,20 @@ const instances = new WeakMap<Workbench, ActKv>()
 /** The workbench's activation/KV state (created on first use). */
 export function actKvFor(wb: Workbench): ActKv {
   let a = instances.get(wb)
-  if (!a) instances.set(wb, (a = createActKv(wb)))
+  if (!a) {
+    const created = createActKv(wb)
+    instances.set(wb, created)
+    const frac = (j: RateJobView): number | null => (j.total > 0 ? Math.min(1, j.done / j.total) : null)
+    wb.addJobSource(() => {
+      const s = created.state
+      const out: RunningJob[] = []
+      if (s.act.job) out.push({ id: 'act-view', label: s.act.job.label, fraction: frac(s.act.job), tab: 'evaluate', cancel: s.act.job.cancel })
+      if (s.kv.job) out.push({ id: 'kv-view', label: s.kv.job.label, fraction: frac(s.kv.job), tab: 'evaluate', cancel: s.kv.job.cancel })
+      if (s.sweep.job) out.push({ id: 'kv-sweep', label: s.sweep.job.label, fraction: frac(s.sweep.job), tab: 'evaluate', cancel: s.sweep.job.cancel })
+      return out
+    })
+    a = created
+  }
   return a
 }
 

@@ -76,8 +76,17 @@ const instances = new WeakMap<Workbench, Allocation>()
 export function allocationFor(wb: Workbench): Allocation {
   let a = instances.get(wb)
   if (!a) {
-    a = createAllocation(wb)
-    instances.set(wb, a)
+    const created = createAllocation(wb)
+    instances.set(wb, created)
+    const frac = (j: JobView): number | null => (j.total > 0 ? Math.min(1, j.done / j.total) : null)
+    wb.addJobSource(() => {
+      const { job, sweepJob } = created.state
+      return [
+        ...(job ? [{ id: 'allocate' as const, label: job.label, fraction: frac(job), tab: 'grid' as const, cancel: job.cancel }] : []),
+        ...(sweepJob ? [{ id: 'pareto' as const, label: sweepJob.label, fraction: frac(sweepJob), tab: 'grid' as const, cancel: sweepJob.cancel }] : []),
+      ]
+    })
+    a = created
   }
   return a
 }

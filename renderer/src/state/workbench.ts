@@ -4,7 +4,7 @@
  * Evaluate-tab part, evaluation.ts) talks to the API client. Large results are marked raw:
  * Vue need not track 16k-number arrays.
  */
-import { markRaw, reactive } from 'vue'
+import { markRaw, reactive, shallowReactive } from 'vue'
 import type {
   ApiError,
   GridStatistic,
@@ -29,7 +29,7 @@ export type { JobView }
 
 /** A running job as the top bar lists it, whichever tab started it. */
 export interface RunningJob {
-  id: 'tensor' | 'grid' | 'evaluate' | 'generate' | 'compare' | 'plan-error' | 'export' | 'importance'
+  id: 'tensor' | 'grid' | 'evaluate' | 'generate' | 'compare' | 'plan-error' | 'export' | 'importance' | 'allocate' | 'pareto' | 'act-view' | 'kv-view' | 'kv-sweep'
   label: string
   /** 0..1, or null while the total is unknown. */
   fraction: number | null
@@ -141,6 +141,12 @@ export function createWorkbench(client: ApiClient) {
     syncUrl(false)
   }
 
+  /** Jobs of panels created on demand (allocation, activation/KV views), listed after the rest. */
+  const jobSources = shallowReactive<(() => RunningJob[])[]>([])
+  function addJobSource(source: () => RunningJob[]): void {
+    jobSources.push(source)
+  }
+
   /** Every job in flight, for the top bar's indicator. */
   function runningJobs(): RunningJob[] {
     const out: RunningJob[] = []
@@ -156,6 +162,7 @@ export function createWorkbench(client: ApiClient) {
     if (imp) out.push({ id: 'importance', label: imp.label, fraction: frac(imp.done, imp.total), tab: 'importance', cancel: imp.cancel })
     const x = exporter.state.job
     if (x) out.push({ id: 'export', label: x.label, fraction: frac(x.done, x.total), tab: 'grid', cancel: x.cancel, reveal: () => void exporter.show() })
+    for (const source of jobSources) out.push(...source())
     return out
   }
 
@@ -337,5 +344,5 @@ export function createWorkbench(client: ApiClient) {
     }
   }
 
-  return { state, client, evaluation, plan, compare, exporter, importance, init, openModel, selectTensor, selectBlock, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs }
+  return { state, client, evaluation, plan, compare, exporter, importance, init, openModel, selectTensor, selectBlock, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs, addJobSource }
 }
