@@ -91,19 +91,6 @@ export function allocationFor(wb: Workbench): Allocation {
   return a
 }
 
-function progressView(label: string, cancel: () => void): JobView {
-  const view: JobView = reactive({
-    label,
-    done: 0,
-    total: 0,
-    cancel: () => {
-      view.cancelRequested = true
-      cancel()
-    },
-  })
-  return view
-}
-
 export function createAllocation(wb: Workbench) {
   const state = reactive<AllocationState>({
     modelId: null,
@@ -190,7 +177,7 @@ export function createAllocation(wb: Workbench) {
     }
     const s = state.settings
     const budget = budgetText()
-    const view = progressView(`Allocating ${budget}`, () => started.cancel())
+    const view = wb.jobView(`Allocating ${budget}`, () => started.cancel())
     const started = startJob(
       wb.client,
       'allocatePlan',
@@ -255,7 +242,7 @@ export function createAllocation(wb: Workbench) {
       .map((b) => b.trim())
       .filter((b) => b !== '')
     if (budgets.length === 0 || s.sweep.allocators.length === 0) return
-    const view = progressView('Pareto sweep', () => started.cancel())
+    const view = wb.jobView('Pareto sweep', () => started.cancel())
     const started = startJob(
       wb.client,
       'paretoSweep',

@@ -344,5 +344,5 @@ export function createWorkbench(client: ApiClient) {
     }
   }
 
-  return { state, client, evaluation, plan, compare, exporter, importance, init, openModel, selectTensor, selectBlock, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs, addJobSource }
+  return { state, client, evaluation, plan, compare, exporter, importance, init, openModel, selectTensor, selectBlock, computeGrid, showTab, reportDropWithoutPath, refreshRecent, runningJobs, addJobSource, jobView }
 }
