@@ -20,6 +20,7 @@ import { join } from 'node:path'
 import type { OpenedModel } from '../formats/contract'
 import { BoundedCacheDir } from '../io/bounded-cache-dir'
 import { filesFingerprint } from '../io/file-fingerprint'
+import { packHeaderAndArrays, unpackHeaderAndArrays } from '../io/header-arrays'
 import { defaultCacheDir } from '../io/private-dir'
 
 /** What an entry holds: JSON-able facts and named float32 arrays. */
@@ -73,36 +74,16 @@ function sortedJson(v: unknown): unknown {
 
 export function encodeStats(e: StatsEntry): Uint8Array {
   const names = Object.keys(e.arrays)
-  const head = Buffer.from(`${JSON.stringify({ meta: e.meta, arrays: names.map((n) => [n, e.arrays[n]!.length]) })}\n`, 'utf8')
-  const pad = (4 - (head.length % 4)) % 4
-  const out = new Uint8Array(head.length + pad + names.reduce((s, n) => s + e.arrays[n]!.byteLength, 0))
-  out.set(head, 0)
-  let at = head.length + pad
-  for (const n of names) {
-    const a = e.arrays[n]!
-    out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), at)
-    at += a.byteLength
-  }
-  return out
+  return packHeaderAndArrays({ meta: e.meta, arrays: names.map((n) => [n, e.arrays[n]!.length]) }, names.map((n) => e.arrays[n]!), 4)
 }
 
 /** Inverse of encodeStats; throws on a payload that does not add up. */
 export function decodeStats(payload: Uint8Array): StatsEntry {
-  const eol = payload.indexOf(10)
-  if (eol < 0) throw new Error('stats cache entry has no header')
-  const header = JSON.parse(Buffer.from(payload.buffer, payload.byteOffset, eol).toString('utf8')) as { meta: Record<string, unknown>; arrays: [string, number][] }
-  let at = eol + 1
-  at += (4 - (at % 4)) % 4
+  const r = unpackHeaderAndArrays<{ meta: Record<string, unknown>; arrays: [string, number][] }>(payload, 4, 'stats cache entry')
   const arrays: Record<string, Float32Array> = {}
-  for (const [name, n] of header.arrays) {
-    if (!Number.isSafeInteger(n) || n < 0 || at + 4 * n > payload.length) throw new Error('stats cache entry is shorter than its header says')
-    const a = new Float32Array(n)
-    new Uint8Array(a.buffer).set(payload.subarray(at, at + 4 * n))
-    arrays[name] = a
-    at += 4 * n
-  }
-  if (at !== payload.length) throw new Error('stats cache entry is longer than its header says')
-  return { meta: header.meta, arrays }
+  for (const [name, n] of r.header.arrays) arrays[name] = r.take(Float32Array, n)
+  r.end()
+  return { meta: r.header.meta, arrays }
 }
 
 const folders = new Map<string, BoundedCacheDir>()

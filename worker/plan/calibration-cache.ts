@@ -16,6 +16,7 @@ import type { OpenedModel } from '../formats/contract'
 import type { CaptureResult } from '../inference/activation-capture'
 import { BoundedCacheDir } from '../io/bounded-cache-dir'
 import { filesFingerprint } from '../io/file-fingerprint'
+import { packHeaderAndArrays, unpackHeaderAndArrays } from '../io/header-arrays'
 import { defaultCacheDir } from '../io/private-dir'
 
 /** What a calibration capture keeps of a CaptureResult. */
@@ -104,49 +105,23 @@ export function encodeCapture(c: CachedCapture): Uint8Array {
     linearInputs: c.linearInputs,
     points: c.points.map((p) => ({ id: p.id, count: p.count, channels: p.mean.length, gram: p.gram !== null })),
   }
-  const head = Buffer.from(`${JSON.stringify(header)}\n`, 'utf8')
-  // Float64 data starts on an 8-byte boundary so it can be viewed, not copied, when read.
-  const pad = (8 - (head.length % 8)) % 8
-  const arrays = c.points.flatMap((p) => [p.mean, p.meanAbs, p.meanSq, ...(p.gram ? [p.gram] : [])])
-  const out = new Uint8Array(head.length + pad + arrays.reduce((s, a) => s + a.byteLength, 0))
-  out.set(head, 0)
-  let at = head.length + pad
-  for (const a of arrays) {
-    out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), at)
-    at += a.byteLength
-  }
-  return out
+  // Float64 data starts on an 8-byte boundary.
+  return packHeaderAndArrays(header, c.points.flatMap((p) => [p.mean, p.meanAbs, p.meanSq, ...(p.gram ? [p.gram] : [])]), 8)
 }
 
 /** Inverse of encodeCapture; throws on a payload that does not add up. */
 export function decodeCapture(payload: Uint8Array): CachedCapture {
-  const eol = payload.indexOf(10)
-  if (eol < 0) throw new Error('calibration cache entry has no header')
-  const header = JSON.parse(Buffer.from(payload.buffer, payload.byteOffset, eol).toString('utf8')) as Omit<CachedCapture, 'points'> & {
-    points: { id: string; count: number; channels: number; gram: boolean }[]
-  }
-  let at = eol + 1
-  at += (8 - (at % 8)) % 8
-  if ((payload.length - at) % 8 !== 0) throw new Error('calibration cache entry is not whole float64s')
-  const end = payload.length
-  // Each array gets a buffer of its own: a view into one shared buffer would be copied whole
-  // every time one layer's calibration is posted to a worker (structured clone copies buffers).
-  const take = (n: number): Float64Array => {
-    if (at + 8 * n > end) throw new Error('calibration cache entry is shorter than its header says')
-    const a = new Float64Array(n)
-    new Uint8Array(a.buffer).set(payload.subarray(at, at + 8 * n))
-    at += 8 * n
-    return a
-  }
+  const r = unpackHeaderAndArrays<Omit<CachedCapture, 'points'> & { points: { id: string; count: number; channels: number; gram: boolean }[] }>(payload, 8, 'calibration cache entry')
+  const header = r.header
   const points = header.points.map((p) => ({
     id: p.id,
     count: p.count,
-    mean: take(p.channels),
-    meanAbs: take(p.channels),
-    meanSq: take(p.channels),
-    gram: p.gram ? take(p.channels * p.channels) : null,
+    mean: r.take(Float64Array, p.channels),
+    meanAbs: r.take(Float64Array, p.channels),
+    meanSq: r.take(Float64Array, p.channels),
+    gram: p.gram ? r.take(Float64Array, p.channels * p.channels) : null,
   }))
-  if (at !== end) throw new Error('calibration cache entry is longer than its header says')
+  r.end()
   return { ctx: header.ctx, windows: header.windows, tokens: header.tokens, linearInputs: header.linearInputs, points }
 }
 
