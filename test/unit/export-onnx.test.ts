@@ -343,6 +343,28 @@ describe('ONNX export', () => {
     }
   }, 60_000)
 
+  it('an fp16 model\'s kept embedding is copied as its stored bytes: the same folder as decoding and re-encoding it', async () => {
+    const tiny = await writeTinyDecoder(join(dir, 'tiny-f16-src'), { bias: true, tied: true, modelType: 'qwen2', seed: 11, hidden: 64, heads: 4, kvHeads: 2, intermediate: 128 })
+    const small = await openModel(tiny.dir)
+    try {
+      const spec = 'rtn:bits=4,group=16,sym=true'
+      const tinyPlan = planFromSpec(small, spec)
+      const reads: string[] = []
+      const spy: OpenedModel = { ...small, readRawRows: async (name, r0, r1) => (reads.push(name), small.readRawRows!(name, r0, r1)) }
+      const copied = await runExport({ model: spy, modelPath: tiny.dir, plan: tinyPlan, planSource: spec, format: 'onnx', out: join(dir, 'tiny-copied'), options: { dtype: 'fp16' } })
+      const decoded = await runExport({ model: { ...small, readRawRows: undefined }, modelPath: tiny.dir, plan: tinyPlan, planSource: spec, format: 'onnx', out: join(dir, 'tiny-decoded'), options: { dtype: 'fp16' } })
+      expect(reads).toEqual(['model.embed_tokens.weight'])
+      for (const file of ['onnx/model.onnx', 'onnx/model.onnx_data']) {
+        expect(Buffer.compare(await readFile(join(copied.path, file)), await readFile(join(decoded.path, file))), file).toBe(0)
+      }
+      const embed = (r: ExportReport) => r.tensors.find((t) => t.source === 'model.embed_tokens.weight')
+      expect(embed(copied)).toEqual(embed(decoded))
+      expect(copied.sections).toEqual(decoded.sections)
+    } finally {
+      await small.close()
+    }
+  })
+
   it('a qwen2 model with q/k/v biases and tied embeddings exports and runs the same (onnxruntime-node); progress; a full disk', async () => {
     const tiny = await writeTinyDecoder(join(dir, 'tiny-src'), { bias: true, tied: true, modelType: 'qwen2', seed: 7, hidden: 64, heads: 4, kvHeads: 2, intermediate: 128 })
     const small = await openModel(tiny.dir)

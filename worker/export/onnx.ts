@@ -133,6 +133,28 @@ function exportWeights(job: ExportJob, planned: PlannedWeights, data: ExternalDa
     out.sections[method === null ? 'kept' : 'quantized'] += bytes
     return { value, bytes }
   }
+  /** A 2-D kept tensor stored in the export's float type, copied as its stored bytes; null when it is not. */
+  const storeStoredBytes = async (builder: GraphBuilder, name: string, dims: number[], source: string): Promise<string | null> => {
+    const t = job.model.tensors.find((x) => x.name === source)
+    const readRawRows = job.model.readRawRows?.bind(job.model)
+    if (!t || !readRawRows || t.derivedFrom !== undefined || t.dtype !== (type === 'fp32' ? 'F32' : 'F16')) return null
+    g = builder
+    hooks.signal?.throwIfAborted()
+    const [rows, cols] = [dims[0]!, dims[1]!]
+    const step = Math.max(1, Math.floor(KEPT_CHUNK_VALUES / cols))
+    let bytes = 0
+    async function* chunks(): AsyncGenerator<Uint8Array> {
+      for (let r = 0; r < rows; r += step) {
+        const part = await readRawRows!(source, r, Math.min(rows, r + step))
+        bytes += part.byteLength
+        yield part
+      }
+    }
+    await data.addParts(builder, name, type === 'fp32' ? 'float32' : 'float16', dims, chunks())
+    out.records.push({ name, source, method: null, writtenType: type === 'fp32' ? 'float32' : 'float16', bytes, support: 'kept' })
+    out.sections.kept += bytes
+    return type === 'fp32' ? name : builder.op('Cast', [name], { to: { int: 1 } })
+  }
   const storedShapes = new Map(job.model.tensors.map((t) => [t.name, t.shape]))
   /** Row chunks of a stored 2-D tensor (16 MB of float32 each): a 0.5B model's embedding is never decoded whole. */
   async function* storedRows(source: string, rows: number, cols: number): AsyncGenerator<Float32Array> {
@@ -176,8 +198,9 @@ function exportWeights(job: ExportJob, planned: PlannedWeights, data: ExternalDa
       const stored = storedShapes.get(source)
       const plain = !planned.entry(source) && dims.length === 2 && stored !== undefined && stored.length === 2 && stored[0] === dims[0] && stored[1] === dims[1]
       if (plain) {
-        // Kept as stored (the embedding, an untied lm_head): streamed by row chunks.
-        const { value } = await storeFloat(builder, name, dims, storedRows(source, dims[0]!, dims[1]!), source, null)
+        // Kept as stored (the embedding, an untied lm_head): streamed by row chunks — as the
+        // stored bytes when they already are the export's float type (an fp16 model to fp16).
+        const value = (await storeStoredBytes(builder, name, dims, source)) ?? (await storeFloat(builder, name, dims, storedRows(source, dims[0]!, dims[1]!), source, null)).value
         progress(source)
         return value
       }
