@@ -25,7 +25,6 @@
  * Figures are cached per (model files, tensor, option spec, calibration tokens, ctx, windows,
  * backend) in `<cache root>/local-proxy` (verified, bounded entries).
  */
-import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import type { OpenedModel, TensorEntry } from '../formats/contract'
 import { captureActivations } from '../inference/activation-capture'
@@ -35,6 +34,7 @@ import { planWindows } from '../inference/perplexity'
 import { openTokenizer, tokensOf } from '../inference/text-source'
 import { BoundedCacheDir } from '../io/bounded-cache-dir'
 import { filesFingerprint } from '../io/file-fingerprint'
+import { tokenIdsKey } from '../io/token-ids-key'
 import { defaultCacheDir } from '../io/private-dir'
 import { classifyTensor } from '../model/logical-model'
 import { QuantParamError, type LayerCalibration } from '../quant/contract'
@@ -192,13 +192,13 @@ export async function localProxyTable(
   const backend: BackendKind = calibration.backend ?? 'wasm'
   const ids = await tokensOf(calibration.text ?? { file: DEFAULT_CALIBRATION_TEXT }, () => openTokenizer(model, calibration.tokenizer))
   const windows = planWindows(ids, CALIBRATION_CTX, calibration.maxWindows)
-  const idsHash = createHash('sha256').update(new Uint8Array(Int32Array.from(ids).buffer)).digest('hex')
+  const tokens = tokenIdsKey(ids)
   const files = await filesFingerprint(model.files)
   const dir = opts.cacheDir === undefined ? defaultLocalProxyCacheDir() : opts.cacheDir
   const disk = dir === null ? null : new BoundedCacheDir(dir, { kind: KIND, version: VERSION, maxBytes: CACHE_BYTES })
   const methods = options.filter((o): o is AllocOption & { kind: 'method' } => o.kind === 'method')
   const keyOf = (tensor: TensorEntry, spec: string): string =>
-    JSON.stringify({ files, tensor: tensor.name, spec, tokens: `${ids.length}:${idsHash}`, ctx: CALIBRATION_CTX, windows: windows.length, backend })
+    JSON.stringify({ files, tensor: tensor.name, spec, tokens, ctx: CALIBRATION_CTX, windows: windows.length, backend })
 
   // Cached figures first: a fully cached table needs no capture at all.
   const out = new Map<string, Map<string, LocalErrorTerms>>()

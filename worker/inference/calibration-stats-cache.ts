@@ -15,11 +15,11 @@
  * Payload: one JSON header line (meta, array names and lengths), then every array's float32
  * bytes in header order, so a hit returns bit-identical values.
  */
-import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import type { OpenedModel } from '../formats/contract'
 import { BoundedCacheDir } from '../io/bounded-cache-dir'
 import { filesFingerprint } from '../io/file-fingerprint'
+import { tokenIdsKey } from '../io/token-ids-key'
 import { packHeaderAndArrays, unpackHeaderAndArrays } from '../io/header-arrays'
 import { defaultCacheDir } from '../io/private-dir'
 
@@ -52,11 +52,9 @@ export function defaultStatsCacheDir(kind: string): string {
 
 /** The cache key of one calibration result of `model`'s current files. */
 export async function statsKey(model: OpenedModel, parts: StatsKeyParts): Promise<string> {
-  const ids = Int32Array.from(parts.ids)
-  const idsHash = createHash('sha256').update(new Uint8Array(ids.buffer)).digest('hex')
   return JSON.stringify({
     files: await filesFingerprint(model.files),
-    tokens: `${ids.length}:${idsHash}`,
+    tokens: tokenIdsKey(parts.ids),
     ctx: parts.ctx,
     maxWindows: parts.maxWindows,
     backend: parts.backend,

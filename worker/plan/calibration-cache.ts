@@ -10,12 +10,12 @@
  * Only what the quantizers read is kept: per capture point the token count, mean, mean |x|,
  * mean x² and (on request) Σ xᵀx, all float64, and which point feeds which linear tensor.
  */
-import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import type { OpenedModel } from '../formats/contract'
 import type { CaptureResult } from '../inference/activation-capture'
 import { BoundedCacheDir } from '../io/bounded-cache-dir'
 import { filesFingerprint } from '../io/file-fingerprint'
+import { tokenIdsKey } from '../io/token-ids-key'
 import { packHeaderAndArrays, unpackHeaderAndArrays } from '../io/header-arrays'
 import { defaultCacheDir } from '../io/private-dir'
 
@@ -63,11 +63,9 @@ export function defaultCalibrationCacheDir(): string {
 
 /** The cache key of one capture of `model`'s current files. */
 export async function captureKey(model: OpenedModel, parts: CaptureKeyParts): Promise<string> {
-  const ids = Int32Array.from(parts.ids)
-  const idsHash = createHash('sha256').update(new Uint8Array(ids.buffer)).digest('hex')
   return JSON.stringify({
     files: await filesFingerprint(model.files),
-    tokens: `${ids.length}:${idsHash}`,
+    tokens: tokenIdsKey(parts.ids),
     ctx: parts.ctx,
     maxWindows: parts.maxWindows,
     gram: parts.gram,

@@ -10,13 +10,13 @@
  * in the private cache folder (`<cache root>/sensitivity`, verified entries, bounded), and the
  * loop reports progress and stops between measurements when `signal` aborts.
  */
-import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import type { OpenedModel, TensorEntry } from '../formats/contract'
 import { DEFAULT_CTX, evaluatePerplexity } from '../inference/perplexity'
 import type { BackendKind } from '../inference/ort-backend'
 import { BoundedCacheDir } from '../io/bounded-cache-dir'
 import { filesFingerprint } from '../io/file-fingerprint'
+import { tokenIdsKey } from '../io/token-ids-key'
 import { defaultCacheDir } from '../io/private-dir'
 import { QuantParamError } from '../quant/contract'
 import { QUANT_METHODS } from '../quant/registry'
@@ -96,7 +96,7 @@ export async function measureSensitivity(req: SensitivityRequest, hooks: Sensiti
   const { signal } = hooks
   const ctx = req.ctx ?? DEFAULT_CTX
   const maxWindows = req.maxWindows ?? DEFAULT_WINDOWS
-  const idsHash = createHash('sha256').update(new Uint8Array(Int32Array.from(req.ids).buffer)).digest('hex')
+  const tokens = tokenIdsKey(req.ids)
   const files = await filesFingerprint(model.files)
   const dir = req.cacheDir === undefined ? defaultSensitivityCacheDir() : req.cacheDir
   const disk = dir === null ? null : new BoundedCacheDir(dir, { kind: KIND, version: VERSION, maxBytes: CACHE_BYTES })
@@ -114,7 +114,7 @@ export async function measureSensitivity(req: SensitivityRequest, hooks: Sensiti
     for (const option of methods) {
       signal?.throwIfAborted()
       if (!fits(model, tensor, option)) continue
-      const key = JSON.stringify({ files, tensor: tensor.name, spec: option.spec, tokens: `${req.ids.length}:${idsHash}`, ctx, maxWindows, backend: req.backend ?? 'wasm', calibration: req.calibration?.text ?? null })
+      const key = JSON.stringify({ files, tensor: tensor.name, spec: option.spec, tokens, ctx, maxWindows, backend: req.backend ?? 'wasm', calibration: req.calibration?.text ?? null })
       const hit = await disk?.get(key)
       let kld: number | null = null
       if (hit) {
